@@ -1,4 +1,5 @@
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { ConnectError, type Interceptor } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 
 /**
@@ -38,7 +39,7 @@ export function rpcMetricsInterceptor(registry: Registry): Interceptor {
       requests.inc({ method, code: "ok" });
       return res;
     } catch (err) {
-      requests.inc({ method, code: Code[ConnectError.from(err).code] ?? "unknown" });
+      requests.inc({ method, code: codeToString(ConnectError.from(err).code) });
       throw err;
     } finally {
       end();

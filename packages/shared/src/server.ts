@@ -120,7 +120,8 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
 
   const connectHandler = connectNodeAdapter({
     routes: opts.routes,
-    interceptors: [errorInterceptor(logger), rpcMetricsInterceptor(opts.registry), ...(opts.interceptors ?? [])],
+    // Outermost first: metrics see the final Connect code; the error mapper sees handler and extra interceptor errors.
+    interceptors: [rpcMetricsInterceptor(opts.registry), errorInterceptor(logger), ...(opts.interceptors ?? [])],
     shutdownSignal: shutdown.signal,
     maxTimeoutMs: opts.maxTimeoutMs ?? 30_000,
     fallback:

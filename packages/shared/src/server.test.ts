@@ -1,0 +1,180 @@
+import assert from "node:assert/strict";
+import { copyFileSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { TokenVerifierService, VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
+import { createCa, issueCert } from "../../../test/support/pki.js";
+import { tempDir } from "../../../test/support/tmp.js";
+import { createServiceClient } from "./client.js";
+import { DomainError, ErrorCode } from "./errors.js";
+import { createLogger } from "./logger.js";
+import { createMetricsRegistry } from "./metrics.js";
+import { startServiceServer, type RunningServer } from "./server.js";
+
+function captureLogger() {
+  const lines: Record<string, unknown>[] = [];
+  const destination = new Writable({
+    write(chunk, _enc, cb) {
+      for (const l of String(chunk).split("\n")) if (l) lines.push(JSON.parse(l));
+      cb();
+    },
+  });
+  return { logger: createLogger({ service: "test", level: "debug", destination }), lines };
+}
+
+/** A tiny TokenVerifierService whose behaviour is chosen by the token text. */
+function routes(gate: { release?: () => void; waiting?: Promise<void> }) {
+  return (router: import("@connectrpc/connect").ConnectRouter) =>
+    router.service(TokenVerifierService, {
+      async verifyToken(req) {
+        if (req.token === "down") throw new DomainError(ErrorCode.Unavailable, "api server unreachable", { cause: new Error("ECONNREFUSED secret-host") });
+        if (req.token === "bug") throw new Error("boom with secret detail");
+        if (req.token === "slow") await gate.waiting;
+        return create(VerifyTokenResponseSchema, { verifiedBy: [req.token] });
+      },
+    });
+}
+
+describe("startServiceServer (h2c)", () => {
+  let srv: RunningServer;
+  const gate: { release?: () => void; waiting?: Promise<void> } = {};
+  gate.waiting = new Promise<void>((r) => (gate.release = r));
+  const { logger, lines } = captureLogger();
+  let ready = false;
+
+  before(async () => {
+    srv = await startServiceServer({
+      name: "t",
+      routes: routes(gate),
+      host: "127.0.0.1",
+      port: 0,
+      adminPort: 0,
+      logger,
+      registry: createMetricsRegistry("t", { defaultMetrics: false }),
+      readiness: () => ({ ready, detail: { keys: ready ? 1 : 0 } }),
+      shutdownTimeoutMs: 2000,
+    });
+  });
+  after(() => srv.close());
+
+  it("serves Connect over h2c and maps domain errors to Connect codes without leaking causes", async () => {
+    const { client, close } = createServiceClient(TokenVerifierService, { baseUrl: srv.url, timeoutMs: 2000 });
+    try {
+      assert.deepEqual((await client.verifyToken({ token: "ok" })).verifiedBy, ["ok"]);
+      await assert.rejects(client.verifyToken({ token: "down" }), (e) => {
+        const ce = ConnectError.from(e);
+        return ce.code === Code.Unavailable && ce.rawMessage === "api server unreachable" && ce.metadata.get("x-athenz-identity-error") === "ERR_UNAVAILABLE";
+      });
+      await assert.rejects(client.verifyToken({ token: "bug" }), (e) => {
+        const ce = ConnectError.from(e);
+        return ce.code === Code.Internal && !ce.message.includes("secret");
+      });
+      assert.ok(lines.some((l) => l.msg === "unexpected error in handler"), "the cause is logged");
+    } finally {
+      close();
+    }
+  });
+
+  it("answers probes and metrics over HTTP/1.1 on the admin port", async () => {
+    assert.equal((await fetch(`${srv.adminUrl}/healthz`)).status, 200);
+    let r = await fetch(`${srv.adminUrl}/readyz`);
+    assert.equal(r.status, 503);
+    ready = true;
+    r = await fetch(`${srv.adminUrl}/readyz`);
+    assert.equal(r.status, 200);
+    assert.deepEqual(await r.json(), { ready: true, keys: 1 });
+    const m = await (await fetch(`${srv.adminUrl}/metrics`)).text();
+    assert.match(m, /rpc_server_requests_total\{method="athenz.identity.v1.TokenVerifierService\/VerifyToken",code="unavailable",service="t"\} 1/);
+    assert.equal((await fetch(`${srv.adminUrl}/nope`)).status, 404);
+  });
+
+  it("finishes in-flight calls on close, then refuses new ones", async () => {
+    const { client, close } = createServiceClient(TokenVerifierService, { baseUrl: srv.url, timeoutMs: 5000 });
+    try {
+      const inflight = client.verifyToken({ token: "slow" });
+      await new Promise((r) => setTimeout(r, 50)); // let the call reach the handler
+      const closing = srv.close();
+      const ready = await fetch(`${srv.adminUrl}/readyz`).then((r) => r.status).catch(() => 0);
+      assert.ok(ready === 503 || ready === 0, "not ready while shutting down");
+      gate.release!();
+      assert.deepEqual((await inflight).verifiedBy, ["slow"]);
+      await closing;
+      const again = createServiceClient(TokenVerifierService, { baseUrl: srv.url, timeoutMs: 1000 });
+      await assert.rejects(again.client.verifyToken({ token: "ok" }), (e) => ConnectError.from(e).code === Code.Unavailable);
+      again.close();
+    } finally {
+      close();
+    }
+  });
+});
+
+describe("startServiceServer (TLS)", () => {
+  const tmp = tempDir("server-tls");
+  after(tmp.cleanup);
+
+  it("serves TLS, requires client certs when a client CA is set, and reloads rotated certificates", async () => {
+    const ca = createCa(tmp.dir, "ca");
+    const a = issueCert(tmp.dir, "a", ca, { cn: "svc-a", dns: ["localhost"], ips: ["127.0.0.1"] });
+    const b = issueCert(tmp.dir, "b", ca, { cn: "svc-b", dns: ["localhost"], ips: ["127.0.0.1"] });
+    const client = issueCert(tmp.dir, "client", ca, { cn: "zts", usage: "client" });
+    const certFile = join(tmp.dir, "live.crt");
+    const keyFile = join(tmp.dir, "live.key");
+    copyFileSync(a.certFile, certFile);
+    copyFileSync(a.keyFile, keyFile);
+    const { logger } = captureLogger();
+    const srv = await startServiceServer({
+      name: "tls",
+      routes: routes({}),
+      host: "127.0.0.1",
+      port: 0,
+      adminPort: 0,
+      tls: { certFile, keyFile, clientCaFile: ca.certFile, reloadIntervalMs: 60_000 },
+      logger,
+      registry: createMetricsRegistry("tls", { defaultMetrics: false }),
+      readiness: () => ({ ready: true }),
+      shutdownTimeoutMs: 1000,
+    });
+    try {
+      const peerCn = (withClientCert: boolean) =>
+        new Promise<string>((resolve, reject) => {
+          const req = httpsRequest(
+            `${srv.url}/nope`,
+            { ca: ca.certPem, agent: false, ...(withClientCert ? { cert: client.certPem, key: client.keyPem } : {}) },
+            (res) => {
+              const cn = (res.socket as import("node:tls").TLSSocket).getPeerCertificate().subject.CN;
+              res.resume();
+              res.on("end", () => resolve(String(cn)));
+            },
+          );
+          req.on("error", reject);
+          req.end();
+        });
+      assert.equal(await peerCn(true), "svc-a");
+      await assert.rejects(peerCn(false), "a client without a certificate is refused");
+
+      // A half-rotated pair (new cert, old key) is refused and the old certificate stays.
+      copyFileSync(b.certFile, certFile);
+      assert.equal(srv.reloadTls(), false);
+      assert.equal(await peerCn(true), "svc-a");
+      copyFileSync(b.keyFile, keyFile);
+      assert.equal(srv.reloadTls(), true);
+      assert.equal(await peerCn(true), "svc-b");
+
+      const { client: c, close } = createServiceClient(TokenVerifierService, {
+        baseUrl: srv.url,
+        timeoutMs: 2000,
+        caFile: ca.certFile,
+        certFile: client.certFile,
+        keyFile: client.keyFile,
+      });
+      assert.deepEqual((await c.verifyToken({ token: "x" })).verifiedBy, ["x"]);
+      close();
+    } finally {
+      await srv.close();
+    }
+  });
+});
