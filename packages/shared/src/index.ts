@@ -1,6 +1,7 @@
 export * from "./config.js";
 export * from "./errors.js";
 export * from "./violations.js";
+export * from "./naming.js";
 export * from "./logger.js";
 export * from "./metrics.js";
 export * from "./server.js";

@@ -40,6 +40,7 @@ export const ViolationCode = {
   DomainMismatch: "ERR_DOMAIN_MISMATCH",
   ServiceMismatch: "ERR_SERVICE_MISMATCH",
   NamespaceNotMapped: "ERR_NAMESPACE_NOT_MAPPED",
+  ServiceAccountNotMapped: "ERR_SERVICE_ACCOUNT_NOT_MAPPED",
   PodNotFound: "ERR_POD_NOT_FOUND",
   PodMismatch: "ERR_POD_MISMATCH",
   PodTerminating: "ERR_POD_TERMINATING",

@@ -1,0 +1,36 @@
+#!/usr/bin/env -S node --import tsx
+/** csr-inspector: checks requested SANs, CN and key of a pod's certificate request. */
+import { pathToFileURL } from "node:url";
+import { createMetricsRegistry, runMain, startServiceServer, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
+import { csrInspectorSpec, defaultSanPolicy, type CsrInspectorConfig } from "./config.js";
+import { csrInspectorRoutes } from "./connect.js";
+
+/** Starts the service (used by main and by tests). It has no dependency, so it is ready once listening. */
+export async function startCsrInspector(config: CsrInspectorConfig, logger: Logger): Promise<RunningServer> {
+  if (Boolean(config.tlsCertFile) !== Boolean(config.tlsKeyFile)) throw new Error("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
+  const defaultPolicy = defaultSanPolicy(config);
+  if (defaultPolicy.dnsSuffixes.length === 0) logger.warn("DNS_SUFFIXES is empty: every DNS SAN will be refused unless the request carries a policy");
+  return startServiceServer({
+    name: "csr-inspector",
+    routes: csrInspectorRoutes({ defaultPolicy, csr: { allowRsaPss: config.allowRsaPss, maxPemLength: config.maxCsrPemLength } }),
+    host: config.host,
+    port: config.port,
+    adminPort: config.adminPort,
+    tls: config.tlsCertFile && config.tlsKeyFile
+      ? { certFile: config.tlsCertFile, keyFile: config.tlsKeyFile, clientCaFile: config.tlsClientCaFile, reloadIntervalMs: config.tlsReloadInterval }
+      : undefined,
+    logger,
+    registry: createMetricsRegistry("csr-inspector"),
+    readiness: () => ({ ready: true }),
+    shutdownTimeoutMs: config.shutdownTimeout,
+  });
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  await runMain({
+    name: "csr-inspector",
+    summary: "checks the SANs, CN and key a pod asks for against its identity",
+    spec: csrInspectorSpec,
+    start: startCsrInspector,
+  });
+}
