@@ -74,6 +74,7 @@ describe("startServiceServer (h2c)", () => {
         return ce.code === Code.Internal && !ce.message.includes("secret");
       });
       assert.ok(lines.some((l) => l.msg === "unexpected error in handler"), "the cause is logged");
+      await assert.rejects(client.verifyToken({ token: "x".repeat(300 * 1024) }), (e) => ConnectError.from(e).code === Code.ResourceExhausted, "oversized messages are refused");
     } finally {
       close();
     }

@@ -22,6 +22,11 @@ export interface TlsFiles {
   keyFile: string;
   /** CA bundle for client certificates. When set, clients must present a certificate chaining to it. */
   clientCaFile?: string | undefined;
+  /**
+   * With clientCaFile: request the client certificate but let a missing or untrusted one finish the
+   * handshake, so the handler can answer a clear 401/403 (it must check `socket.authorized`).
+   */
+  clientCertOptional?: boolean | undefined;
   /** How often the files are checked for rotation. */
   reloadIntervalMs: number;
 }
@@ -56,6 +61,8 @@ export interface ServiceServerOptions {
   interceptors?: Interceptor[];
   /** Upper bound for a client's requested deadline. */
   maxTimeoutMs?: number;
+  /** Largest request message accepted, checked before it is buffered whole (default 256 KiB). */
+  readMaxBytes?: number;
 }
 
 export interface RunningServer {
@@ -124,6 +131,8 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
     interceptors: [rpcMetricsInterceptor(opts.registry), errorInterceptor(logger), ...(opts.interceptors ?? [])],
     shutdownSignal: shutdown.signal,
     maxTimeoutMs: opts.maxTimeoutMs ?? 30_000,
+    // Every message here is small (a token, a CSR, a pod); a large body is hostile.
+    readMaxBytes: opts.readMaxBytes ?? 256 * 1024,
     fallback:
       opts.fallback ??
       ((_req, res) => {
@@ -141,7 +150,7 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
       // HTTP/1.1 too: Athenz ZTS calls providers with a Java HTTP/1.1 client.
       allowHTTP1: true,
       requestCert: opts.tls.clientCaFile !== undefined,
-      rejectUnauthorized: opts.tls.clientCaFile !== undefined,
+      rejectUnauthorized: opts.tls.clientCaFile !== undefined && opts.tls.clientCertOptional !== true,
       minVersion: "TLSv1.2",
     });
   } else {
