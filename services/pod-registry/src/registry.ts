@@ -1,0 +1,321 @@
+/**
+ * The pod registry: a {@link PodCache} kept current from the API server, either directly
+ * (standalone) or through NATS with one Lease-elected watcher (replicated), with freshness
+ * reporting and the bounded wait for fresh pods. No transport here: connect.ts serves it.
+ */
+import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import type { KV } from "@nats-io/kv";
+import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
+import { DomainError, ErrorCode, type Logger } from "@k8s-athenz-identity/shared";
+import { createBackoff, delay } from "./backoff.js";
+import { PodCache, type CacheEvent } from "./cache.js";
+import { createPodWatcher, type PodSink, type PodWatcher } from "./kube-watcher.js";
+import { createLeaseElector, type LeaseElector } from "./lease.js";
+import { createNatsPublisher, createNatsSubscriber, openPodBucket, type NatsPublisher, type NatsSubscriber } from "./nats-feed.js";
+import { projectPod, type KubePodLike, type PodRecord, type ProjectionOptions } from "./pod.js";
+
+export interface ReplicationOptions {
+  /** NATS server URL(s), e.g. "nats://nats:4222". */
+  servers: string | string[];
+  /** JetStream key-value bucket holding the pods. */
+  bucket: string;
+  lease: {
+    name: string;
+    namespace: string;
+    durationMs: number;
+    renewDeadlineMs?: number;
+    retryPeriodMs?: number;
+  };
+  /** How often the leader writes its heartbeat. Default a third of the staleness threshold, at most 5 s. */
+  heartbeatIntervalMs?: number;
+  /** Tombstones older than this are purged from the bucket. Default 10 minutes. */
+  tombstoneTtlMs?: number;
+}
+
+export interface PodRegistryOptions {
+  kubeConfig: KubeConfig;
+  /** Namespaces to watch; empty for the whole cluster. */
+  namespaces?: readonly string[];
+  labelSelector?: string | undefined;
+  projection?: ProjectionOptions;
+  /** Absent: standalone (this replica watches the API server itself). */
+  replication?: ReplicationOptions | undefined;
+  /** This replica's name: the Lease holder identity. */
+  identity: string;
+  /** The feed counts as broken when nothing (event or heartbeat) arrived for this long. */
+  staleAfterMs: number;
+  /** WaitForPod's wait when the caller gives none. */
+  waitDefaultMs: number;
+  /** Upper bound for WaitForPod's wait. */
+  waitMaxMs: number;
+  /** After a fruitless wait, GET the pod from the API server once (needs namespace and name). */
+  apiFallback: boolean;
+  logger: Logger;
+  /** Backoff of the API watch; default 250 ms doubling to 30 s. */
+  watchBackoff?: { initialMs: number; maxMs: number };
+  /** Clock, for tests. */
+  now?: () => number;
+}
+
+/** Freshness of the cache, as GetStatus and /readyz report it. */
+export interface RegistryStatusInfo {
+  /** The first full list is in. */
+  synced: boolean;
+  /** Events or heartbeats arrived within the staleness threshold. */
+  live: boolean;
+  /** synced and live: "not in the cache" can be trusted to mean "does not exist". */
+  fresh: boolean;
+  podCount: number;
+  /** Time since the last event or heartbeat; undefined before the first one. */
+  lastEventAgeMs: number | undefined;
+  role: RegistryRole;
+}
+
+export interface WaitForPodOptions {
+  /** Requested wait; 0 or absent means the default. Capped at the maximum. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Namespace and name, when known, enable the direct GET fallback. */
+  namespace?: string;
+  name?: string;
+}
+
+export interface WaitForPodResult {
+  pod: PodRecord | undefined;
+  fromApiServer: boolean;
+}
+
+export interface PodRegistry {
+  readonly cache: PodCache;
+  /** Starts the feed; returns at once (readiness tells when the cache is usable). */
+  start(): Promise<void>;
+  /** Stops gracefully (a leader releases its Lease). */
+  close(): Promise<void>;
+  /** Stops as a crash would: no Lease release, NATS connection dropped. For tests. */
+  crash(): Promise<void>;
+  status(): RegistryStatusInfo;
+  getByUid(uid: string): PodRecord | undefined;
+  findByName(namespace: string, name: string): PodRecord | undefined;
+  findByIp(ip: string): PodRecord[];
+  waitForPod(uid: string, opts?: WaitForPodOptions): Promise<WaitForPodResult>;
+  subscribe(listener: (e: CacheEvent) => void): () => void;
+  /** Resolves once the cache is synced. */
+  readonly synced: Promise<void>;
+  /** The current role. */
+  readonly role: RegistryRole;
+}
+
+/** A sink writing straight into the cache (standalone mode). */
+export function cacheSink(cache: PodCache): PodSink {
+  return {
+    replace(namespace, pods, resourceVersion) {
+      const seen = new Set<string>();
+      for (const p of pods) {
+        seen.add(p.uid);
+        cache.upsert(p);
+      }
+      const gone: PodRecord[] = [];
+      for (const p of cache.pods(namespace)) if (!seen.has(p.uid)) gone.push(p);
+      for (const p of gone) cache.delete({ uid: p.uid, namespace: p.namespace, name: p.name, resourceVersion });
+    },
+    upsert: (p) => void cache.upsert(p),
+    delete: (t) => void cache.delete(t),
+  };
+}
+
+export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
+  const now = opts.now ?? Date.now;
+  const log = opts.logger;
+  const cache = new PodCache({ now, tombstoneTtlMs: opts.replication?.tombstoneTtlMs });
+  const waitMax = opts.waitMaxMs;
+  let resolveSynced!: () => void;
+  const synced = new Promise<void>((r) => (resolveSynced = r));
+  let syncedOnce = false;
+  const noteSynced = (s: boolean) => {
+    if (s && !syncedOnce) {
+      syncedOnce = true;
+      resolveSynced();
+    }
+    return syncedOnce;
+  };
+
+  const newWatcher = (sink: PodSink): PodWatcher =>
+    createPodWatcher({
+      kubeConfig: opts.kubeConfig,
+      sink,
+      namespaces: opts.namespaces,
+      labelSelector: opts.labelSelector,
+      projection: opts.projection,
+      logger: log,
+      backoff: opts.watchBackoff,
+    });
+
+  // ---- standalone -----------------------------------------------------------------------
+  let standalone: PodWatcher | undefined;
+
+  // ---- replicated -----------------------------------------------------------------------
+  const rep = opts.replication;
+  let nc: NatsConnection | undefined;
+  let kv: KV | undefined;
+  let subscriber: NatsSubscriber | undefined;
+  let elector: LeaseElector | undefined;
+  let leading: { gen: number; watcher?: PodWatcher; publisher?: NatsPublisher } | undefined;
+  let gen = 0;
+  let closing = false;
+  let connecting: Promise<void> | undefined;
+
+  const startLeading = async () => {
+    const myGen = ++gen;
+    leading = { gen: myGen };
+    if (!kv || !subscriber) return;
+    // The bucket's content must be known before reconciling against a fresh list.
+    await subscriber.replayed;
+    if (!leading || leading.gen !== myGen || closing) return;
+    const heartbeatMs = rep!.heartbeatIntervalMs ?? Math.min(5000, Math.max(100, Math.floor(opts.staleAfterMs / 3)));
+    let watcher: PodWatcher | undefined;
+    const publisher = createNatsPublisher({
+      kv,
+      cache,
+      identity: opts.identity,
+      logger: log,
+      heartbeatIntervalMs: heartbeatMs,
+      healthy: () => watcher?.health().connected ?? false,
+      tombstoneTtlMs: rep!.tombstoneTtlMs,
+    });
+    watcher = newWatcher(publisher);
+    leading = { gen: myGen, watcher, publisher };
+    publisher.start();
+    watcher.start();
+    await watcher.synced;
+    await publisher.idle();
+    if (leading?.gen === myGen) {
+      publisher.markSynced();
+      log.info({ pods: cache.size }, "leader: first list published");
+    }
+  };
+
+  const stopLeading = async () => {
+    const l = leading;
+    leading = undefined;
+    gen++;
+    l?.publisher?.stop();
+    await l?.watcher?.stop();
+  };
+
+  const connectNats = async () => {
+    const backoff = createBackoff({ initialMs: 250, maxMs: 5000 });
+    while (!closing) {
+      try {
+        nc ??= await connect({ servers: rep!.servers, name: `pod-registry/${opts.identity}`, maxReconnectAttempts: -1, reconnectTimeWait: 250, waitOnFirstConnect: true });
+        kv = await openPodBucket(nc, rep!.bucket);
+        break;
+      } catch (err) {
+        const wait = backoff.next();
+        log.warn({ err: err instanceof Error ? err.message : String(err), retryInMs: wait }, "NATS not usable yet; retrying");
+        await delay(wait);
+      }
+    }
+    if (closing || !kv) return;
+    subscriber = createNatsSubscriber({ kv, cache, logger: log, now });
+    subscriber.start();
+    elector = createLeaseElector({
+      kubeConfig: opts.kubeConfig,
+      name: rep!.lease.name,
+      namespace: rep!.lease.namespace,
+      identity: opts.identity,
+      leaseDurationMs: rep!.lease.durationMs,
+      renewDeadlineMs: rep!.lease.renewDeadlineMs,
+      retryPeriodMs: rep!.lease.retryPeriodMs,
+      logger: log,
+      now,
+      onStartedLeading: () => {
+        startLeading().catch((err: unknown) => log.error({ err: String(err) }, "could not start leading"));
+      },
+      onStoppedLeading: () => {
+        stopLeading().catch((err: unknown) => log.error({ err: String(err) }, "could not stop leading"));
+      },
+    });
+    elector.start();
+  };
+
+  const role = (): RegistryRole => (!rep ? RegistryRole.STANDALONE : elector?.isLeader ? RegistryRole.LEADER : RegistryRole.FOLLOWER);
+
+  const status = (): RegistryStatusInfo => {
+    let isSynced: boolean;
+    let lastMs: number;
+    if (!rep) {
+      const h = standalone?.health();
+      isSynced = h?.synced ?? false;
+      // An open watch with nothing to say is live; bookmarks and server timeouts keep it honest.
+      lastMs = h ? (h.connected ? now() : h.lastActivityMs) : 0;
+    } else {
+      isSynced = subscriber?.synced ?? false;
+      lastMs = subscriber?.lastEventMs ?? 0;
+    }
+    const s = noteSynced(isSynced);
+    const age = lastMs > 0 ? Math.max(0, now() - lastMs) : undefined;
+    const live = age !== undefined && age <= opts.staleAfterMs;
+    return { synced: s, live, fresh: s && live, podCount: cache.size, lastEventAgeMs: age, role: role() };
+  };
+
+  let coreApi: CoreV1Api | undefined;
+
+  return {
+    cache,
+    synced,
+    get role() {
+      return role();
+    },
+    async start() {
+      if (!rep) {
+        standalone = newWatcher(cacheSink(cache));
+        standalone.start();
+        standalone.synced.then(() => noteSynced(true), () => undefined);
+      } else {
+        connecting = connectNats().then(() => {
+          subscriber?.whenSynced.then(() => noteSynced(true), () => undefined);
+        });
+      }
+    },
+    async close() {
+      closing = true;
+      await standalone?.stop();
+      await connecting;
+      await elector?.stop();
+      await stopLeading();
+      await subscriber?.close();
+      await nc?.drain().catch(() => undefined);
+    },
+    async crash() {
+      closing = true;
+      await standalone?.stop();
+      await connecting;
+      await elector?.abandon();
+      await stopLeading();
+      await subscriber?.close();
+      await nc?.close().catch(() => undefined);
+    },
+    status,
+    getByUid: (uid) => cache.getByUid(uid),
+    findByName: (ns, name) => cache.findByName(ns, name),
+    findByIp: (ip) => cache.findByIp(ip),
+    subscribe: (l) => cache.subscribe(l),
+    async waitForPod(uid, w = {}) {
+      const requested = w.timeoutMs && w.timeoutMs > 0 ? w.timeoutMs : opts.waitDefaultMs;
+      const pod = await cache.waitFor(uid, Math.min(requested, waitMax), w.signal);
+      if (pod || !opts.apiFallback || !w.namespace || !w.name || w.signal?.aborted) return { pod, fromApiServer: false };
+      coreApi ??= opts.kubeConfig.makeApiClient(CoreV1Api);
+      try {
+        const raw = await coreApi.readNamespacedPod({ name: w.name, namespace: w.namespace });
+        const p = projectPod(raw as KubePodLike, opts.projection);
+        // Same name, other UID: not the pod asked about.
+        return p.uid === uid ? { pod: p, fromApiServer: true } : { pod: undefined, fromApiServer: false };
+      } catch (err) {
+        const code = (err as { code?: number }).code;
+        if (code === 404) return { pod: undefined, fromApiServer: false };
+        throw new DomainError(ErrorCode.Unavailable, "the API server could not be asked for the pod", { cause: err });
+      }
+    },
+  };
+}

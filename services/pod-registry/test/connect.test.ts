@@ -1,0 +1,96 @@
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { PodRegistryService, RegistryRole, WatchEventType } from "@k8s-athenz-identity/api/pod_registry";
+import { createServiceClient, loadConfig, type ServiceClient } from "@k8s-athenz-identity/shared";
+import { startFakeKubeApi, type FakeKubeApi } from "../../../test/support/fake-kube-api.js";
+import { podRegistrySpec } from "../src/config.js";
+import { startPodRegistryServer, type PodRegistryServer } from "../src/server.js";
+import { quietLogger } from "./helpers.js";
+
+let api: FakeKubeApi;
+let server: PodRegistryServer;
+let svc: ServiceClient<typeof PodRegistryService>;
+const NS = "connect";
+
+before(async () => {
+  api = await startFakeKubeApi();
+  api.createPod({ namespace: NS, name: "existing", serviceAccountName: "api", labels: { app: "x", drop: "y" } });
+  const config = loadConfig(podRegistrySpec, {
+    env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", NAMESPACE: NS, WAIT_DEFAULT: "200ms", WAIT_MAX: "500ms", LABEL_ALLOWLIST: "app", STALE_AFTER: "5s" },
+  });
+  server = await startPodRegistryServer(config, quietLogger(), api.kubeConfig());
+  await server.registry.synced;
+  svc = createServiceClient(PodRegistryService, { baseUrl: server.url, timeoutMs: 5000 });
+});
+after(async () => {
+  svc.close();
+  await server.close();
+  await api.close();
+});
+
+test("GetPod and FindPod answer from the cache with the freshness status", async () => {
+  const existing = api.pods().find((p) => p.metadata.name === "existing")!;
+  const got = await svc.client.getPod({ uid: existing.metadata.uid });
+  assert.equal(got.pod?.name, "existing");
+  assert.equal(got.pod?.serviceAccountName, "api");
+  assert.deepEqual(got.pod?.labels, { app: "x" });
+  assert.equal(got.status?.fresh, true);
+  assert.equal(got.status?.role, RegistryRole.STANDALONE);
+  assert.equal(got.status?.podCount, 1n);
+  const missing = await svc.client.getPod({ uid: "no-such-uid" });
+  assert.equal(missing.pod, undefined);
+  assert.equal(missing.status?.fresh, true, "fresh: the pod really does not exist");
+  const found = await svc.client.findPod({ namespace: NS, name: "existing" });
+  assert.equal(found.pod?.uid, existing.metadata.uid);
+  const st = await svc.client.getStatus({});
+  assert.equal(st.status?.synced, true);
+  assert.ok(st.status?.lastEventAge !== undefined);
+});
+
+test("invalid requests are rejected with InvalidArgument", async () => {
+  for (const call of [() => svc.client.getPod({ uid: "" }), () => svc.client.getPod({ uid: "x".repeat(500) }), () => svc.client.findPod({ namespace: NS, name: "" })]) {
+    await assert.rejects(call(), (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
+  }
+});
+
+test("WaitForPod returns the pod when it arrives, or nothing after the capped wait", async () => {
+  const waiting = svc.client.waitForPod({ uid: "arrives-soon", timeout: durationFromMs(3000) });
+  api.createPod({ namespace: NS, uid: "arrives-soon", name: "soon" });
+  const r = await waiting;
+  assert.equal(r.pod?.name, "soon");
+  const t0 = Date.now();
+  const none = await svc.client.waitForPod({ uid: "never", timeout: durationFromMs(60_000) });
+  assert.equal(none.pod, undefined);
+  assert.ok(Date.now() - t0 < 2000, "capped by WAIT_MAX");
+});
+
+test("WatchPods streams a snapshot, SYNCED, then changes", async () => {
+  const ac = new AbortController();
+  const stream = svc.client.watchPods({ namespace: NS }, { signal: ac.signal, timeoutMs: 10_000 });
+  const seen: string[] = [];
+  let created: string | undefined;
+  try {
+    for await (const ev of stream) {
+      seen.push(WatchEventType[ev.type]);
+      if (ev.type === WatchEventType.SYNCED) created = api.createPod({ namespace: NS, name: "watched" }).metadata.uid;
+      if (ev.type === WatchEventType.UPSERTED && ev.pod?.uid === created) api.deletePod(created!);
+      if (ev.type === WatchEventType.DELETED && ev.pod?.uid === created) break;
+    }
+  } finally {
+    ac.abort();
+  }
+  assert.deepEqual(seen.slice(-3), ["SYNCED", "UPSERTED", "DELETED"]);
+  assert.ok(seen.slice(0, -3).every((t) => t === "SNAPSHOT") && seen.length >= 4);
+});
+
+test("/readyz reports synced, live, fresh, role and pod count", async () => {
+  const res = await fetch(`${server.adminUrl}/readyz`);
+  assert.equal(res.status, 200);
+  const body = (await res.json()) as Record<string, unknown>;
+  assert.equal(body.ready, true);
+  assert.equal(body.role, "standalone");
+  assert.equal(body.fresh, true);
+  assert.equal(typeof body.pods, "number");
+});
