@@ -1,0 +1,66 @@
+/** Connect routes of IdentityProviderService: the same decision as the Copper Argos endpoint. */
+import { create } from "@bufbuild/protobuf";
+import { DurationSchema, type Duration } from "@bufbuild/protobuf/wkt";
+import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
+import {
+  CheckSchema,
+  DecisionSchema,
+  IdentityProviderService,
+  InstanceConfirmationSchema,
+  type Decision,
+  type InstanceConfirmation,
+} from "@k8s-athenz-identity/api/identity_provider";
+import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared";
+import { Operation, type Confirmation, type DecisionEngine, type DecisionResult } from "./decision.js";
+import type { GatewayObserver } from "./observe.js";
+
+export interface IdentityProviderRoutesOptions {
+  engine: DecisionEngine;
+  observer: GatewayObserver;
+}
+
+function toConfirmation(c: InstanceConfirmation | undefined): Confirmation {
+  if (!c) throw new DomainError(ErrorCode.InvalidArgument, "confirmation is required");
+  return { provider: c.provider, domain: c.domain, service: c.service, attestationData: c.attestationData, attributes: { ...c.attributes } };
+}
+
+function durationOf(ms: number): Duration {
+  const seconds = Math.floor(ms / 1000);
+  return create(DurationSchema, { seconds: BigInt(seconds), nanos: Math.min(999_999_999, Math.round((ms - seconds * 1000) * 1e6)) });
+}
+
+function toDecision(r: DecisionResult): Decision {
+  return create(DecisionSchema, {
+    outcome: r.outcome,
+    violations: r.violations,
+    confirmation: r.confirmation ? create(InstanceConfirmationSchema, r.confirmation) : undefined,
+  });
+}
+
+export function identityProviderRoutes(o: IdentityProviderRoutesOptions): (router: ConnectRouter) => void {
+  const run = async (endpoint: string, operation: Operation, c: InstanceConfirmation | undefined, ctx: HandlerContext) => {
+    const confirmation = toConfirmation(c);
+    const result = await o.engine.decide(operation, confirmation, ctx.signal);
+    o.observer.decision({ endpoint, clientCn: "" }, confirmation, result);
+    return result;
+  };
+  return (router) =>
+    router.service(IdentityProviderService, {
+      async confirmInstance(req, ctx) {
+        return { decision: toDecision(await run("confirm", Operation.REGISTER, req.confirmation, ctx)) };
+      },
+      async refreshInstance(req, ctx) {
+        return { decision: toDecision(await run("refresh-api", Operation.REFRESH, req.confirmation, ctx)) };
+      },
+      async explainInstance(req, ctx) {
+        const op = req.operation === Operation.REFRESH ? Operation.REFRESH : Operation.REGISTER;
+        const result = await run("explain", op, req.confirmation, ctx);
+        return {
+          decision: toDecision(result),
+          checks: result.checks.map((ch) =>
+            create(CheckSchema, { name: ch.name, outcome: ch.outcome, violations: ch.violations, detail: ch.detail, latency: durationOf(ch.latencyMs) }),
+          ),
+        };
+      },
+    });
+}

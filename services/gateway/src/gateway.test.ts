@@ -1,0 +1,212 @@
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import * as http2 from "node:http2";
+import * as https from "node:https";
+import { join } from "node:path";
+import { PassThrough } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { CheckOutcome, IdentityProviderService, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
+import { VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
+import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
+import { createCa, issueCert, type Pem } from "../../../test/support/pki.js";
+import { tempDir } from "../../../test/support/tmp.js";
+import { gatewaySpec } from "./config.js";
+import { startGateway, type Gateway } from "./server.js";
+import { confirmation, fakeDeps, PROVIDER, tokenA, UID_B } from "./testing.js";
+
+interface Answer {
+  status: number;
+  body: string;
+}
+
+function post(url: string, client: Pem | undefined, ca: Pem, body: string | Buffer, headers: Record<string, string> = { "content-type": "application/json" }): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { method: "POST", ca: ca.certPem, cert: client?.certPem, key: client?.keyPem, agent: false, headers }, (res) => {
+      let data = "";
+      res.setEncoding("utf8");
+      res.on("data", (c: string) => (data += c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: data }));
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+function postH2(url: string, client: Pem, ca: Pem, body: string): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const session = http2.connect(u.origin, { ca: ca.certPem, cert: client.certPem, key: client.keyPem });
+    session.on("error", reject);
+    const stream = session.request({ ":method": "POST", ":path": u.pathname, "content-type": "application/json" });
+    let status = 0;
+    let data = "";
+    stream.on("response", (h) => (status = Number(h[":status"])));
+    stream.setEncoding("utf8");
+    stream.on("data", (c: string) => (data += c));
+    stream.on("end", () => {
+      session.close();
+      resolve({ status, body: data });
+    });
+    stream.on("error", reject);
+    stream.end(body);
+  });
+}
+
+describe("gateway over mutual TLS (dependencies faked)", () => {
+  const tmp = tempDir("gateway-test");
+  let athenzCa: Pem, otherCa: Pem, server: Pem, zts: Pem, notAllowed: Pem, untrusted: Pem;
+  let gw: Gateway;
+  let url: string;
+  const logs = new PassThrough();
+  let logText = "";
+  logs.on("data", (c: Buffer) => (logText += c.toString()));
+  let tokenDown = false;
+  const deps = fakeDeps({
+    token: async (token) => {
+      if (tokenDown) throw new ConnectError("down", Code.Unavailable);
+      return create(VerifyTokenResponseSchema, { token: token === "token-of-b" ? tokenA({ podUid: UID_B }) : tokenA() });
+    },
+  });
+
+  before(async () => {
+    athenzCa = createCa(tmp.dir, "athenz");
+    otherCa = createCa(tmp.dir, "other");
+    server = issueCert(tmp.dir, "server", athenzCa, { cn: PROVIDER, dns: ["localhost"], ips: ["127.0.0.1"], usage: "server" });
+    zts = issueCert(tmp.dir, "zts", athenzCa, { cn: "zts.athenz.io", usage: "client" });
+    notAllowed = issueCert(tmp.dir, "pod", athenzCa, { cn: "sports.api", usage: "client" });
+    untrusted = issueCert(tmp.dir, "evil", otherCa, { cn: "zts.athenz.io", usage: "client" });
+    const policyFile = join(tmp.dir, "policy.json");
+    writeFileSync(policyFile, JSON.stringify({ san: { dnsSuffixes: ["cluster1.example.com"] } }));
+    const config = loadConfig(gatewaySpec, {
+      env: {
+        HOST: "127.0.0.1",
+        PORT: "0",
+        ADMIN_PORT: "0",
+        API_PORT: "0",
+        API_ADMIN_PORT: "0",
+        TLS_CERT_FILE: server.certFile,
+        TLS_KEY_FILE: server.keyFile,
+        TLS_CLIENT_CA_FILE: athenzCa.certFile,
+        PROVIDER_SERVICE: PROVIDER,
+        URL_PREFIX: "/copper",
+        ALLOWED_ZTS_CNS: "zts.athenz.io",
+        POLICY_FILE: policyFile,
+        POLICY_RELOAD_INTERVAL: "1h",
+        DECISION_TIMEOUT: "2s",
+      },
+    });
+    gw = await startGateway(config, createLogger({ service: "gateway", destination: logs }), { deps });
+    url = gw.zts.url.replace("127.0.0.1", "localhost") + "/copper";
+  });
+  after(async () => {
+    await gw?.close();
+    tmp.cleanup();
+  });
+
+  it("confirms over HTTP/1.1 and HTTP/2 with only the provider's attributes", async () => {
+    const body = JSON.stringify(confirmation({}, { certUsage: "server", extra: "echo?" }));
+    for (const r of [await post(`${url}/instance`, zts, athenzCa, body), await postH2(`${url}/refresh`, zts, athenzCa, body)]) {
+      assert.equal(r.status, 200, r.body);
+      const answer = JSON.parse(r.body) as { provider: string; attributes: Record<string, string> };
+      assert.equal(answer.provider, PROVIDER);
+      assert.deepEqual(answer.attributes, { certExpiryTime: "1440", certRefresh: "true" });
+    }
+  });
+
+  it("denies with 403 and a short reason of violation codes", async () => {
+    const r = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation({ attestationData: "token-of-b" })));
+    assert.equal(r.status, 403);
+    assert.deepEqual(JSON.parse(r.body), {
+      code: 403,
+      message: "denied: ERR_INSTANCE_ID_MISMATCH, ERR_POD_MISMATCH",
+      violations: ["ERR_INSTANCE_ID_MISMATCH", "ERR_POD_MISMATCH"],
+    });
+    const unknown = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation({ provider: "other.provider" })));
+    assert.equal(unknown.status, 403);
+    assert.match(unknown.body, /ERR_PROVIDER_MISMATCH/);
+  });
+
+  it("answers 504 when a dependency is down", async () => {
+    tokenDown = true;
+    try {
+      const r = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation()));
+      assert.equal(r.status, 504);
+    } finally {
+      tokenDown = false;
+    }
+  });
+
+  it("refuses ZTS client certificates that are missing, untrusted or not allowed", async () => {
+    const body = JSON.stringify(confirmation());
+    const missing = await post(`${url}/instance`, undefined, athenzCa, body);
+    assert.equal(missing.status, 401);
+    assert.match(missing.body, /client certificate required/);
+    const evil = await post(`${url}/instance`, untrusted, athenzCa, body);
+    assert.equal(evil.status, 401);
+    assert.match(evil.body, /not trusted/);
+    const pod = await post(`${url}/instance`, notAllowed, athenzCa, body);
+    assert.equal(pod.status, 403);
+    assert.match(pod.body, /client not allowed/);
+  });
+
+  it("rejects oversized, non-JSON, mistyped and incomplete bodies", async () => {
+    const big = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation({}, { pad: "x".repeat(70_000) })));
+    assert.equal(big.status, 413);
+    assert.equal((await post(`${url}/instance`, zts, athenzCa, "{not json")).status, 400);
+    assert.equal((await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation()), { "content-type": "text/plain" })).status, 415);
+    const { domain: _d, ...incomplete } = confirmation();
+    assert.equal((await post(`${url}/instance`, zts, athenzCa, JSON.stringify(incomplete))).status, 400);
+    assert.equal((await post(`${url}/instance`, zts, athenzCa, JSON.stringify({ ...confirmation(), attributes: { instanceId: 5 } }))).status, 400);
+    assert.equal((await post(`${url}/other`, zts, athenzCa, "{}")).status, 404);
+  });
+
+  it("writes one audit line per decision, never the token", async () => {
+    logText = "";
+    await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation({ attestationData: "secret.token.value" })));
+    const lines = logText.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l["audit"] === true);
+    assert.equal(lines.length, 1);
+    const line = lines[0]!;
+    assert.equal(line["outcome"], "allow");
+    assert.equal(line["clientCn"], "zts.athenz.io");
+    assert.equal(line["namespace"], "sports");
+    assert.equal(line["endpoint"], "instance");
+    assert.ok(!logText.includes("secret.token.value"));
+    const metrics = await gw.registry.metrics();
+    const has = (re: RegExp) => assert.ok(re.test(metrics), `metrics lack ${re}`);
+    has(/gateway_decisions_total\{endpoint="instance",outcome="allow",reason="ok"/);
+    has(/gateway_decision_duration_seconds_count\{[^}]*outcome="allow"/);
+    has(/gateway_dependency_duration_seconds_count\{[^}]*dependency="token-verifier"/);
+  });
+
+  it("re-reads the policy file and keeps the current policy when the file is invalid", async () => {
+    const file = gw.policy.get();
+    writeFileSync(join(tmp.dir, "policy.json"), JSON.stringify({ cert: { expiryMinutes: 30 } }));
+    // mtime granularity: make sure the stamp differs
+    const { utimesSync } = await import("node:fs");
+    utimesSync(join(tmp.dir, "policy.json"), new Date(), new Date(Date.now() + 5000));
+    assert.equal(gw.reloadPolicy(), true);
+    const r = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation()));
+    assert.equal((JSON.parse(r.body) as { attributes: Record<string, string> }).attributes["certExpiryTime"], "30");
+    writeFileSync(join(tmp.dir, "policy.json"), JSON.stringify({ cert: { expiryMinutes: -1 } }));
+    utimesSync(join(tmp.dir, "policy.json"), new Date(), new Date(Date.now() + 10_000));
+    assert.equal(gw.reloadPolicy(), false);
+    assert.equal(gw.policy.get().cert.expiryMinutes, 30);
+    assert.notEqual(file, gw.policy.get());
+  });
+
+  it("serves the same decision and an explanation over the Connect API", async () => {
+    const client = createClient(IdentityProviderService, createConnectTransport({ baseUrl: gw.api.url, httpVersion: "2" }));
+    const ok = await client.confirmInstance({ confirmation: confirmation() });
+    assert.equal(ok.decision?.outcome, Outcome.ALLOW);
+    const ex = await client.explainInstance({ confirmation: confirmation({ domain: "weather" }), operation: Operation.REGISTER });
+    assert.equal(ex.decision?.outcome, Outcome.DENY);
+    const identity = ex.checks.find((c) => c.name === "identity");
+    assert.equal(identity?.outcome, CheckOutcome.FAIL);
+    assert.equal(identity?.violations[0]?.code, "ERR_DOMAIN_MISMATCH");
+    assert.deepEqual(ex.checks.map((c) => c.name), ["request", "token", "identity", "pod", "ips", "csr"]);
+    await assert.rejects(client.confirmInstance({}), (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
+  });
+});
