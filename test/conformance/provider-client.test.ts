@@ -1,0 +1,238 @@
+/**
+ * Conformance with Athenz's own provider client: InstanceHttpProvider (athenz-instance-provider from
+ * Maven Central), configured the way ZTS configures it, calls `/instance` and `/refresh` over mutual TLS.
+ *
+ * 1. Against a minimal provider written here (answers 200 / 403 / 504 / an unparsable 200 per the
+ *    protocol), so the driver itself is shown to tell the outcomes apart.
+ * 2. Against the real gateway (services/gateway, its HTTPS Copper Argos endpoint with mutual TLS), with
+ *    its dependencies answered in-process (services/gateway/src/testing.ts).
+ */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { createServer, type Server } from "node:https";
+import type { TLSSocket } from "node:tls";
+import type { AddressInfo } from "node:net";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
+import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
+import { createCa, issueCert, type Pem } from "../support/pki.js";
+import { tempDir } from "../support/tmp.js";
+import { gatewaySpec } from "../../services/gateway/src/config.js";
+import { startGateway, type Gateway } from "../../services/gateway/src/server.js";
+import { confirmation, fakeDeps, PROVIDER, tokenA, UID_A } from "../../services/gateway/src/testing.js";
+import { describeRun, makeZtsStores, runDriver, type ConformanceCase, type ZtsStores } from "./provider-client.js";
+
+const ZTS_CN = "zts.athenz.io";
+
+interface Pki {
+  dir: string;
+  providerCa: Pem;
+  providerCert: Pem;
+  ztsCa: Pem;
+  ztsClient: Pem;
+  stores: ZtsStores;
+}
+
+function makePki(dir: string): Pki {
+  const providerCa = createCa(dir, "provider-ca");
+  // The SAN deliberately does not name 127.0.0.1: ZTS checks the CN (ProviderHostnameVerifier), not the host.
+  const providerCert = issueCert(dir, "provider", providerCa, { cn: PROVIDER, dns: ["identityd.example.invalid"], usage: "server" });
+  const ztsCa = createCa(dir, "zts-ca", "Athenz test CA", "rsa");
+  const ztsClient = issueCert(dir, "zts-client", ztsCa, { cn: ZTS_CN, usage: "client", type: "rsa" });
+  return { dir, providerCa, providerCert, ztsCa, ztsClient, stores: makeZtsStores(dir, ztsClient, providerCa) };
+}
+
+const { dir, cleanup } = tempDir("conformance-java");
+after(cleanup);
+let pki: Pki;
+before(() => {
+  pki = makePki(dir);
+});
+
+/** A provider that answers by attestationData: "allow", "deny", "retry", "garbage" (200, not JSON). */
+async function startMinimalProvider(p: Pki): Promise<{ url: string; server: Server; seen: Array<{ path: string; clientCn: string; body: unknown }> }> {
+  const seen: Array<{ path: string; clientCn: string; body: unknown }> = [];
+  const server = createServer(
+    { cert: p.providerCert.certPem, key: p.providerCert.keyPem, ca: p.ztsCa.certPem, requestCert: true, rejectUnauthorized: true },
+    (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        const clientCn = String((req.socket as TLSSocket).getPeerCertificate().subject?.CN ?? "");
+        let body: { provider?: string; domain?: string; service?: string; attestationData?: string } = {};
+        try {
+          body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as typeof body;
+        } catch {
+          // answered as a bad request below
+        }
+        seen.push({ path: req.url ?? "", clientCn, body });
+        const send = (status: number, payload: string) => {
+          res.writeHead(status, { "content-type": "application/json" });
+          res.end(payload);
+        };
+        if (req.method !== "POST" || !["/v1/instance", "/v1/refresh"].includes(req.url ?? "") || clientCn !== ZTS_CN) return send(400, '{"code":400,"message":"bad request"}');
+        switch (body.attestationData) {
+          case "allow":
+            return send(200, JSON.stringify({ provider: body.provider, domain: body.domain, service: body.service, attributes: { certExpiryTime: "60", certRefresh: "true" } }));
+          case "deny":
+            return send(403, '{"code":403,"message":"denied: ERR_TEST"}');
+          case "retry":
+            return send(504, '{"code":504,"message":"cannot decide yet; retry"}');
+          case "garbage":
+            return send(200, "this is not an InstanceConfirmation");
+          default:
+            return send(400, '{"code":400,"message":"unknown attestation"}');
+        }
+      });
+    },
+  );
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return { url: `https://127.0.0.1:${port}/v1`, server, seen };
+}
+
+function basic(attestationData: string): ConformanceCase["confirmation"] {
+  return { provider: PROVIDER, domain: "sports", service: "api", attestationData, attributes: { instanceId: UID_A, clientIP: "10.1.2.3" } };
+}
+
+describe("InstanceHttpProvider against a minimal protocol provider", () => {
+  it("tells allow, forbidden, gateway-timeout and a bad body apart, and checks the server CN", async () => {
+    const provider = await startMinimalProvider(pki);
+    try {
+      const cases: ConformanceCase[] = [
+        { name: "register allowed", call: "instance", confirmation: basic("allow"), expect: { outcome: "allow", attributes: { certExpiryTime: "60", certRefresh: "true" }, absentAttributes: ["instanceId"] } },
+        { name: "refresh allowed", call: "refresh", confirmation: basic("allow"), expect: { outcome: "allow", attributes: { certExpiryTime: "60" } } },
+        { name: "deny is forbidden", call: "instance", confirmation: basic("deny"), expect: { outcome: "forbidden", providerCode: 403, messageContains: "ERR_TEST" } },
+        { name: "504 is gateway timeout", call: "instance", confirmation: basic("retry"), expect: { outcome: "gateway-timeout", providerCode: 504 } },
+        { name: "unparsable 200 is forbidden", call: "refresh", confirmation: basic("garbage"), expect: { outcome: "forbidden" } },
+        // a provider whose name is not the certificate's CN: the TLS call fails, which ZTS reports as 504
+        { name: "wrong provider name fails the hostname check", call: "instance", provider: "k8s.other.identityd", confirmation: basic("allow"), expect: { outcome: "gateway-timeout", providerCode: 504, messageContains: "SSLPeerUnverifiedException" } },
+      ];
+      const run = await runDriver({ provider: PROVIDER, endpoint: provider.url, stores: pki.stores, cases, dir, timeoutMs: 10_000 });
+      assert.equal(run.status, 0, describeRun(run));
+      assert.equal(run.summary, `${cases.length} passed, 0 failed`, describeRun(run));
+      assert.deepEqual(run.results.map((r) => r.name), cases.map((c) => c.name));
+      // the client really presented ZTS's certificate and used the /instance and /refresh suffixes
+      assert.deepEqual(provider.seen.map((s) => `${s.path} ${s.clientCn}`), [
+        `/v1/instance ${ZTS_CN}`, `/v1/refresh ${ZTS_CN}`, `/v1/instance ${ZTS_CN}`, `/v1/instance ${ZTS_CN}`, `/v1/refresh ${ZTS_CN}`,
+      ]);
+      assert.deepEqual(provider.seen[0]?.body, { ...basic("allow") });
+    } finally {
+      provider.server.close();
+    }
+  });
+
+  it("reports a case whose expectation is not met (the driver can fail)", async () => {
+    const provider = await startMinimalProvider(pki);
+    try {
+      const cases: ConformanceCase[] = [
+        { name: "deny expected allow", call: "instance", confirmation: basic("deny"), expect: { outcome: "allow" } },
+        { name: "allow with a wrong attribute", call: "instance", confirmation: basic("allow"), expect: { outcome: "allow", attributes: { certExpiryTime: "1440" } } },
+      ];
+      const run = await runDriver({ provider: PROVIDER, endpoint: provider.url, stores: pki.stores, cases, dir, timeoutMs: 10_000 });
+      assert.equal(run.status, 1, describeRun(run));
+      assert.equal(run.summary, "0 passed, 2 failed", describeRun(run));
+      assert.match(run.results[1]?.problems ?? "", /certExpiryTime=60, want 1440/);
+    } finally {
+      provider.server.close();
+    }
+  });
+});
+
+describe("InstanceHttpProvider against the gateway", () => {
+  let gateway: Gateway;
+  let endpoint: string;
+
+  before(async () => {
+    const deps = fakeDeps({
+      token: async (token) => {
+        if (token === "token-unavailable") throw new ConnectError("token-verifier down", Code.Unavailable);
+        if (token === "token-other-namespace") {
+          return create(VerifyTokenResponseSchema, { token: tokenA({ namespace: "weather", subject: "system:serviceaccount:weather:api" }), verifiedBy: ["jwks"] });
+        }
+        return create(VerifyTokenResponseSchema, { token: tokenA(), verifiedBy: ["jwks"] });
+      },
+    });
+    const config = loadConfig(gatewaySpec, {
+      env: {
+        HOST: "127.0.0.1",
+        PORT: "0",
+        ADMIN_PORT: "0",
+        API_PORT: "0",
+        PROVIDER_SERVICE: PROVIDER,
+        URL_PREFIX: "/zts-callback",
+        TLS_CERT_FILE: pki.providerCert.certFile,
+        TLS_KEY_FILE: pki.providerCert.keyFile,
+        TLS_CLIENT_CA_FILE: pki.ztsCa.certFile,
+        ALLOWED_ZTS_CNS: ZTS_CN,
+        DNS_SUFFIXES: "cluster1.example.com",
+        CERT_EXPIRY_MINUTES: "1440",
+        LOG_LEVEL: "silent",
+      },
+    });
+    gateway = await startGateway(config, createLogger({ service: "gateway", level: "silent" }), { deps });
+    endpoint = `https://127.0.0.1:${gateway.zts.port}/zts-callback`;
+  });
+  after(async () => {
+    await gateway?.close();
+  });
+
+  it("answers ZTS's client: confirmations parsed, denies forbidden, 504 as gateway timeout, CN accepted", async () => {
+    const requestAttributes = ["instanceId", "clientIP", "sanDNS", "sanIP", "sanURI"];
+    const cases: ConformanceCase[] = [
+      {
+        name: "register of a matching pod is confirmed",
+        call: "instance",
+        confirmation: confirmation({ attestationData: "token-sports-api" }),
+        expect: { outcome: "allow", attributes: { certExpiryTime: "1440", certRefresh: "true" }, absentAttributes: requestAttributes },
+      },
+      {
+        name: "refresh of a matching pod is confirmed",
+        call: "refresh",
+        confirmation: confirmation({ attestationData: "token-sports-api" }, { principal: "sports.api" }),
+        expect: { outcome: "allow", attributes: { certExpiryTime: "1440" }, absentAttributes: [...requestAttributes, "principal"] },
+      },
+      {
+        name: "a token of another namespace is forbidden",
+        call: "instance",
+        confirmation: confirmation({ attestationData: "token-other-namespace" }),
+        expect: { outcome: "forbidden", providerCode: 403, messageContains: "ERR_DOMAIN_MISMATCH" },
+      },
+      {
+        name: "an instanceId of another pod is forbidden",
+        call: "instance",
+        confirmation: confirmation({ attestationData: "token-sports-api" }, { instanceId: "0b0f5d4e-9999-4a2b-9c3d-000000000009" }),
+        expect: { outcome: "forbidden", providerCode: 403, messageContains: "ERR_INSTANCE_ID_MISMATCH" },
+      },
+      {
+        name: "a dependency down is a gateway timeout",
+        call: "instance",
+        confirmation: confirmation({ attestationData: "token-unavailable" }),
+        expect: { outcome: "gateway-timeout", providerCode: 504 },
+      },
+      {
+        name: "a dependency down on refresh is a gateway timeout",
+        call: "refresh",
+        confirmation: confirmation({ attestationData: "token-unavailable" }, { principal: "sports.api" }),
+        expect: { outcome: "gateway-timeout", providerCode: 504 },
+      },
+      {
+        name: "another provider name is refused by ProviderHostnameVerifier",
+        call: "instance",
+        provider: "k8s.cluster2.identityd",
+        confirmation: confirmation({ attestationData: "token-sports-api" }),
+        expect: { outcome: "gateway-timeout", providerCode: 504, messageContains: "SSLPeerUnverifiedException" },
+      },
+    ];
+    const run = await runDriver({ provider: PROVIDER, endpoint, stores: pki.stores, cases, dir, timeoutMs: 10_000 });
+    assert.equal(run.status, 0, describeRun(run));
+    assert.equal(run.summary, `${cases.length} passed, 0 failed`, describeRun(run));
+    const allowed = run.results[0]?.confirmation;
+    assert.deepEqual([allowed?.provider, allowed?.domain, allowed?.service], [PROVIDER, "sports", "api"], describeRun(run));
+    // the deny reason travels to ZTS (which embeds it in its error for the SIA) and holds no token
+    const deny = run.results[2]?.message ?? "";
+    assert.match(deny, /ResourceException \(403\): \{.*"code":403/, describeRun(run));
+    assert.doesNotMatch(deny, /token-other-namespace/);
+  });
+});

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds what the conformance tier runs: the Java driver around Athenz's own provider client
+# (test/conformance/java, com.yahoo.athenz:athenz-instance-provider from Maven Central).
+# Idempotent: when target/ is newer than the pom and the sources it does nothing; otherwise it builds
+# offline from ~/.m2 and, when something is not cached yet (a clean machine), once online.
+#
+# Usage: bash test/conformance/setup.sh        Env: MVN (default: mvn on PATH)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+java_dir="${here}/java"
+MVN="${MVN:-mvn}"
+
+log() { printf '[conformance-setup %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+command -v java >/dev/null 2>&1 || die "java not found (need a JDK >= 17: apt-get install openjdk-17-jdk-headless)"
+command -v keytool >/dev/null 2>&1 || die "keytool not found (it comes with the JDK)"
+command -v "${MVN}" >/dev/null 2>&1 || die "mvn not found (apt-get install maven)"
+command -v openssl >/dev/null 2>&1 || die "openssl not found"
+java_major="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = \([0-9]*\).*/\1/p')"
+(( java_major >= 17 )) || die "java ${java_major} found; the driver targets Java 17"
+
+jar="${java_dir}/target/provider-client-conformance-0.0.0.jar"
+classpath="${java_dir}/target/classpath.txt"
+up_to_date() {
+  [[ -f "${jar}" && -f "${classpath}" ]] || return 1
+  [[ -z "$(find "${java_dir}/pom.xml" "${java_dir}/src" -newer "${jar}" -print -quit)" ]] || return 1
+  # every jar on the recorded classpath must still be in the local repository
+  local entry
+  while IFS= read -r -d ':' entry; do [[ -f "${entry}" ]] || return 1; done < <(tr -d '\n' <"${classpath}"; printf ':')
+}
+
+start=${SECONDS}
+if up_to_date; then
+  log "java driver up to date (${jar})"
+else
+  logf="$(mktemp)"
+  if (cd "${java_dir}" && "${MVN}" -q -B -o package) >"${logf}" 2>&1; then
+    log "java driver built offline in $((SECONDS - start))s"
+  else
+    log "offline build failed (first run on this machine?): fetching from Maven Central"
+    # go-offline brings the dependencies and most plugins; the online package fetches what it misses.
+    if ! (cd "${java_dir}" && "${MVN}" -q -B dependency:go-offline && "${MVN}" -q -B package) >"${logf}" 2>&1; then
+      tail -n 60 "${logf}" >&2
+      die "maven build failed after $((SECONDS - start))s (full log: ${logf})"
+    fi
+    log "java driver built online in $((SECONDS - start))s"
+  fi
+  rm -f "${logf}"
+  up_to_date || die "build finished but ${jar} or its classpath is missing"
+fi
+log "ready: athenz-instance-provider $(sed -n 's:.*<athenz.version>\(.*\)</athenz.version>.*:\1:p' "${java_dir}/pom.xml"), java ${java_major}"
