@@ -1,0 +1,230 @@
+/**
+ * The SIA end to end: agent -> ZTS stand-in -> the real gateway -> token-verifier / pod-registry /
+ * csr-inspector, all on real ports with real TLS (the ZTS stand-in calls the gateway with its own
+ * client certificate, which the gateway trusts as it would trust ZTS). Init, refresh and run modes,
+ * the certificate read back by node:crypto and by `openssl x509`, and denied pods.
+ */
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { PassThrough } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { createLogger } from "@k8s-athenz-identity/shared/logger";
+import { createAgent, type AgentConfig, type AgentOptions } from "../../services/sia/src/agent.js";
+import type { RetryPolicy } from "../../services/sia/src/scheduler.js";
+import { ZtsError } from "../../services/sia/src/zts-client.js";
+import type { PodJson } from "../support/fake-kube-api.js";
+import { tempDir } from "../support/tmp.js";
+import { startZtsStandIn, type ZtsStandIn } from "../support/zts-stand-in.js";
+import { DNS_SUFFIX, PROVIDER, startStack, type Stack } from "./stack.js";
+
+const FAST: RetryPolicy = { unavailableBaseMs: 20, otherBaseMs: 20, deniedBaseMs: 400, maxBackoffMs: 400, minDelayMs: 10 };
+
+type Outcome = Parameters<NonNullable<AgentOptions["onOutcome"]>>[0];
+interface AuditLine {
+  audit?: boolean;
+  endpoint?: string;
+  outcome?: string;
+  instanceId?: string;
+  violations?: string[];
+  clientCn?: string;
+}
+
+/** Outcomes of one agent, awaitable. */
+function outcomes() {
+  const seen: Outcome[] = [];
+  const waiters: Array<() => void> = [];
+  return {
+    seen,
+    on: (o: Outcome) => {
+      seen.push(o);
+      for (const w of waiters.splice(0)) w();
+    },
+    async until(pred: (o: Outcome) => boolean, count = 1): Promise<void> {
+      while (seen.filter(pred).length < count) await new Promise<void>((r) => waiters.push(r));
+    },
+  };
+}
+
+describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
+  const tmp = tempDir("e2e-sia");
+  const siaLogger = createLogger({ service: "sia", level: "silent" });
+  const audit: AuditLine[] = [];
+  const gatewayLogs = new PassThrough();
+  let pending = "";
+  gatewayLogs.on("data", (c: Buffer) => {
+    pending += c.toString("utf8");
+    const lines = pending.split("\n");
+    pending = lines.pop() ?? "";
+    for (const l of lines) {
+      const o = JSON.parse(l) as AuditLine;
+      if (o.audit) audit.push(o);
+    }
+  });
+  let zts: ZtsStandIn;
+  let s: Stack;
+  let n = 0;
+
+  before(async () => {
+    // ZTS first (it has its own CA and principal), then the gateway trusting exactly that.
+    zts = await startZtsStandIn({ dir: join(tmp.dir, "zts"), principal: "athenz.zts" });
+    s = await startStack({ logDestination: gatewayLogs, gatewayEnv: { TLS_CLIENT_CA_FILE: zts.clientCaFile, ALLOWED_ZTS_CNS: zts.principal } });
+    zts.setProvider({ name: PROVIDER, endpoint: s.endpoint, dnsSuffixes: [DNS_SUFFIX], caPem: s.pki.athenzCa.certPem });
+  });
+  after(async () => {
+    await s?.close();
+    await zts?.close();
+    tmp.cleanup();
+  });
+
+  /** A pod in the cluster, its token in a file, and where its SIA writes. */
+  const podWithToken = async (token?: (pod: PodJson) => Promise<string>) => {
+    const { pod, token: own } = await s.newPod({ namespace: "sports", serviceAccountName: "api" });
+    const dir = join(tmp.dir, `pod-${++n}`);
+    const tokenFile = join(tmp.dir, `token-${n}`);
+    writeFileSync(tokenFile, token ? await token(pod) : own);
+    // ZTS sees the SIA's connection coming from the pod's IP, as on a pod network.
+    zts.setClientIp(pod.status.podIP);
+    return { pod, dir, tokenFile };
+  };
+
+  const configFor = (pod: PodJson, dir: string, tokenFile: string, over: Partial<AgentConfig> = {}): AgentConfig => ({
+    endpoint: `${zts.url}/zts/v1`,
+    providerService: PROVIDER,
+    dnsSuffix: DNS_SUFFIX,
+    domain: "sports",
+    service: "api",
+    podIp: pod.status.podIP!,
+    podUid: pod.metadata.uid,
+    saTokenFile: tokenFile,
+    keyFile: join(dir, "service.key.pem"),
+    certFile: join(dir, "service.cert.pem"),
+    caCertFile: join(dir, "ca.cert.pem"),
+    refreshInterval: 24 * 3_600_000,
+    delayJitterSeconds: 0,
+    keyType: "rsa",
+    wildcard: false,
+    expiryMinutes: 0,
+    initTimeout: 3_000,
+    ztsTimeout: 5_000,
+    serverCaPem: zts.caPem,
+    ...over,
+  });
+
+  const expectedSans = (pod: PodJson) =>
+    `DNS:api.sports.${DNS_SUFFIX}, DNS:${pod.metadata.uid}.instanceid.athenz.${DNS_SUFFIX}, IP Address:${pod.status.podIP}, ` +
+    `URI:spiffe://sports/sa/api, URI:athenz://instanceid/${PROVIDER}/${pod.metadata.uid}`;
+
+  let initPod: { pod: PodJson; dir: string; tokenFile: string };
+
+  it("init: registers through ZTS and the gateway; subject and SANs read back by node:crypto and openssl", async () => {
+    initPod = await podWithToken();
+    const { pod, dir, tokenFile } = initPod;
+    const before = { register: zts.calls.register, provider: zts.calls.provider };
+    const agent = createAgent({ config: configFor(pod, dir, tokenFile), logger: siaLogger, retryPolicy: FAST });
+    const held = await agent.init();
+    assert.equal(zts.calls.register, before.register + 1);
+    assert.equal(zts.calls.provider, before.provider + 1);
+
+    // The gateway made the decision (its audit line), for this pod, called by the ZTS principal.
+    const line = audit.find((a) => a.instanceId === pod.metadata.uid && a.endpoint === "instance");
+    assert.ok(line, JSON.stringify(audit));
+    assert.equal(line.outcome, "allow");
+    assert.equal(line.clientCn, "athenz.zts");
+
+    const certFile = join(dir, "service.cert.pem");
+    const keyFile = join(dir, "service.key.pem");
+    const cert = new X509Certificate(readFileSync(certFile));
+    assert.equal(cert.subject, `OU=${PROVIDER}\nCN=sports.api`);
+    assert.equal(cert.subjectAltName, expectedSans(pod));
+    assert.ok(cert.checkIssued(new X509Certificate(zts.signerCaPem)));
+    assert.ok(cert.verify(new X509Certificate(zts.signerCaPem).publicKey));
+    assert.ok(cert.checkPrivateKey(createPrivateKey(readFileSync(keyFile))));
+    assert.equal(statSync(keyFile).mode & 0o777, 0o600);
+    assert.equal(readFileSync(join(dir, "ca.cert.pem"), "utf8"), zts.signerCaPem);
+    // The gateway's certExpiryTime (1440 minutes) is what ZTS signed for.
+    assert.equal(Date.parse(cert.validTo) - Date.parse(cert.validFrom), 1440 * 60_000);
+    assert.equal(held.serialNumber, cert.serialNumber);
+
+    const text = execFileSync("openssl", ["x509", "-noout", "-text", "-in", certFile], { encoding: "utf8" });
+    assert.match(text, new RegExp(`Subject: OU ?= ?${PROVIDER.replaceAll(".", "\\.")}, CN ?= ?sports\\.api`));
+    const sanLine = /X509v3 Subject Alternative Name:\s*\n\s*(.+)/.exec(text)?.[1]?.trim();
+    assert.equal(sanLine, expectedSans(pod));
+    assert.match(text, /Issuer: CN ?= ?ZTS stand-in signer CA/);
+  });
+
+  it("refresh: picks up the certificate from init and refreshes it over mutual TLS through the gateway", async () => {
+    const { pod, dir, tokenFile } = initPod;
+    const old = new X509Certificate(readFileSync(join(dir, "service.cert.pem")));
+    const o = outcomes();
+    const agent = createAgent({ config: configFor(pod, dir, tokenFile, { refreshInterval: 200 }), logger: siaLogger, retryPolicy: FAST, onOutcome: o.on });
+    await agent.start("refresh");
+    try {
+      assert.equal(agent.current?.serialNumber, old.serialNumber, "starts from the certificate on disk");
+      await o.until((e) => e.operation === "refresh");
+      assert.deepEqual(o.seen[0], { operation: "refresh", outcome: "success" });
+    } finally {
+      await agent.close();
+    }
+    const fresh = new X509Certificate(readFileSync(join(dir, "service.cert.pem")));
+    assert.notEqual(fresh.serialNumber, old.serialNumber);
+    assert.notEqual(fresh.publicKey.export({ format: "der", type: "spki" }).toString("hex"), old.publicKey.export({ format: "der", type: "spki" }).toString("hex"));
+    assert.equal(fresh.subjectAltName, expectedSans(pod));
+    assert.equal(zts.lastConfirmation?.attributes["principal"], "sports.api");
+    assert.ok(audit.some((a) => a.instanceId === pod.metadata.uid && a.endpoint === "refresh" && a.outcome === "allow"), JSON.stringify(audit));
+  });
+
+  it("run: registers when there is no certificate, then keeps refreshing", async () => {
+    const { pod, dir, tokenFile } = await podWithToken();
+    const o = outcomes();
+    const agent = createAgent({ config: configFor(pod, dir, tokenFile, { refreshInterval: 150, keyType: "ec" }), logger: siaLogger, retryPolicy: FAST, onOutcome: o.on });
+    assert.equal(agent.healthy(), false);
+    await agent.start("run");
+    try {
+      await o.until((e) => e.operation === "refresh", 2);
+      assert.deepEqual(
+        o.seen.map((e) => `${e.operation}:${e.outcome}`),
+        ["register:success", "refresh:success", "refresh:success"],
+      );
+      assert.equal(agent.healthy(), true);
+    } finally {
+      await agent.close();
+    }
+    const cert = new X509Certificate(readFileSync(join(dir, "service.cert.pem")));
+    assert.equal(cert.subject, `OU=${PROVIDER}\nCN=sports.api`);
+    assert.equal(cert.subjectAltName, expectedSans(pod));
+    assert.equal(createPrivateKey(readFileSync(join(dir, "service.key.pem"))).asymmetricKeyType, "ec");
+  });
+
+  const expectDenied = async (pod: PodJson, dir: string, tokenFile: string, code: string) => {
+    const agent = createAgent({ config: configFor(pod, dir, tokenFile), logger: siaLogger, retryPolicy: FAST });
+    const err = await agent.init().then(
+      () => assert.fail("init should have been denied"),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof ZtsError, String(err));
+    assert.equal(err.status, 403);
+    assert.equal(err.kind, "denied");
+    // The SIA's message carries ZTS's 403 with the gateway's reason in it, and no token.
+    assert.match(err.message, /403/);
+    assert.ok(err.message.includes(code), err.message);
+    assert.ok(!err.message.includes(readFileSync(tokenFile, "utf8").slice(-40)), "the token leaked into the error");
+    for (const f of ["service.key.pem", "service.cert.pem", "ca.cert.pem"]) assert.equal(existsSync(join(dir, f)), false, `${f} was written`);
+    assert.ok(audit.some((a) => a.instanceId === pod.metadata.uid && a.outcome === "deny" && a.violations?.includes(code)), JSON.stringify(audit));
+  };
+
+  it("denied: another pod's token gets a clear 403 (ERR_INSTANCE_ID_MISMATCH) and no files", async () => {
+    const other = await s.newPod({ namespace: "sports", serviceAccountName: "api" });
+    const { pod, dir, tokenFile } = await podWithToken(async () => other.token);
+    await expectDenied(pod, dir, tokenFile, "ERR_INSTANCE_ID_MISMATCH");
+  });
+
+  it("denied: a deleted pod gets a clear 403 (ERR_POD_NOT_FOUND) and no files", async () => {
+    const { pod, dir, tokenFile } = await podWithToken();
+    s.kube.deletePod(pod.metadata.uid);
+    await s.registryReaches(() => s.podRegistry.registry.getByUid(pod.metadata.uid) === undefined);
+    await expectDenied(pod, dir, tokenFile, "ERR_POD_NOT_FOUND");
+  });
+});
