@@ -1,0 +1,175 @@
+/**
+ * Static checks of k8s/ and the Dockerfile (fast, no cluster): the settings files are accepted by the
+ * services' own config loaders, every workload carries the hardening the issue asks for, and every
+ * service has an image target. The real API server checks are in test/cluster/deploy.test.ts.
+ */
+import assert from "node:assert/strict";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { loadAllYaml, loadYaml } from "@kubernetes/client-node";
+import { loadConfig, type Setting } from "@k8s-athenz-identity/shared/config";
+import { csrInspectorSpec } from "../../services/csr-inspector/src/config.js";
+import { gatewaySpec } from "../../services/gateway/src/config.js";
+import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
+import { siaSpec } from "../../services/sia/src/config.js";
+import { tokenVerifierSpec } from "../../services/token-verifier/src/config.js";
+import { entrypointOf, parseDockerfile } from "../../scripts/check-entrypoints.js";
+
+const repo = new URL("../..", import.meta.url).pathname;
+const k8s = join(repo, "k8s");
+
+type Obj = { kind: string; metadata: { name: string }; spec?: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+const kustomization = loadYaml(readFileSync(join(k8s, "kustomization.yaml"), "utf8")) as {
+  resources: string[];
+  images: Array<{ name: string; newName?: string; newTag?: string }>;
+  configMapGenerator: Array<{ name: string; envs?: string[]; files?: string[] }>;
+};
+const objects: Obj[] = kustomization.resources.flatMap((f) => loadAllYaml(readFileSync(join(k8s, f), "utf8")) as Obj[]);
+const workloads = objects.filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet");
+
+function envFile(path: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of readFileSync(join(k8s, path), "utf8").split("\n")) {
+    const t = line.trim();
+    if (t === "" || t.startsWith("#")) continue;
+    const eq = t.indexOf("=");
+    assert.ok(eq > 0, `${path}: not KEY=value: ${t}`);
+    out[t.slice(0, eq)] = t.slice(eq + 1);
+  }
+  return out;
+}
+
+const envNames = (spec: Record<string, Setting<unknown>>): Set<string> => new Set(Object.values(spec).flatMap((s) => (s.env ? [s.env] : [])));
+
+describe("k8s/ settings files", () => {
+  const common = envFile("config/common.env");
+  const services = {
+    gateway: gatewaySpec,
+    "token-verifier": tokenVerifierSpec,
+    "pod-registry": podRegistrySpec,
+    "csr-inspector": csrInspectorSpec,
+  } as const;
+
+  for (const [name, spec] of Object.entries(services)) {
+    it(`${name}: every key is one of its settings, and its config loader accepts them`, () => {
+      const own = envFile(`config/${name}.env`);
+      const known = envNames(spec);
+      for (const k of Object.keys(own)) assert.ok(known.has(k), `config/${name}.env: ${k} is not a ${name} setting`);
+      assert.doesNotThrow(() => loadConfig(spec, { argv: [], env: { ...common, ...own } }));
+    });
+  }
+
+  it("common.env only holds settings some service reads", () => {
+    const all = new Set(Object.values(services).flatMap((s) => [...envNames(s)]));
+    for (const k of Object.keys(common)) assert.ok(all.has(k), `config/common.env: ${k} is read by no service`);
+  });
+
+  it("sia.env holds SIA settings, and the gateway's provider and DNS suffix match it", () => {
+    const sia = envFile("sia/sia.env");
+    const known = envNames(siaSpec);
+    for (const k of Object.keys(sia)) assert.ok(known.has(k), `sia/sia.env: ${k} is not a SIA setting`);
+    assert.equal(sia["PROVIDER_SERVICE"], common["PROVIDER_SERVICE"]);
+    assert.ok(common["DNS_SUFFIXES"]!.split(",").includes(sia["DNS_SUFFIX"]!));
+  });
+
+  it("every generated ConfigMap a workload references exists", () => {
+    const generated = new Set(kustomization.configMapGenerator.map((g) => g.name));
+    for (const w of workloads) {
+      const pod = w.spec.template.spec;
+      const refs = [
+        ...pod.containers.flatMap((c: any) => (c.envFrom ?? []).map((e: any) => e.configMapRef?.name)), // eslint-disable-line @typescript-eslint/no-explicit-any
+        ...(pod.volumes ?? []).flatMap((v: any) => (v.configMap ? [v.configMap.name] : [])), // eslint-disable-line @typescript-eslint/no-explicit-any
+      ].filter(Boolean);
+      for (const r of refs) assert.ok(generated.has(r), `${w.metadata.name} references ConfigMap ${r}, not generated`);
+    }
+  });
+});
+
+describe("k8s/ workloads", () => {
+  it("has the four services and NATS", () => {
+    assert.deepEqual(workloads.map((w) => `${w.kind}/${w.metadata.name}`).sort(), [
+      "Deployment/csr-inspector", "Deployment/gateway", "Deployment/pod-registry", "Deployment/token-verifier", "StatefulSet/nats",
+    ]);
+  });
+
+  for (const w of workloads) {
+    it(`${w.kind}/${w.metadata.name}: hardened, probed, bounded, spread, covered by a PDB`, () => {
+      const pod = w.spec.template.spec;
+      assert.equal(pod.securityContext.runAsNonRoot, true);
+      assert.ok(pod.securityContext.runAsUser > 0);
+      assert.equal(pod.securityContext.seccompProfile.type, "RuntimeDefault");
+      assert.equal(pod.serviceAccountName, w.metadata.name);
+      assert.ok(pod.topologySpreadConstraints?.length >= 1);
+      assert.ok(w.spec.replicas >= 2);
+      for (const c of pod.containers) {
+        assert.equal(c.securityContext.readOnlyRootFilesystem, true, c.name);
+        assert.equal(c.securityContext.allowPrivilegeEscalation, false, c.name);
+        assert.deepEqual(c.securityContext.capabilities.drop, ["ALL"], c.name);
+        assert.ok(c.resources.requests.cpu && c.resources.requests.memory && c.resources.limits.cpu && c.resources.limits.memory, c.name);
+        assert.ok(c.livenessProbe?.httpGet && c.readinessProbe?.httpGet, `${c.name} probes`);
+      }
+      const labels = w.spec.selector.matchLabels;
+      const pdb = objects.find((o) => o.kind === "PodDisruptionBudget" && JSON.stringify(o.spec.selector.matchLabels) === JSON.stringify(labels));
+      assert.ok(pdb, `no PodDisruptionBudget selects ${JSON.stringify(labels)}`);
+    });
+  }
+
+  it("mounts a service-account token only where the API server is called", () => {
+    const mounted = workloads.filter((w) => w.spec.template.spec.automountServiceAccountToken !== false).map((w) => w.metadata.name).sort();
+    assert.deepEqual(mounted, ["pod-registry", "token-verifier"]);
+  });
+
+  it("pins every image: our images by registry and tag, NATS by a 2.10 tag", () => {
+    const images = new Map(kustomization.images.map((i) => [i.name, i]));
+    for (const w of workloads) {
+      for (const c of w.spec.template.spec.containers) {
+        const img = images.get(c.image);
+        assert.ok(img?.newTag, `${w.metadata.name}: image ${c.image} has no pinned tag in kustomization.yaml`);
+      }
+    }
+    assert.match(images.get("nats")!.newTag!, /^2\.10\.\d+-alpine/);
+  });
+
+  it("only the gateway takes ingress from outside the namespace", () => {
+    const policies = objects.filter((o) => o.kind === "NetworkPolicy");
+    const deny = policies.find((p) => JSON.stringify(p.spec.podSelector) === "{}");
+    assert.deepEqual(deny?.spec.policyTypes, ["Ingress"]);
+    assert.equal(deny?.spec.ingress, undefined);
+    for (const p of policies) {
+      for (const rule of p.spec.ingress ?? []) {
+        const target = p.spec.podSelector.matchLabels?.["app.kubernetes.io/name"];
+        // loadAllYaml builds client-node models, where the ingress rule's `from` is named `_from`.
+        const from: any[] | undefined = rule.from ?? rule._from; // eslint-disable-line @typescript-eslint/no-explicit-any
+        if (from === undefined) assert.equal(target, "gateway", `${p.metadata.name} opens ${target} to everyone`);
+        else for (const f of from) assert.ok(f.podSelector && !f.namespaceSelector && !f.ipBlock, `${p.metadata.name}: only pods of this namespace`);
+      }
+    }
+  });
+});
+
+describe("Dockerfile", () => {
+  const stages = parseDockerfile(readFileSync(join(repo, "Dockerfile"), "utf8"));
+
+  it("has one target per service and the SIA, each starting that service's main.ts", () => {
+    const services = readdirSync(join(repo, "services")).filter((d) => existsSync(join(repo, "services", d, "package.json"))).sort();
+    const targets = stages.filter((s) => s.instructions.some((i) => i.op === "ENTRYPOINT"));
+    assert.deepEqual(targets.map((t) => t.name).sort(), services);
+    for (const t of targets) {
+      assert.equal(t.from, "runtime");
+      assert.deepEqual(entrypointOf(t), ["node", "--import", "tsx", `services/${t.name}/src/main.ts`]);
+    }
+  });
+
+  it("builds on Node 20 slim, installs production dependencies only, and runs as non-root", () => {
+    const text = readFileSync(join(repo, "Dockerfile"), "utf8");
+    assert.match(text, /^ARG NODE_IMAGE=node:20[.\d]*-\w+-slim$/m);
+    const deps = stages.find((s) => s.name === "deps")!;
+    assert.ok(deps.instructions.some((i) => i.op === "RUN" && /npm ci .*--omit=dev/.test(i.args)));
+    const runtime = stages.find((s) => s.name === "runtime")!;
+    assert.ok(runtime.instructions.some((i) => i.op === "USER" && /^[1-9]\d*:[1-9]\d*$/.test(i.args)));
+    const pkg = JSON.parse(readFileSync(join(repo, "package.json"), "utf8")) as { dependencies?: Record<string, string> };
+    assert.ok(pkg.dependencies?.["tsx"], "tsx must be a production dependency: the entrypoints need it");
+  });
+});
