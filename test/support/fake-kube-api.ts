@@ -242,6 +242,14 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
       const l = leases.get(`${ns}/${name}`);
       return l ? send(res, 200, l) : send(res, 404, status(404, "NotFound", `leases.coordination.k8s.io "${name}" not found`));
     }
+    // Like kube-apiserver: MicroTime fields must carry exactly six fractional digits (RFC3339 micro).
+    const spec = (body?.spec ?? {}) as Record<string, unknown>;
+    for (const f of ["acquireTime", "renewTime"]) {
+      const v = spec[f];
+      if (v !== undefined && v !== null && !/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$/.test(String(v))) {
+        return send(res, 400, status(400, "BadRequest", `Lease in version "v1" cannot be handled as a Lease: parsing time ${JSON.stringify(v)} as "2006-01-02T15:04:05.000000Z07:00"`));
+      }
+    }
     if (req.method === "POST" && !name && body) {
       const n = String(body.metadata?.name ?? "");
       if (leases.has(`${ns}/${n}`)) return send(res, 409, status(409, "AlreadyExists", `leases.coordination.k8s.io "${n}" already exists`));

@@ -6,7 +6,7 @@
  * so two candidates cannot both win (the loser gets 409 Conflict). A leader that cannot renew
  * within the renew deadline steps down before anyone else may take over.
  */
-import { CoordinationV1Api, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
+import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
 import type { Logger } from "@k8s-athenz-identity/shared";
 import { delay } from "./backoff.js";
 
@@ -77,7 +77,8 @@ export function createLeaseElector(opts: LeaseElectorOptions): LeaseElector {
 
   async function tryAcquireOrRenew(): Promise<boolean> {
     const t = now();
-    const nowDate = new Date(t);
+    // MicroTime: the API server parses exactly six fractional digits; a plain Date's three are a 400.
+    const nowDate = new V1MicroTime(t);
     let lease: V1Lease;
     try {
       lease = await api.readNamespacedLease({ name, namespace });
@@ -159,7 +160,7 @@ export function createLeaseElector(opts: LeaseElectorOptions): LeaseElector {
         // Release: an empty holder lets the next candidate take over without waiting.
         try {
           const spec = current.spec ?? {};
-          await api.replaceNamespacedLease({ name, namespace, body: { ...current, spec: { ...spec, holderIdentity: "", renewTime: new Date(now()) } } });
+          await api.replaceNamespacedLease({ name, namespace, body: { ...current, spec: { ...spec, holderIdentity: "", renewTime: new V1MicroTime(now()) } } });
         } catch (err) {
           logger.warn({ err: err instanceof Error ? err.message : String(err) }, "could not release the lease");
         }

@@ -1,0 +1,315 @@
+/**
+ * The pod registry against a real API server, acting with the product's least-privilege service
+ * account (test/cluster/rbac.yaml):
+ * - standalone: list + watch sees pods created, given their IPs by the "kubelet", and deleted; the
+ *   Connect API answers from that; an API server restart is survived (freshness drops while it is
+ *   down, the cache converges again afterwards);
+ * - WaitForPod's one-GET fallback finds a pod the cache cannot see (excluded by the label selector);
+ * - replicated through a real nats-server: exactly one replica holds the coordination.k8s.io Lease
+ *   (checked on the Lease object), all converge, and the Lease moves on when the leader stops or
+ *   crashes, with pod changes flowing on.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { CoordinationV1Api, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
+import { PodPhase } from "@k8s-athenz-identity/api/common";
+import { PodRegistryService, RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
+import { createMetricsRegistry, createServiceClient, startServiceServer, type RunningServer, type ServiceClient } from "@k8s-athenz-identity/shared";
+import { podRegistryRoutes } from "../../services/pod-registry/src/connect.js";
+import { isPresent } from "../../services/pod-registry/src/pod.js";
+import { createPodRegistry, type PodRegistry, type PodRegistryOptions } from "../../services/pod-registry/src/registry.js";
+import { eventually, quietLogger, until } from "../../services/pod-registry/test/helpers.js";
+import { startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
+import { createKubeState, loadKubeConfig, PRODUCT_NAMESPACE, type KubeState } from "../support/kube-state.js";
+import { startNatsServer, type NatsServer } from "../support/nats-server.js";
+
+const WATCHED_LABEL = "athenz-test/registry";
+const SA = "api";
+
+let cluster: KubeCluster;
+let state: KubeState;
+/** The product's least-privilege identity: every registry below uses only this. */
+let productKc: KubeConfig;
+
+before(async () => {
+  cluster = await startKubeCluster();
+  state = createKubeState(cluster.kubeconfigPath);
+  productKc = loadKubeConfig(await state.productKubeconfig(cluster));
+});
+after(async () => {
+  await cluster?.stop();
+});
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)));
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+function registryOptions(o: Partial<PodRegistryOptions> & Pick<PodRegistryOptions, "identity">): PodRegistryOptions {
+  return {
+    kubeConfig: productKc,
+    staleAfterMs: 1000,
+    waitDefaultMs: 200,
+    waitMaxMs: 5000,
+    apiFallback: false,
+    logger: quietLogger(),
+    watchBackoff: { initialMs: 100, maxMs: 500 },
+    ...o,
+  };
+}
+
+/** A pod (optionally with its IP already written by the "kubelet"); returns its UID. */
+async function newPod(namespace: string, name: string, o: { labels?: Record<string, string>; ip?: string } = {}): Promise<string> {
+  const pod = await state.createPod({ namespace, name, serviceAccountName: SA, nodeName: "node-1", ...(o.labels ? { labels: o.labels } : {}) });
+  if (o.ip) await state.setPodStatus(namespace, name, { podIP: o.ip, phase: "Pending" });
+  return pod.metadata!.uid!;
+}
+
+describe("standalone pod registry on the real API server, served over Connect", { timeout: 120_000 }, () => {
+  const NS = "reg-standalone";
+  const watched = { [WATCHED_LABEL]: "yes" };
+  let registry: PodRegistry;
+  let server: RunningServer;
+  let svc: ServiceClient<typeof PodRegistryService>;
+
+  before(async () => {
+    await state.ensureServiceAccount(NS, SA);
+    // Only labelled pods are listed and watched; API_FALLBACK is on for the WaitForPod test.
+    registry = createPodRegistry(registryOptions({ identity: "standalone", namespaces: [NS], labelSelector: `${WATCHED_LABEL}=yes`, apiFallback: true }));
+    await registry.start();
+    await withTimeout(registry.synced, 15_000, "standalone registry synced");
+    // The same wiring as services/pod-registry/src/server.ts, with short watch backoff for the restart.
+    server = await startServiceServer({
+      name: "pod-registry",
+      routes: podRegistryRoutes({ registry }),
+      host: "127.0.0.1",
+      port: 0,
+      adminPort: 0,
+      logger: quietLogger(),
+      registry: createMetricsRegistry("pod-registry", { defaultMetrics: false }),
+      readiness: () => ({ ready: registry.status().fresh }),
+      shutdownTimeoutMs: 1000,
+    });
+    svc = createServiceClient(PodRegistryService, { baseUrl: server.url, timeoutMs: 10_000 });
+  });
+  after(async () => {
+    svc?.close();
+    await server?.close();
+    await registry?.close();
+  });
+
+  it("sees a pod created, its IPs and phase set through pods/status, and its deletion; Connect answers from that", async () => {
+    const uid = await newPod(NS, "web-1", { labels: watched });
+    await until([registry], () => registry.getByUid(uid) !== undefined, "web-1 added", 10_000);
+    const bare = registry.getByUid(uid)!;
+    assert.equal(isPresent(bare), false, "no IP yet: not present for identity");
+    assert.equal(bare.serviceAccountName, SA);
+    assert.equal(bare.nodeName, "node-1");
+
+    // A WaitForPod that starts before the pod has an IP is answered by the status update.
+    const waiting = svc.client.waitForPod({ uid, timeout: durationFromMs(5000) });
+    await state.setPodStatus(NS, "web-1", { podIP: "10.1.0.5", podIPs: ["10.1.0.5", "fd00:10:1::5"], phase: "Pending", hostIP: "192.0.2.1" });
+    const waited = await waiting;
+    assert.deepEqual(waited.pod?.podIps, ["10.1.0.5", "fd00:10:1::5"]);
+    assert.equal(waited.fromApiServer, false);
+    const rec = registry.getByUid(uid)!;
+    assert.equal(rec.phase, PodPhase.PENDING);
+    assert.equal(rec.hostIp, "192.0.2.1");
+    assert.equal(isPresent(rec), true, "Pending with an IP counts as present (init containers run then)");
+
+    const got = await svc.client.getPod({ uid });
+    assert.equal(got.pod?.name, "web-1");
+    assert.equal(got.pod?.namespace, NS);
+    assert.equal(got.pod?.phase, PodPhase.PENDING);
+    assert.deepEqual(got.pod?.podIps, ["10.1.0.5", "fd00:10:1::5"]);
+    assert.equal(got.status?.role, RegistryRole.STANDALONE);
+    assert.equal(got.status?.fresh, true);
+    const found = await svc.client.findPod({ namespace: NS, name: "web-1" });
+    assert.equal(found.pod?.uid, uid);
+    assert.deepEqual(registry.findByIp("10.1.0.5").map((p) => p.uid), [uid]);
+
+    await state.setPodStatus(NS, "web-1", { podIP: "10.1.0.5", phase: "Running" });
+    await until([registry], () => registry.getByUid(uid)?.phase === PodPhase.RUNNING, "web-1 Running", 10_000);
+
+    await state.deletePod(NS, "web-1");
+    await until([registry], () => registry.getByUid(uid) === undefined, "web-1 deleted", 10_000);
+    const gone = await svc.client.getPod({ uid });
+    assert.equal(gone.pod, undefined);
+    assert.equal(gone.status?.fresh, true, "fresh: 'not found' means the pod does not exist");
+    assert.equal((await svc.client.findPod({ namespace: NS, name: "web-1" })).pod, undefined);
+  });
+
+  it("WaitForPod with namespace+name finds a pod the cache cannot see with one GET (API fallback)", async () => {
+    // No label: the registry's list/watch excludes it, so only the fallback GET can find it.
+    const uid = await newPod(NS, "unlabelled", { ip: "10.1.0.9" });
+    // A labelled marker created afterwards proves the watch is past the unlabelled pod's creation.
+    const marker = await newPod(NS, "marker", { labels: watched });
+    await until([registry], () => registry.getByUid(marker) !== undefined, "marker seen", 10_000);
+    assert.equal(registry.getByUid(uid), undefined, "the label selector keeps it out of the cache");
+    assert.equal((await svc.client.getPod({ uid })).pod, undefined);
+
+    const hit = await svc.client.waitForPod({ uid, namespace: NS, name: "unlabelled", timeout: durationFromMs(100) });
+    assert.equal(hit.fromApiServer, true);
+    assert.equal(hit.pod?.uid, uid);
+    assert.equal(hit.pod?.name, "unlabelled");
+    assert.deepEqual(hit.pod?.podIps, ["10.1.0.9"]);
+    assert.equal(registry.getByUid(uid), undefined, "a fallback answer is not put in the cache");
+
+    // Without namespace+name there is nothing to GET; with another UID the name does not count.
+    const noWhere = await svc.client.waitForPod({ uid, timeout: durationFromMs(100) });
+    assert.equal(noWhere.pod, undefined);
+    assert.equal(noWhere.fromApiServer, false);
+    const otherUid = await svc.client.waitForPod({ uid: "00000000-0000-0000-0000-000000000000", namespace: NS, name: "unlabelled", timeout: durationFromMs(100) });
+    assert.equal(otherUid.pod, undefined);
+    assert.equal(otherUid.fromApiServer, false);
+    const missing = await svc.client.waitForPod({ uid, namespace: NS, name: "no-such-pod", timeout: durationFromMs(100) });
+    assert.equal(missing.pod, undefined);
+  });
+
+  it("survives an API server restart: reports not fresh while it is down, converges afterwards", async () => {
+    const survivor = await newPod(NS, "survivor", { labels: watched, ip: "10.1.0.20" });
+    const doomed = await newPod(NS, "doomed", { labels: watched, ip: "10.1.0.21" });
+    await until([registry], () => registry.getByUid(doomed)?.podIps.length === 1 && registry.getByUid(survivor)?.podIps.length === 1, "both pods with IPs", 10_000);
+
+    // staleAfterMs is 1 s and a restart takes seconds: the outage must show in the status.
+    const sawStale = eventually(() => !registry.status().live, "registry reports the broken watch", 60_000, 50);
+    await cluster.restart();
+    await sawStale;
+    console.log(`kube-apiserver restarted in ${cluster.startupMs.at(-1)} ms`);
+
+    const t0 = performance.now();
+    await state.setPodStatus(NS, "survivor", { podIP: "10.1.0.20", phase: "Running" });
+    const added = await newPod(NS, "after-restart", { labels: watched, ip: "10.1.0.22" });
+    await state.deletePod(NS, "doomed");
+    await until(
+      [registry],
+      () => registry.getByUid(survivor)?.phase === PodPhase.RUNNING && registry.getByUid(added)?.podIps[0] === "10.1.0.22" && registry.getByUid(doomed) === undefined,
+      "update, add and delete after the restart",
+      20_000,
+    );
+    console.log(`converged ${Math.round(performance.now() - t0)} ms after the restart`);
+    await eventually(() => registry.status().fresh, "fresh again", 10_000);
+    const st = await svc.client.getStatus({});
+    assert.equal(st.status?.fresh, true);
+    assert.equal((await svc.client.getPod({ uid: added })).pod?.name, "after-restart");
+    assert.equal((await svc.client.getPod({ uid: doomed })).pod, undefined);
+  });
+});
+
+describe("replicated pod registry: real nats-server, Lease on the real API server", { timeout: 120_000 }, () => {
+  const NS = "reg-replicated";
+  const LEASE = "pod-registry";
+  const LEASE_MS = 2000;
+  const RETRY_MS = 250;
+  let nats: NatsServer;
+  let leases: CoordinationV1Api;
+  const replicas = new Map<string, PodRegistry>();
+  const stopped = new Set<string>();
+
+  before(async () => {
+    nats = await startNatsServer();
+    await state.ensureServiceAccount(NS, SA);
+    leases = state.kubeConfig.makeApiClient(CoordinationV1Api); // admin: reads the Lease as an operator would
+  });
+  after(async () => {
+    for (const [id, r] of replicas) if (!stopped.has(id)) await r.close();
+    await nats?.close();
+  });
+
+  const running = (): [string, PodRegistry][] => [...replicas].filter(([id]) => !stopped.has(id));
+  const leaders = () => running().filter(([, r]) => r.role === RegistryRole.LEADER).map(([id]) => id);
+  const readLease = (): Promise<V1Lease> => leases.readNamespacedLease({ name: LEASE, namespace: PRODUCT_NAMESPACE });
+  const everyone = () => running().map(([, r]) => r);
+
+  /** Resolves when exactly one running replica leads and the Lease object names it; returns its id. */
+  async function soleLeader(what: string, timeoutMs: number): Promise<string> {
+    let holder = "";
+    await eventually(() => leaders().length === 1, `${what}: one leader`, timeoutMs, 20);
+    const id = leaders()[0]!;
+    // The Lease object is read through the API; poll it briefly (the registry renews every RETRY_MS).
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      holder = (await readLease()).spec?.holderIdentity ?? "";
+      if (holder === id) break;
+      await new Promise((r) => setTimeout(r, RETRY_MS));
+    }
+    assert.equal(holder, id, `${what}: the Lease names the leading replica`);
+    assert.equal(leaders().length, 1, `${what}: still exactly one leader`);
+    return id;
+  }
+
+  it("three replicas: one Lease holder in the product namespace, every replica converges on pod changes", async () => {
+    const pre = await newPod(NS, "pre-1", { ip: "10.3.0.1" });
+    for (const id of ["registry-0", "registry-1", "registry-2"]) {
+      replicas.set(
+        id,
+        createPodRegistry(
+          registryOptions({
+            identity: id,
+            namespaces: [NS],
+            staleAfterMs: 2000,
+            replication: { servers: nats.url, bucket: "cluster-pods", lease: { name: LEASE, namespace: PRODUCT_NAMESPACE, durationMs: LEASE_MS, retryPeriodMs: RETRY_MS }, heartbeatIntervalMs: 200 },
+          }),
+        ),
+      );
+    }
+    await Promise.all(everyone().map((r) => r.start()));
+    await withTimeout(Promise.all(everyone().map((r) => r.synced)), 15_000, "every replica synced (needs a leader publishing)");
+    const leader = await soleLeader("start", 10_000);
+    const lease = await readLease();
+    assert.equal(lease.spec?.leaseDurationSeconds, LEASE_MS / 1000);
+    assert.ok(running().every(([id, r]) => r.role === (id === leader ? RegistryRole.LEADER : RegistryRole.FOLLOWER)));
+
+    await until(everyone(), () => everyone().every((r) => r.getByUid(pre)?.podIps[0] === "10.3.0.1"), "pre-existing pod everywhere", 10_000);
+    const added = await newPod(NS, "new-1");
+    await until(everyone(), () => everyone().every((r) => r.getByUid(added) !== undefined), "new pod everywhere", 10_000);
+    await state.setPodStatus(NS, "new-1", { podIP: "10.3.0.2", phase: "Pending" });
+    await until(everyone(), () => everyone().every((r) => r.getByUid(added)?.podIps[0] === "10.3.0.2" && isPresent(r.getByUid(added)!)), "IP everywhere", 10_000);
+    await state.deletePod(NS, "pre-1");
+    await until(everyone(), () => everyone().every((r) => r.getByUid(pre) === undefined), "deletion everywhere", 10_000);
+    await eventually(() => everyone().every((r) => r.status().fresh), "all fresh", 5000);
+  });
+
+  it("stopping the leader hands the Lease to another replica within the lease duration; changes keep flowing", async () => {
+    const old = await soleLeader("before stop", 5000);
+    const t0 = Date.now();
+    stopped.add(old);
+    await replicas.get(old)!.close(); // graceful: releases the Lease
+    const next = await soleLeader("after stop", LEASE_MS);
+    const took = Date.now() - t0;
+    console.log(`graceful handoff ${old} -> ${next} in ${took} ms (lease ${LEASE_MS} ms)`);
+    assert.notEqual(next, old);
+    assert.ok(took <= LEASE_MS, `handoff took ${took} ms`);
+
+    const uid = await newPod(NS, "after-stop", { ip: "10.3.0.3" });
+    await until(everyone(), () => everyone().every((r) => r.getByUid(uid)?.podIps[0] === "10.3.0.3"), "pod via the new leader", 10_000);
+    await state.deletePod(NS, "new-1");
+    await until(everyone(), () => everyone().every((r) => r.findByName(NS, "new-1") === undefined), "deletion via the new leader", 10_000);
+  });
+
+  it("a crashed leader (no release) is replaced once its Lease expires; changes keep flowing", async () => {
+    const old = await soleLeader("before crash", 5000);
+    const before = (await readLease()).spec?.leaseTransitions ?? 0;
+    const t0 = Date.now();
+    stopped.add(old);
+    await replicas.get(old)!.crash();
+    const next = await soleLeader("after crash", LEASE_MS + 3 * RETRY_MS + 2000);
+    const took = Date.now() - t0;
+    console.log(`crash handoff ${old} -> ${next} in ${took} ms (lease ${LEASE_MS} ms, retry ${RETRY_MS} ms)`);
+    assert.notEqual(next, old);
+    // Nobody may take a Lease renewed less than a lease duration ago; the last renewal was up to a
+    // retry period (plus the in-flight write) before the crash, hence the slack.
+    assert.ok(took >= LEASE_MS - 2 * RETRY_MS, `took over too early: ${took} ms`);
+    assert.ok(took <= LEASE_MS + 3 * RETRY_MS + 1000, `handoff took ${took} ms`);
+    assert.equal((await readLease()).spec?.leaseTransitions, before + 1, "a takeover from a live holder counts as a transition");
+
+    const [last] = everyone();
+    const uid = await newPod(NS, "after-crash", { ip: "10.3.0.4" });
+    await until([last!], () => last!.getByUid(uid)?.podIps[0] === "10.3.0.4", "pod via the third leader", 10_000);
+    await state.deletePod(NS, "after-stop");
+    await until([last!], () => last!.findByName(NS, "after-stop") === undefined, "deletion via the third leader", 10_000);
+    await eventually(() => last!.status().fresh, "fresh", 5000);
+  });
+});
