@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as http2 from "node:http2";
@@ -123,6 +124,9 @@ function listen(server: http.Server | http2.Http2Server | http2.Http2SecureServe
 export async function startServiceServer(opts: ServiceServerOptions): Promise<RunningServer> {
   const { logger } = opts;
   const shutdown = new AbortController();
+  // Connect links every in-flight call's signal to this one (one listener per call, removed when the
+  // call ends), so more than 10 concurrent calls is normal, not a leak.
+  setMaxListeners(0, shutdown.signal);
   let closing: Promise<void> | undefined;
 
   const connectHandler = connectNodeAdapter({
