@@ -13,7 +13,7 @@
  */
 import type { KV, KvWatchEntry } from "@nats-io/kv";
 import { Kvm } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/transport-node";
+import { createInbox, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "@k8s-athenz-identity/shared";
 import { createBackoff, delay } from "./backoff.js";
 import type { PodCache } from "./cache.js";
@@ -79,10 +79,14 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   let loop: Promise<void> | undefined;
 
   const handle = (e: KvWatchEntry) => {
-    const live = e.isUpdate && replayDone;
+    // Each getter of a watch entry re-derives its value (key decoding, header lookups): read once.
+    const key = e.key;
+    const operation = e.operation;
+    const isUpdate = e.isUpdate;
+    const live = isUpdate && replayDone;
     if (live) lastEventMs = now();
-    if (e.key === HEARTBEAT_KEY) {
-      if (e.operation === "PUT") {
+    if (key === HEARTBEAT_KEY) {
+      if (operation === "PUT") {
         try {
           const hb = JSON.parse(new TextDecoder().decode(e.value)) as Partial<Heartbeat>;
           leader = typeof hb.h === "string" ? hb.h.slice(0, 253) : "";
@@ -92,23 +96,23 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
           rejected++;
         }
       }
-    } else if (e.operation === "PUT") {
+    } else if (operation === "PUT") {
       try {
         const w = decodeWire(e.value);
         if (w.kind === "pod") {
-          if (w.pod.uid === e.key) cache.upsert(w.pod);
+          if (w.pod.uid === key) cache.upsert(w.pod);
           else rejected++;
-        } else if (w.tombstone.uid === e.key) cache.delete(w.tombstone);
+        } else if (w.tombstone.uid === key) cache.delete(w.tombstone);
         else rejected++;
       } catch (err) {
         rejected++;
-        logger.warn({ key: e.key.slice(0, 128), err: String(err) }, "rejected malformed bucket entry");
+        logger.warn({ key: key.slice(0, 128), err: String(err) }, "rejected malformed bucket entry");
       }
     } else {
       // DEL/PURGE: the leader dropped an expired tombstone (or an operator removed the key).
-      cache.forget(e.key);
+      cache.forget(key);
     }
-    if (e.isUpdate && !replayDone) {
+    if (isUpdate && !replayDone) {
       replayDone = true;
       logger.info({ pods: cache.size }, "replayed the pod bucket from NATS");
       resolveReplayed();
@@ -173,10 +177,77 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   };
 }
 
+/** Writes one value to a key and resolves once JetStream has stored it. */
+type KvWriter = (key: string, value: Uint8Array) => Promise<void>;
+
+/**
+ * KV puts pipelined on one reply subscription: a plain publish with a reply subject per write and
+ * the JetStream acks matched by sequence, instead of `kv.put`'s request per write. nats.js builds
+ * a fresh Error (a stack capture) for every request it settles and arms a timer per request;
+ * at 100,000 puts that was most of the leader's CPU. Timeouts are checked by one sweep.
+ * Falls back to `kv.put` when the bucket's edit subject cannot be derived.
+ */
+export function createKvWriter(nc: NatsConnection, kv: KV, timeoutMs = 5000): KvWriter & { close(): void } {
+  const subjectForKey = (kv as unknown as { subjectForKey?: (k: string, edit: boolean) => string }).subjectForKey?.bind(kv);
+  if (!subjectForKey) return Object.assign((key: string, value: Uint8Array) => kv.put(key, value).then(() => undefined), { close() {} });
+  // The edit prefix of this bucket (API prefix or mirror handled by the library), once.
+  const probe = subjectForKey("x", true);
+  const prefix = probe.slice(0, -1);
+  const inbox = createInbox();
+  let seq = 0;
+  const waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void; at: number }>();
+  const onAck = (err: Error | null, msg: Msg) => {
+    if (err) return;
+    const id = Number(msg.subject.slice(inbox.length + 1));
+    const w = waiting.get(id);
+    if (!w) return;
+    waiting.delete(id);
+    if (msg.data.length === 0) return w.reject(new Error(`JetStream did not store the value (status ${msg.headers?.code ?? "none"})`));
+    try {
+      const ack = msg.json<{ error?: { description?: string; code?: number } }>();
+      if (ack.error) w.reject(new Error(`JetStream rejected the value: ${String(ack.error.description ?? ack.error.code).slice(0, 200)}`));
+      else w.resolve();
+    } catch {
+      w.reject(new Error("unreadable JetStream ack"));
+    }
+  };
+  const sub = nc.subscribe(`${inbox}.*`, { callback: onAck });
+  const sweep = setInterval(() => {
+    const limit = performance.now() - timeoutMs;
+    // Insertion order is send order: the expired ones are at the front.
+    for (const [id, w] of waiting) {
+      if (w.at > limit) break;
+      waiting.delete(id);
+      w.reject(new Error("timeout waiting for the JetStream ack"));
+    }
+  }, Math.min(1000, timeoutMs));
+  sweep.unref();
+  const write = (key: string, value: Uint8Array) =>
+    new Promise<void>((resolve, reject) => {
+      const id = ++seq;
+      try {
+        nc.publish(prefix + key, value, { reply: `${inbox}.${id}` });
+      } catch (err) {
+        return reject(err instanceof Error ? err : new Error(String(err)));
+      }
+      waiting.set(id, { resolve, reject, at: performance.now() });
+    });
+  return Object.assign(write, {
+    close() {
+      clearInterval(sweep);
+      sub.unsubscribe();
+      for (const w of waiting.values()) w.reject(new Error("writer closed"));
+      waiting.clear();
+    },
+  });
+}
+
 type Pending = { kind: "put"; pod: PodRecord } | { kind: "del"; tombstone: PodTombstone };
 
 export interface NatsPublisherOptions {
   kv: KV;
+  /** The connection under `kv`: when given, pod writes are pipelined through {@link createKvWriter}. */
+  nc?: NatsConnection;
   /** The replica's cache (fed from NATS), to skip pods the bucket already holds. */
   cache: PodCache;
   identity: string;
@@ -223,6 +294,8 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
   let synced = false;
   let published = 0;
   let idleWaiters: Array<() => void> = [];
+  const writer = opts.nc ? createKvWriter(opts.nc, kv) : undefined;
+  const put: KvWriter = writer ?? ((key, value) => kv.put(key, value).then(() => undefined));
 
   const checkIdle = () => {
     if (pending.size === 0 && inFlight.size === 0) {
@@ -259,7 +332,7 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
       pending.delete(uid);
       inFlight.add(uid);
       const value = p.kind === "put" ? encodePod(p.pod) : encodeTombstone(p.tombstone);
-      kv.put(uid, value).then(
+      put(uid, value).then(
         () => {
           published++;
           settle(uid);
@@ -313,6 +386,7 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
       clearInterval(hbTimer);
       clearInterval(gcTimer);
       clearTimeout(retryTimer);
+      writer?.close();
       pending.clear();
       queue = [];
       head = 0;
