@@ -183,10 +183,15 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
     assert.equal(agent.healthy(), false);
     await agent.start("run");
     try {
-      await o.until((e) => e.operation === "refresh", 2);
+      await o.until((e) => e.operation === "refresh" && e.outcome === "success", 2);
+      const seen = o.seen.map((e) => `${e.operation}:${e.outcome}`);
+      // A 504 ("unavailable") is the provider saying "not yet" (on a loaded machine a dependency can
+      // miss its deadline); the SIA retries it. Nothing may be denied, and retries stay rare.
+      assert.ok(seen.filter((x) => x.endsWith(":unavailable")).length <= 2, JSON.stringify({ seen, audit }));
       assert.deepEqual(
-        o.seen.map((e) => `${e.operation}:${e.outcome}`),
+        seen.filter((x) => !x.endsWith(":unavailable")),
         ["register:success", "refresh:success", "refresh:success"],
+        JSON.stringify({ seen, audit }),
       );
       assert.equal(agent.healthy(), true);
     } finally {

@@ -60,8 +60,9 @@ test("three replicas converge through NATS with one watch; deletions reach every
     assert.deepEqual(rs.map((r) => r.status().fresh), [true, true, true]);
     assert.equal(api.counts.watch - watchesBefore, 1, "only the leader watches the API server");
 
-    const added = api.createPod({ namespace: ns });
+    // The victim is one of the pods from before the add (the new pod's UID may sort first).
     const victim = apiUids(ns)[0]!;
+    const added = api.createPod({ namespace: ns });
     api.deletePod(victim);
     await until(rs, same(rs, apiUids(ns)), "changes everywhere");
     assert.ok(rs.every((r) => r.getByUid(added.metadata.uid) && !r.getByUid(victim)));
