@@ -6,6 +6,8 @@
  *    protocol), so the driver itself is shown to tell the outcomes apart.
  * 2. Against the real gateway (services/gateway, its HTTPS Copper Argos endpoint with mutual TLS), with
  *    its dependencies answered in-process (services/gateway/src/testing.ts).
+ * 3. Against the whole stack (test/e2e/stack.ts): the four real services on real ports, pods in the
+ *    fake API server and tokens really signed by a test OIDC issuer, as ZTS would reach them.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -21,9 +23,8 @@ import { tempDir } from "../support/tmp.js";
 import { gatewaySpec } from "../../services/gateway/src/config.js";
 import { startGateway, type Gateway } from "../../services/gateway/src/server.js";
 import { confirmation, fakeDeps, PROVIDER, tokenA, UID_A } from "../../services/gateway/src/testing.js";
+import { confirmationFor, PROVIDER as STACK_PROVIDER, startStack, ZTS_CN, type Stack } from "../e2e/stack.js";
 import { describeRun, makeZtsStores, runDriver, type ConformanceCase, type ZtsStores } from "./provider-client.js";
-
-const ZTS_CN = "zts.athenz.io";
 
 interface Pki {
   dir: string;
@@ -234,5 +235,86 @@ describe("InstanceHttpProvider against the gateway", () => {
     const deny = run.results[2]?.message ?? "";
     assert.match(deny, /ResourceException \(403\): \{.*"code":403/, describeRun(run));
     assert.doesNotMatch(deny, /token-other-namespace/);
+  });
+});
+
+describe("InstanceHttpProvider against the whole stack", () => {
+  let stack: Stack;
+  let stores: ZtsStores;
+  const requestAttributes = ["instanceId", "clientIP", "sanDNS", "sanIP", "sanURI"];
+
+  before(async () => {
+    stack = await startStack();
+    // ZTS's stores from the stack's PKI: its client certificate, and the CA the gateway's certificate chains to
+    stores = makeZtsStores(stack.dir, stack.pki.zts, stack.pki.athenzCa);
+  });
+  after(async () => {
+    await stack?.close();
+  });
+
+  it("answers ZTS's client for real pods and real tokens: confirmations, denies, an expired token", async () => {
+    const a = await stack.newPod();
+    const b = await stack.newPod();
+    const now = Math.floor(Date.now() / 1000);
+    const expired = await stack.mint(a.pod, { iat: now - 7200, exp: now - 3600 });
+    const cases: ConformanceCase[] = [
+      {
+        name: "register of a real pod is confirmed",
+        call: "instance",
+        confirmation: confirmationFor(a.pod, a.token),
+        expect: { outcome: "allow", attributes: { certExpiryTime: "1440", certRefresh: "true" }, absentAttributes: requestAttributes },
+      },
+      {
+        name: "refresh of a real pod is confirmed",
+        call: "refresh",
+        confirmation: confirmationFor(a.pod, a.token, {}, { principal: "sports.api" }),
+        expect: { outcome: "allow", attributes: { certExpiryTime: "1440" }, absentAttributes: [...requestAttributes, "principal"] },
+      },
+      {
+        name: "another pod's instanceId is forbidden",
+        call: "instance",
+        confirmation: confirmationFor(a.pod, a.token, {}, { instanceId: b.pod.metadata.uid }),
+        expect: { outcome: "forbidden", providerCode: 403, messageContains: "ERR_INSTANCE_ID_MISMATCH" },
+      },
+      {
+        name: "another domain is forbidden",
+        call: "instance",
+        confirmation: confirmationFor(a.pod, a.token, { domain: "weather" }),
+        expect: { outcome: "forbidden", providerCode: 403, messageContains: "ERR_DOMAIN_MISMATCH" },
+      },
+      {
+        name: "an expired token is forbidden",
+        call: "instance",
+        confirmation: confirmationFor(a.pod, expired),
+        expect: { outcome: "forbidden", providerCode: 403, messageContains: "ERR_TOKEN_EXPIRED" },
+      },
+    ];
+    const run = await runDriver({ provider: STACK_PROVIDER, endpoint: stack.endpoint, stores, cases, dir: stack.dir, timeoutMs: 10_000 });
+    assert.equal(run.status, 0, describeRun(run));
+    assert.equal(run.summary, `${cases.length} passed, 0 failed`, describeRun(run));
+    assert.deepEqual(run.results.map((r) => r.name), cases.map((c) => c.name));
+    // exactly the provider's attributes come back: nothing of the request is echoed
+    const register = run.results[0]?.confirmation;
+    assert.deepEqual([register?.provider, register?.domain, register?.service], [STACK_PROVIDER, "sports", "api"], describeRun(run));
+    assert.deepEqual(register?.attributes, { certExpiryTime: "1440", certRefresh: "true" }, describeRun(run));
+    const refresh = run.results[1]?.confirmation;
+    assert.deepEqual([refresh?.domain, refresh?.service], ["sports", "api"], describeRun(run));
+    assert.deepEqual(refresh?.attributes, { certExpiryTime: "1440", certRefresh: "true" }, describeRun(run));
+    // deny reasons reach ZTS without the token in them
+    for (const r of run.results.slice(2)) {
+      assert.ok(!(r.message ?? "").includes(a.token) && !(r.message ?? "").includes(expired), `${r.name} leaks a token`);
+    }
+  });
+
+  it("answers a gateway timeout when the token verifier is down", async () => {
+    const gw = await stack.startGateway({ TOKEN_VERIFIER_URL: "http://127.0.0.1:1" });
+    const { pod, token } = await stack.newPod();
+    const cases: ConformanceCase[] = [
+      { name: "register with the verifier down", call: "instance", confirmation: confirmationFor(pod, token), expect: { outcome: "gateway-timeout", providerCode: 504 } },
+      { name: "refresh with the verifier down", call: "refresh", confirmation: confirmationFor(pod, token, {}, { principal: "sports.api" }), expect: { outcome: "gateway-timeout", providerCode: 504 } },
+    ];
+    const run = await runDriver({ provider: STACK_PROVIDER, endpoint: `${gw.zts.url}/zts-provider`, stores, cases, dir: stack.dir, timeoutMs: 10_000 });
+    assert.equal(run.status, 0, describeRun(run));
+    assert.equal(run.summary, `${cases.length} passed, 0 failed`, describeRun(run));
   });
 });
