@@ -73,7 +73,6 @@ async function loadModules() {
     createKubeState: kubeState.createKubeState,
     loadKubeConfig: kubeState.loadKubeConfig,
     PRODUCT_NAMESPACE: kubeState.PRODUCT_NAMESPACE,
-    PRODUCT_SERVICE_ACCOUNT: kubeState.PRODUCT_SERVICE_ACCOUNT,
     startZtsStandIn: zts.startZtsStandIn,
   };
 }
@@ -195,20 +194,21 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
   const cluster: KubeCluster = await step(`starting etcd ${v.etcd} + kube-apiserver ${v.kubernetes}`, () => M.startKubeCluster());
   closers.push({ name: "kube-apiserver", close: () => cluster.stop() });
   const state = M.createKubeState(cluster.kubeconfigPath);
-  // The product's least-privilege identity (test/cluster/rbac.yaml): the services use only that.
-  const { kubeconfig, bearerTokenFile } = await step("applying the product's RBAC (least privilege)", async () => {
-    await state.applyYamlFile(join(ROOT, "test/cluster/rbac.yaml"));
-    const token = await state.serviceAccountToken(M.PRODUCT_NAMESPACE, M.PRODUCT_SERVICE_ACCOUNT, [], 24 * 3600);
-    const bearerTokenFile = join(dir, "product-sa.token");
-    writeFileSync(bearerTokenFile, token, { mode: 0o600 });
-    return { kubeconfig: cluster.writeKubeconfig(M.PRODUCT_SERVICE_ACCOUNT, token), bearerTokenFile };
+  // The shipped RBAC (k8s/namespace.yaml + k8s/rbac.yaml): each service acts as its own ServiceAccount.
+  const { registryKubeconfig, verifierKubeconfig, bearerTokenFile } = await step("applying the shipped RBAC (k8s/rbac.yaml)", async () => {
+    const day = 24 * 3600;
+    const registryKubeconfig = await state.productKubeconfig(cluster, "pod-registry", day);
+    const verifierKubeconfig = await state.productKubeconfig(cluster, "token-verifier", day);
+    const bearerTokenFile = join(dir, "token-verifier-sa.token");
+    writeFileSync(bearerTokenFile, await state.serviceAccountToken(M.PRODUCT_NAMESPACE, "token-verifier", [], day), { mode: 0o600 });
+    return { registryKubeconfig, verifierKubeconfig, bearerTokenFile };
   });
   const services = await step("starting token-verifier, pod-registry, csr-inspector, gateway", () =>
     M.startServices({
       logDestination,
       gatewayEnv,
       cluster: {
-        kubeConfig: M.loadKubeConfig(kubeconfig),
+        kubeConfig: M.loadKubeConfig(registryKubeconfig),
         verifier: {
           mode: "both",
           issuer: cluster.issuer,
@@ -216,7 +216,7 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
           jwksUrl: `${cluster.url}/openid/v1/jwks`,
           caFile: cluster.caFile,
           bearerTokenFile,
-          kubeconfigPath: kubeconfig,
+          kubeconfigPath: verifierKubeconfig,
         },
       },
     }),
@@ -227,7 +227,7 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
     detail: [
       `API server      ${cluster.url}  (ready in ${secs(cluster.startupMs[0] ?? 0)})`,
       `admin access    KUBECONFIG=${cluster.kubeconfigPath}${M.clusterBinaries().kubectl && existsSync(M.clusterBinaries().kubectl) ? `  (kubectl: ${M.clusterBinaries().kubectl})` : ""}`,
-      `services act as system:serviceaccount:${M.PRODUCT_NAMESPACE}:${M.PRODUCT_SERVICE_ACCOUNT} (test/cluster/rbac.yaml)`,
+      `services act as system:serviceaccount:${M.PRODUCT_NAMESPACE}:{pod-registry,token-verifier} (k8s/rbac.yaml)`,
       "no kubelet/scheduler: the pod's IP is written through pods/status, its token by TokenRequest",
     ],
     services,

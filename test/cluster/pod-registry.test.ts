@@ -1,6 +1,6 @@
 /**
- * The pod registry against a real API server, acting with the product's least-privilege service
- * account (test/cluster/rbac.yaml):
+ * The pod registry against a real API server, acting as the shipped `pod-registry` ServiceAccount
+ * with exactly k8s/rbac.yaml's RBAC (so the Lease can only be `pod-registry` in `athenz-identity`):
  * - standalone: list + watch sees pods created, given their IPs by the "kubelet", and deleted; the
  *   Connect API answers from that; an API server restart is survived (freshness drops while it is
  *   down, the cache converges again afterwards);
@@ -21,7 +21,7 @@ import { isPresent } from "../../services/pod-registry/src/pod.js";
 import { createPodRegistry, type PodRegistry, type PodRegistryOptions } from "../../services/pod-registry/src/registry.js";
 import { eventually, quietLogger, until } from "../../services/pod-registry/test/helpers.js";
 import { startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
-import { createKubeState, loadKubeConfig, PRODUCT_NAMESPACE, type KubeState } from "../support/kube-state.js";
+import { createKubeState, loadKubeConfig, PRODUCT_LEASE, PRODUCT_NAMESPACE, type KubeState } from "../support/kube-state.js";
 import { startNatsServer, type NatsServer } from "../support/nats-server.js";
 
 const WATCHED_LABEL = "athenz-test/registry";
@@ -29,13 +29,13 @@ const SA = "api";
 
 let cluster: KubeCluster;
 let state: KubeState;
-/** The product's least-privilege identity: every registry below uses only this. */
+/** The shipped pod-registry ServiceAccount's identity: every registry below uses only this. */
 let productKc: KubeConfig;
 
 before(async () => {
   cluster = await startKubeCluster();
   state = createKubeState(cluster.kubeconfigPath);
-  productKc = loadKubeConfig(await state.productKubeconfig(cluster));
+  productKc = loadKubeConfig(await state.productKubeconfig(cluster, "pod-registry"));
 });
 after(async () => {
   await cluster?.stop();
@@ -200,7 +200,7 @@ describe("standalone pod registry on the real API server, served over Connect", 
 
 describe("replicated pod registry: real nats-server, Lease on the real API server", { timeout: 120_000 }, () => {
   const NS = "reg-replicated";
-  const LEASE = "pod-registry";
+  const LEASE = PRODUCT_LEASE; // the only name the shipped Role allows
   const LEASE_MS = 2000;
   const RETRY_MS = 250;
   let nats: NatsServer;

@@ -51,8 +51,8 @@ describe("pod watch on the real API server", () => {
     cluster = await startKubeCluster();
     state = createKubeState(cluster.kubeconfigPath);
     await state.ensureServiceAccount(NS, "app");
-    // The informer runs with the product's least-privilege identity, as the pod registry will.
-    const kc = loadKubeConfig(await state.productKubeconfig(cluster));
+    // The informer runs as the shipped pod-registry ServiceAccount, as the pod registry does.
+    const kc = loadKubeConfig(await state.productKubeconfig(cluster, "pod-registry"));
     const core = kc.makeApiClient(CoreV1Api);
     const informer = makeInformer<V1Pod>(kc, `/api/v1/namespaces/${NS}/pods`, () => core.listNamespacedPod({ namespace: NS }));
     informer.on("add", (p) => events.push("add", p));

@@ -1,8 +1,8 @@
 /**
  * The whole provider on a real API server: token-verifier in "both" mode (JWKS from the API server's
  * /openid/v1/jwks with its CA and a bearer token, plus TokenReview), the pod registry (standalone,
- * list + watch), the csr-inspector and the gateway's ZTS endpoint on mutual TLS. Every service acts
- * with the product's least-privilege service account (test/cluster/rbac.yaml). Pods are built the way
+ * list + watch), the csr-inspector and the gateway's ZTS endpoint on mutual TLS. pod-registry and
+ * token-verifier act as their shipped ServiceAccounts with exactly k8s/rbac.yaml's RBAC. Pods are built the way
  * a kubelet would (IP through pods/status) and their tokens are real pod-bound TokenRequest tokens.
  */
 import assert from "node:assert/strict";
@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { PodJson } from "../support/fake-kube-api.js";
 import { startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
-import { ATHENZ_AUDIENCE, createKubeState, loadKubeConfig, PRODUCT_NAMESPACE, PRODUCT_SERVICE_ACCOUNT, type KubeState } from "../support/kube-state.js";
+import { ATHENZ_AUDIENCE, createKubeState, loadKubeConfig, PRODUCT_NAMESPACE, type KubeState } from "../support/kube-state.js";
 import { callAsZts, confirmationFor, startServices, type Answer, type Services } from "../e2e/stack.js";
 
 const NS = "sports";
@@ -29,14 +29,15 @@ describe("the provider on the real API server: ZTS -> gateway -> token-verifier 
   before(async () => {
     cluster = await startKubeCluster();
     state = createKubeState(cluster.kubeconfigPath);
-    const productKubeconfig = await state.productKubeconfig(cluster);
-    // /openid/v1/jwks needs an authenticated caller: the product's own SA token, as projected in its pod.
-    const bearerTokenFile = join(cluster.dir, "product-sa.token");
-    writeFileSync(bearerTokenFile, await state.serviceAccountToken(PRODUCT_NAMESPACE, PRODUCT_SERVICE_ACCOUNT), { mode: 0o600 });
+    const registryKubeconfig = await state.productKubeconfig(cluster, "pod-registry");
+    const verifierKubeconfig = await state.productKubeconfig(cluster, "token-verifier");
+    // /openid/v1/jwks needs an authenticated caller: token-verifier's own SA token, as projected in its pod.
+    const bearerTokenFile = join(cluster.dir, "token-verifier-sa.token");
+    writeFileSync(bearerTokenFile, await state.serviceAccountToken(PRODUCT_NAMESPACE, "token-verifier"), { mode: 0o600 });
     await state.ensureServiceAccount(NS, SA);
     s = await startServices({
       cluster: {
-        kubeConfig: loadKubeConfig(productKubeconfig),
+        kubeConfig: loadKubeConfig(registryKubeconfig),
         verifier: {
           mode: "both",
           issuer: cluster.issuer,
@@ -44,7 +45,7 @@ describe("the provider on the real API server: ZTS -> gateway -> token-verifier 
           jwksUrl: `${cluster.url}/openid/v1/jwks`,
           caFile: cluster.caFile,
           bearerTokenFile,
-          kubeconfigPath: productKubeconfig,
+          kubeconfigPath: verifierKubeconfig,
         },
       },
     });

@@ -1,7 +1,7 @@
 /**
  * The token verifier against a real API server: real pod-bound tokens, real JWKS (discovery and the
- * /openid/v1/jwks URL, private CA, bearer token), real TokenReview with the product's
- * least-privilege kubeconfig. Pins the one difference between the modes: after the pod is deleted,
+ * /openid/v1/jwks URL, private CA, bearer token), real TokenReview, both as the shipped
+ * `token-verifier` ServiceAccount with exactly k8s/rbac.yaml's RBAC. Pins the one difference between the modes: after the pod is deleted,
  * TokenReview rejects its token while a public-key check alone still accepts it.
  */
 import assert from "node:assert/strict";
@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { createTokenVerifier, type TokenVerifier, type TokenVerifierOptions, type VerifierMode, type VerifyResult } from "../../services/token-verifier/src/verifier.js";
 import { startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
-import { ATHENZ_AUDIENCE, createKubeState, PRODUCT_NAMESPACE, PRODUCT_SERVICE_ACCOUNT, type KubeState } from "../support/kube-state.js";
+import { ATHENZ_AUDIENCE, createKubeState, PRODUCT_NAMESPACE, type KubeState } from "../support/kube-state.js";
 
 const NS = "team-tv";
 const SA = "frontend";
@@ -44,11 +44,11 @@ describe("token verifier on the real API server", () => {
   before(async () => {
     cluster = await startKubeCluster();
     state = createKubeState(cluster.kubeconfigPath);
-    productKubeconfig = await state.productKubeconfig(cluster);
-    // /openid/v1/jwks needs an authenticated caller (system:service-account-issuer-discovery is bound
-    // to all service accounts): the product's own SA token, as a projected token file in a pod.
-    bearerTokenFile = join(cluster.dir, "product-sa.token");
-    writeFileSync(bearerTokenFile, await state.serviceAccountToken(PRODUCT_NAMESPACE, PRODUCT_SERVICE_ACCOUNT), { mode: 0o600 });
+    productKubeconfig = await state.productKubeconfig(cluster, "token-verifier");
+    // /openid/v1/jwks needs an authenticated caller (k8s/rbac.yaml grants issuer discovery to
+    // token-verifier): its own SA token, as a projected token file in its pod.
+    bearerTokenFile = join(cluster.dir, "token-verifier-sa.token");
+    writeFileSync(bearerTokenFile, await state.serviceAccountToken(PRODUCT_NAMESPACE, "token-verifier"), { mode: 0o600 });
   });
   after(async () => {
     for (const v of verifiers) await v.close();

@@ -2,14 +2,16 @@
  * Builds cluster state on a real API server the way the missing control-plane pieces would:
  * namespaces and service accounts (controller manager), pods bound to a node with their IPs and
  * phase (scheduler + kubelet), pod-bound service-account tokens (kubelet's TokenRequest), and the
- * product's least-privilege service account from test/cluster/rbac.yaml.
+ * per-service ServiceAccounts and RBAC the product ships (k8s/namespace.yaml + k8s/rbac.yaml).
  *
  * Deleting pods: nothing here plays a kubelet, so a graceful delete only stamps deletionTimestamp
  * and the pod stays forever. `deletePod` therefore deletes with gracePeriodSeconds=0 by default (the
  * object vanishes at once, like `kubectl delete --force --grace-period=0`); pass a grace period to
  * leave a pod in the "Terminating" state on purpose.
  */
-import { readFileSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { promisify } from "node:util";
 import {
   CoreV1Api,
   KubeConfig,
@@ -18,16 +20,20 @@ import {
   type KubernetesObject,
   type V1Pod,
 } from "@kubernetes/client-node";
-import type { KubeCluster } from "./kube-cluster.js";
+import { clusterBinaries, type KubeCluster } from "./kube-cluster.js";
 
 const repoRoot = new URL("../..", import.meta.url).pathname;
+const run = promisify(execFile);
 
 /** Audience of the pod tokens the identity provider accepts. */
 export const ATHENZ_AUDIENCE = "athenz-identityd";
 
-/** Namespace and service account of the product in test/cluster/rbac.yaml. */
+/** Namespace of the product (k8s/namespace.yaml; kustomization.yaml puts k8s/rbac.yaml's objects there). */
 export const PRODUCT_NAMESPACE = "athenz-identity";
-export const PRODUCT_SERVICE_ACCOUNT = "athenz-identityd";
+/** The shipped ServiceAccounts of k8s/rbac.yaml that a service runs as (nats has no API access). */
+export type ProductAccount = "pod-registry" | "token-verifier" | "gateway" | "csr-inspector";
+/** The one Lease pod-registry's Role lets it get/update (k8s/rbac.yaml resourceNames). */
+export const PRODUCT_LEASE = "pod-registry";
 
 /** A KubeConfig loaded from a kubeconfig file (e.g. `cluster.kubeconfigPath`). */
 export function loadKubeConfig(path: string): KubeConfig {
@@ -85,10 +91,11 @@ export interface KubeState {
   /** Server-side applies every object of a YAML file (create or replace). */
   applyYamlFile(path: string): Promise<KubernetesObject[]>;
   /**
-   * Applies test/cluster/rbac.yaml (the product's least-privilege service account) and returns a
-   * kubeconfig path authenticating as that service account.
+   * Applies exactly the shipped k8s/namespace.yaml + k8s/rbac.yaml (with `kubectl apply -n
+   * athenz-identity`, as kustomize would place them) and returns a kubeconfig path authenticating as
+   * `account` with a TokenRequest token (default lifetime 3600 s).
    */
-  productKubeconfig(cluster: KubeCluster): Promise<string>;
+  productKubeconfig(cluster: KubeCluster, account: ProductAccount, expirationSeconds?: number): Promise<string>;
 }
 
 function isConflict(err: unknown): boolean {
@@ -104,6 +111,7 @@ export function createKubeState(kubeconfigPath: string): KubeState {
   const kubeConfig = loadKubeConfig(kubeconfigPath);
   const core = kubeConfig.makeApiClient(CoreV1Api);
   const objects = KubernetesObjectApi.makeApiClient(kubeConfig);
+  const rbacApplied = new Map<string, Promise<unknown>>();
 
   const ensureNamespace = async (name: string): Promise<void> => {
     try {
@@ -222,10 +230,23 @@ export function createKubeState(kubeconfigPath: string): KubeState {
 
     applyYamlFile,
 
-    async productKubeconfig(cluster) {
-      await applyYamlFile(`${repoRoot}test/cluster/rbac.yaml`);
-      const token = await createToken(PRODUCT_NAMESPACE, PRODUCT_SERVICE_ACCOUNT, { audiences: [], expirationSeconds: 3600 });
-      return cluster.writeKubeconfig(PRODUCT_SERVICE_ACCOUNT, token);
+    async productKubeconfig(cluster, account, expirationSeconds = 3600) {
+      // kubectl, not applyYamlFile: k8s/rbac.yaml's namespaced objects carry no namespace (kustomize sets it).
+      // Applied once per cluster (kubectl costs about a second on a busy machine).
+      let applied = rbacApplied.get(cluster.kubeconfigPath);
+      if (!applied) {
+        const kubectl = clusterBinaries().kubectl;
+        if (!existsSync(kubectl)) throw new Error(`kubectl not found at ${kubectl}: run test/cluster/setup.sh (or set KUBECTL_BIN)`);
+        applied = run(kubectl, [
+          "--kubeconfig", cluster.kubeconfigPath, "apply", "-n", PRODUCT_NAMESPACE,
+          "-f", `${repoRoot}k8s/namespace.yaml`, "-f", `${repoRoot}k8s/rbac.yaml`,
+        ]);
+        rbacApplied.set(cluster.kubeconfigPath, applied);
+        applied.catch(() => rbacApplied.delete(cluster.kubeconfigPath));
+      }
+      await applied;
+      const token = await createToken(PRODUCT_NAMESPACE, account, { audiences: [], expirationSeconds });
+      return cluster.writeKubeconfig(account, token);
     },
   };
 }
