@@ -10,16 +10,9 @@
  * leave a pod in the "Terminating" state on purpose.
  */
 import { execFile } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { promisify } from "node:util";
-import {
-  CoreV1Api,
-  KubeConfig,
-  KubernetesObjectApi,
-  loadAllYaml,
-  type KubernetesObject,
-  type V1Pod,
-} from "@kubernetes/client-node";
+import { CoreV1Api, KubeConfig, type V1Pod } from "@kubernetes/client-node";
 import { clusterBinaries, type KubeCluster } from "./kube-cluster.js";
 
 const repoRoot = new URL("../..", import.meta.url).pathname;
@@ -88,8 +81,6 @@ export interface KubeState {
   podToken(o: PodTokenOptions): Promise<string>;
   /** TokenRequest for a plain (not pod-bound) service-account token, e.g. a service's own credential. */
   serviceAccountToken(namespace: string, name: string, audiences?: string[], expirationSeconds?: number): Promise<string>;
-  /** Server-side applies every object of a YAML file (create or replace). */
-  applyYamlFile(path: string): Promise<KubernetesObject[]>;
   /**
    * Applies exactly the shipped k8s/namespace.yaml + k8s/rbac.yaml (with `kubectl apply -n
    * athenz-identity`, as kustomize would place them) and returns a kubeconfig path authenticating as
@@ -110,7 +101,6 @@ function isNotFound(err: unknown): boolean {
 export function createKubeState(kubeconfigPath: string): KubeState {
   const kubeConfig = loadKubeConfig(kubeconfigPath);
   const core = kubeConfig.makeApiClient(CoreV1Api);
-  const objects = KubernetesObjectApi.makeApiClient(kubeConfig);
   const rbacApplied = new Map<string, Promise<unknown>>();
 
   const ensureNamespace = async (name: string): Promise<void> => {
@@ -153,22 +143,6 @@ export function createKubeState(kubeconfigPath: string): KubeState {
     const token = res.status?.token;
     if (!token) throw new Error(`TokenRequest for ${namespace}/${name} returned no token`);
     return token;
-  };
-
-  const applyYamlFile = async (path: string): Promise<KubernetesObject[]> => {
-    const docs = loadAllYaml(readFileSync(path, "utf8")) as KubernetesObject[];
-    const out: KubernetesObject[] = [];
-    for (const doc of docs) {
-      if (!doc?.kind) continue;
-      if (doc.metadata?.namespace) await ensureNamespace(doc.metadata.namespace);
-      try {
-        out.push(await objects.create(doc));
-      } catch (err) {
-        if (!isConflict(err)) throw err;
-        out.push(await objects.replace(doc));
-      }
-    }
-    return out;
   };
 
   return {
@@ -228,10 +202,9 @@ export function createKubeState(kubeconfigPath: string): KubeState {
       return await createToken(namespace, name, { audiences: audiences ?? [], expirationSeconds });
     },
 
-    applyYamlFile,
 
     async productKubeconfig(cluster, account, expirationSeconds = 3600) {
-      // kubectl, not applyYamlFile: k8s/rbac.yaml's namespaced objects carry no namespace (kustomize sets it).
+      // kubectl, not the object API: k8s/rbac.yaml's namespaced objects carry no namespace (kustomize sets it).
       // Applied once per cluster (kubectl costs about a second on a busy machine).
       let applied = rbacApplied.get(cluster.kubeconfigPath);
       if (!applied) {
