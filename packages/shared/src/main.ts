@@ -38,6 +38,12 @@ export async function runMain<S extends Record<string, Setting<unknown>>>(opts: 
   try {
     running = await opts.start(config, logger);
   } catch (err) {
+    if (err instanceof ConfigError) {
+      // Settings that only make sense together are checked while starting; still a bad setting.
+      process.stderr.write(`${opts.name}: ${err.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
     logger.fatal({ err: err instanceof Error ? err.message : String(err) }, "start-up failed");
     logger.flush();
     process.exitCode = 1;

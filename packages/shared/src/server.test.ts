@@ -13,7 +13,8 @@ import { createServiceClient } from "./client.js";
 import { DomainError, ErrorCode } from "./errors.js";
 import { createLogger } from "./logger.js";
 import { createMetricsRegistry } from "./metrics.js";
-import { startServiceServer, type RunningServer } from "./server.js";
+import { startServiceServer, tlsFromSettings, type RunningServer } from "./server.js";
+import { ConfigError } from "./config.js";
 
 function captureLogger() {
   const lines: Record<string, unknown>[] = [];
@@ -176,6 +177,21 @@ describe("startServiceServer (TLS)", () => {
       close();
     } finally {
       await srv.close();
+    }
+  });
+});
+
+describe("tlsFromSettings", () => {
+  it("is cleartext with no files, TLS with both, and refuses half a pair or a client CA alone", () => {
+    assert.equal(tlsFromSettings({ tlsReloadInterval: 1000 }), undefined);
+    assert.deepEqual(tlsFromSettings({ tlsCertFile: "c", tlsKeyFile: "k", tlsClientCaFile: "ca", tlsReloadInterval: 1000 }), {
+      certFile: "c",
+      keyFile: "k",
+      clientCaFile: "ca",
+      reloadIntervalMs: 1000,
+    });
+    for (const half of [{ tlsCertFile: "c" }, { tlsKeyFile: "k" }, { tlsClientCaFile: "ca" }]) {
+      assert.throws(() => tlsFromSettings({ ...half, tlsReloadInterval: 1000 }), (e) => e instanceof ConfigError && /TLS_/.test(e.message), JSON.stringify(half));
     }
   });
 });

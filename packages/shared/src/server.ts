@@ -8,6 +8,7 @@ import { createSecureContext } from "node:tls";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
+import { ConfigError } from "./config.js";
 import { DomainError, toConnectError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import { rpcMetricsInterceptor } from "./metrics.js";
@@ -30,6 +31,27 @@ export interface TlsFiles {
   clientCertOptional?: boolean | undefined;
   /** How often the files are checked for rotation. */
   reloadIntervalMs: number;
+}
+
+/** The TLS part of {@link serverSettings}, as a service's config object carries it. */
+export interface TlsSettings {
+  tlsCertFile?: string | undefined;
+  tlsKeyFile?: string | undefined;
+  tlsClientCaFile?: string | undefined;
+  tlsReloadInterval: number;
+}
+
+/**
+ * TLS files from the shared server settings: undefined for cleartext h2c, and a {@link ConfigError}
+ * when only one of certificate and key is set (a typo must not silently turn TLS off).
+ */
+export function tlsFromSettings(c: TlsSettings): TlsFiles | undefined {
+  if (!c.tlsCertFile && !c.tlsKeyFile) {
+    if (c.tlsClientCaFile) throw new ConfigError("--tls-client-ca-file/TLS_CLIENT_CA_FILE", "needs TLS_CERT_FILE and TLS_KEY_FILE");
+    return undefined;
+  }
+  if (!c.tlsCertFile || !c.tlsKeyFile) throw new ConfigError("--tls-cert-file/TLS_CERT_FILE and --tls-key-file/TLS_KEY_FILE", "must be set together");
+  return { certFile: c.tlsCertFile, keyFile: c.tlsKeyFile, clientCaFile: c.tlsClientCaFile, reloadIntervalMs: c.tlsReloadInterval };
 }
 
 /** A plain Node handler for what Connect does not route; same shape as connect-node's fallback. */

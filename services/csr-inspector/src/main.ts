@@ -1,13 +1,12 @@
 #!/usr/bin/env -S node --import tsx
 /** csr-inspector: checks requested SANs, CN and key of a pod's certificate request. */
 import { pathToFileURL } from "node:url";
-import { createMetricsRegistry, runMain, startServiceServer, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
+import { createMetricsRegistry, runMain, startServiceServer, tlsFromSettings, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
 import { csrInspectorSpec, defaultSanPolicy, type CsrInspectorConfig } from "./config.js";
 import { csrInspectorRoutes } from "./connect.js";
 
 /** Starts the service (used by main and by tests). It has no dependency, so it is ready once listening. */
 export async function startCsrInspector(config: CsrInspectorConfig, logger: Logger): Promise<RunningServer> {
-  if (Boolean(config.tlsCertFile) !== Boolean(config.tlsKeyFile)) throw new Error("TLS_CERT_FILE and TLS_KEY_FILE must be set together");
   const defaultPolicy = defaultSanPolicy(config);
   if (defaultPolicy.dnsSuffixes.length === 0) logger.warn("DNS_SUFFIXES is empty: every DNS SAN will be refused unless the request carries a policy");
   return startServiceServer({
@@ -16,9 +15,7 @@ export async function startCsrInspector(config: CsrInspectorConfig, logger: Logg
     host: config.host,
     port: config.port,
     adminPort: config.adminPort,
-    tls: config.tlsCertFile && config.tlsKeyFile
-      ? { certFile: config.tlsCertFile, keyFile: config.tlsKeyFile, clientCaFile: config.tlsClientCaFile, reloadIntervalMs: config.tlsReloadInterval }
-      : undefined,
+    tls: tlsFromSettings(config),
     logger,
     registry: createMetricsRegistry("csr-inspector"),
     readiness: () => ({ ready: true }),

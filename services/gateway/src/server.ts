@@ -8,7 +8,7 @@ import type { Registry } from "prom-client";
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
 import { PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
 import { TokenVerifierService } from "@k8s-athenz-identity/api/token_verifier";
-import { createMetricsRegistry, createServiceClient, startServiceServer, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
+import { createMetricsRegistry, createServiceClient, startServiceServer, tlsFromSettings, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
 import { readPolicy, type GatewayConfig } from "./config.js";
 import { createCopperArgosHandler } from "./copper-argos.js";
 import { identityProviderRoutes } from "./connect.js";
@@ -45,11 +45,12 @@ export async function startGateway(config: GatewayConfig, logger: Logger, opts: 
   const registry = opts.registry ?? createMetricsRegistry("gateway");
   const policy = createPolicyStore(readPolicy(config));
 
-  const tlsOn = Boolean(config.tlsCertFile && config.tlsKeyFile);
+  const tlsFiles = tlsFromSettings(config);
+  const tlsOn = tlsFiles !== undefined;
   if (!tlsOn && !config.allowInsecureHttp) throw new Error("TLS_CERT_FILE and TLS_KEY_FILE are required (ZTS only calls https providers); ALLOW_INSECURE_HTTP is for development only");
   if (tlsOn && !config.tlsClientCaFile && !config.allowInsecureHttp) throw new Error("TLS_CLIENT_CA_FILE (the Athenz CA bundle for ZTS client certificates) is required");
   if (tlsOn) {
-    const cn = certCn(config.tlsCertFile!);
+    const cn = certCn(tlsFiles.certFile);
     // ZTS refuses a provider whose certificate CN is not the provider service name.
     if (cn !== policy.get().provider) throw new Error(`the TLS certificate's CN ${JSON.stringify(cn)} is not the provider service name ${JSON.stringify(policy.get().provider)}`);
   }
@@ -100,17 +101,9 @@ export async function startGateway(config: GatewayConfig, logger: Logger, opts: 
     host: config.host,
     port: config.port,
     adminPort: config.adminPort,
-    tls: tlsOn
-      ? {
-          certFile: config.tlsCertFile!,
-          keyFile: config.tlsKeyFile!,
-          clientCaFile: config.tlsClientCaFile,
-          // A missing or untrusted ZTS certificate gets a clear 401 instead of a failed handshake
-          // (which ZTS would report to the SIA as a retryable 504).
-          clientCertOptional: true,
-          reloadIntervalMs: config.tlsReloadInterval,
-        }
-      : undefined,
+    // A missing or untrusted ZTS certificate gets a clear 401 instead of a failed handshake
+    // (which ZTS would report to the SIA as a retryable 504).
+    tls: tlsFiles ? { ...tlsFiles, clientCertOptional: true } : undefined,
     logger,
     registry,
     readiness: () => ({ ready: true, detail: { provider: policy.get().provider } }),

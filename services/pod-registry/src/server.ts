@@ -1,7 +1,7 @@
 /** Wires config, the registry, the Connect server and metrics; no domain logic here. */
 import { KubeConfig } from "@kubernetes/client-node";
 import { Gauge } from "prom-client";
-import { createMetricsRegistry, startServiceServer, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
+import { createMetricsRegistry, startServiceServer, tlsFromSettings, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
 import type { PodRegistryConfig } from "./config.js";
 import { podRegistryRoutes } from "./connect.js";
 import { createPodRegistry, type PodRegistry } from "./registry.js";
@@ -61,7 +61,7 @@ export async function startPodRegistryServer(config: PodRegistryConfig, logger: 
       host: config.host,
       port: config.port,
       adminPort: config.adminPort,
-      tls: config.tlsCertFile && config.tlsKeyFile ? { certFile: config.tlsCertFile, keyFile: config.tlsKeyFile, clientCaFile: config.tlsClientCaFile, reloadIntervalMs: config.tlsReloadInterval } : undefined,
+      tls: tlsFromSettings(config),
       logger,
       registry: metrics,
       readiness: () => {

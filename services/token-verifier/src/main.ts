@@ -3,7 +3,7 @@
 import { ConfigError } from "@k8s-athenz-identity/shared/config";
 import { runMain } from "@k8s-athenz-identity/shared/main";
 import { createMetricsRegistry } from "@k8s-athenz-identity/shared/metrics";
-import { startServiceServer } from "@k8s-athenz-identity/shared/server";
+import { startServiceServer, tlsFromSettings } from "@k8s-athenz-identity/shared/server";
 import { tokenVerifierSpec } from "./config.js";
 import { tokenVerifierRoutes } from "./connect.js";
 import { createTokenVerifier } from "./verifier.js";
@@ -44,9 +44,7 @@ await runMain({
       host: config.host,
       port: config.port,
       adminPort: config.adminPort,
-      tls: config.tlsCertFile && config.tlsKeyFile
-        ? { certFile: config.tlsCertFile, keyFile: config.tlsKeyFile, clientCaFile: config.tlsClientCaFile, reloadIntervalMs: config.tlsReloadInterval }
-        : undefined,
+      tls: tlsFromSettings(config),
       logger,
       registry,
       readiness: () => ({ ready: verifier.ready(), detail: { mode: config.mode } }),
