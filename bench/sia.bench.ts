@@ -16,13 +16,12 @@
 import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { PassThrough } from "node:stream";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
 import { createAgent } from "../services/sia/src/agent.js";
 import { createKeyAndCsr, type KeyType } from "../services/sia/src/csr.js";
 import { createCredentialStore } from "../services/sia/src/files.js";
 import { createZtsClient } from "../services/sia/src/zts-client.js";
-import { DNS_SUFFIX, PROVIDER, startStack } from "../test/e2e/stack.js";
+import { auditCollector, DNS_SUFFIX, PROVIDER, startStack } from "../test/e2e/stack.js";
 import type { PodJson } from "../test/support/fake-kube-api.js";
 import { tempDir } from "../test/support/tmp.js";
 import { startZtsStandIn } from "../test/support/zts-stand-in.js";
@@ -35,19 +34,10 @@ const PROC_N = 3;
 
 // The gateway's audit lines (info level), by instance id: its decision latency.
 const decisionMs = new Map<string, number>();
-const gatewayLogs = new PassThrough();
-let pending = "";
-gatewayLogs.on("data", (c: Buffer) => {
-  pending += c.toString("utf8");
-  const lines = pending.split("\n");
-  pending = lines.pop() ?? "";
-  for (const l of lines) {
-    if (!l.includes('"audit":true')) continue;
-    const o = JSON.parse(l) as { endpoint?: string; outcome?: string; instanceId?: string; latencyMs?: number };
-    if (o.endpoint !== "instance") continue;
-    if (o.outcome !== "allow") throw new Error(`gateway did not allow ${o.instanceId}: ${l}`);
-    if (o.instanceId && typeof o.latencyMs === "number") decisionMs.set(o.instanceId, o.latencyMs);
-  }
+const { stream: gatewayLogs } = auditCollector((o) => {
+  if (o.endpoint !== "instance") return;
+  if (o.outcome !== "allow") throw new Error(`gateway did not allow ${o.instanceId}: ${JSON.stringify(o)}`);
+  if (o.instanceId && typeof o.latencyMs === "number") decisionMs.set(o.instanceId, o.latencyMs);
 });
 
 const tmp = tempDir("sia-bench");

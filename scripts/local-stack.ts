@@ -16,7 +16,6 @@ import { X509Certificate } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import { PassThrough } from "node:stream";
 import { fileURLToPath } from "node:url";
 import type { Services } from "../test/e2e/stack.js";
 import type { KubeCluster } from "../test/support/kube-cluster.js";
@@ -66,6 +65,7 @@ async function loadModules() {
     PROVIDER: stack.PROVIDER,
     startServices: stack.startServices,
     startStack: stack.startStack,
+    auditCollector: stack.auditCollector,
     clusterBinaries: kubeCluster.clusterBinaries,
     clusterVersions: kubeCluster.clusterVersions,
     startKubeCluster: kubeCluster.startKubeCluster,
@@ -297,16 +297,6 @@ function runSia(env: Record<string, string>): Promise<SiaRun> {
 
 // ---- main --------------------------------------------------------------------------------------
 
-interface AuditLine {
-  audit?: boolean;
-  endpoint?: string;
-  outcome?: string;
-  instanceId?: string;
-  violations?: string[];
-  latencyMs?: number;
-  clientCn?: string;
-}
-
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   process.on("SIGINT", onSignal);
@@ -321,24 +311,9 @@ async function main(): Promise<void> {
 
   // Service logs (JSON lines) go to a file; the gateway's audit lines are also read here.
   const logFile = join(dir, "services.log");
-  const logs = new PassThrough();
+  const { stream: logs, lines: audit } = M.auditCollector();
   const logSink = createWriteStream(logFile);
   logs.pipe(logSink);
-  const audit: AuditLine[] = [];
-  let partial = "";
-  logs.on("data", (c: Buffer) => {
-    partial += c.toString("utf8");
-    const lines = partial.split("\n");
-    partial = lines.pop() ?? "";
-    for (const l of lines) {
-      try {
-        const o = JSON.parse(l) as AuditLine;
-        if (o.audit) audit.push(o);
-      } catch {
-        // not JSON: only kept in the file
-      }
-    }
-  });
 
   section("Starting");
   const zts: ZtsStandIn = await step("starting the ZTS stand-in", () => M.startZtsStandIn({ dir: join(dir, "zts"), principal: "athenz.zts" }));

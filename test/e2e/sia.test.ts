@@ -9,7 +9,6 @@ import { execFileSync } from "node:child_process";
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
 import { createAgent, type AgentConfig, type AgentOptions } from "../../services/sia/src/agent.js";
@@ -18,19 +17,11 @@ import { ZtsError } from "../../services/sia/src/zts-client.js";
 import type { PodJson } from "../support/fake-kube-api.js";
 import { tempDir } from "../support/tmp.js";
 import { startZtsStandIn, type ZtsStandIn } from "../support/zts-stand-in.js";
-import { DNS_SUFFIX, PROVIDER, startStack, type Stack } from "./stack.js";
+import { auditCollector, DNS_SUFFIX, PROVIDER, startStack, type Stack } from "./stack.js";
 
 const FAST: RetryPolicy = { unavailableBaseMs: 20, otherBaseMs: 20, deniedBaseMs: 400, maxBackoffMs: 400, minDelayMs: 10 };
 
 type Outcome = Parameters<NonNullable<AgentOptions["onOutcome"]>>[0];
-interface AuditLine {
-  audit?: boolean;
-  endpoint?: string;
-  outcome?: string;
-  instanceId?: string;
-  violations?: string[];
-  clientCn?: string;
-}
 
 /** Outcomes of one agent, awaitable. */
 function outcomes() {
@@ -51,18 +42,7 @@ function outcomes() {
 describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
   const tmp = tempDir("e2e-sia");
   const siaLogger = createLogger({ service: "sia", level: "silent" });
-  const audit: AuditLine[] = [];
-  const gatewayLogs = new PassThrough();
-  let pending = "";
-  gatewayLogs.on("data", (c: Buffer) => {
-    pending += c.toString("utf8");
-    const lines = pending.split("\n");
-    pending = lines.pop() ?? "";
-    for (const l of lines) {
-      const o = JSON.parse(l) as AuditLine;
-      if (o.audit) audit.push(o);
-    }
-  });
+  const { stream: gatewayLogs, lines: audit } = auditCollector();
   let zts: ZtsStandIn;
   let s: Stack;
   let n = 0;

@@ -58,6 +58,44 @@ export interface Stack extends Services {
   mint(pod: PodJson, o?: Partial<MintOptions>): Promise<string>;
 }
 
+/** One audit line of the gateway (JSON log line with `audit: true`). */
+export interface AuditLine {
+  audit?: boolean;
+  endpoint?: string;
+  outcome?: string;
+  instanceId?: string;
+  violations?: string[];
+  latencyMs?: number;
+  clientCn?: string;
+}
+
+/**
+ * A log destination (pass it as `logDestination`) that keeps the gateway's audit lines as they are
+ * written. Lines that are not JSON are ignored here; `onAudit` sees each audit line as it arrives.
+ */
+export function auditCollector(onAudit?: (line: AuditLine) => void): { stream: PassThrough; lines: AuditLine[] } {
+  const stream = new PassThrough();
+  const lines: AuditLine[] = [];
+  let partial = "";
+  stream.on("data", (c: Buffer) => {
+    partial += c.toString("utf8");
+    const chunks = partial.split("\n");
+    partial = chunks.pop() ?? "";
+    for (const l of chunks) {
+      if (!l.includes('"audit":true')) continue;
+      let o: AuditLine;
+      try {
+        o = JSON.parse(l) as AuditLine;
+      } catch {
+        continue;
+      }
+      lines.push(o);
+      onAudit?.(o);
+    }
+  });
+  return { stream, lines };
+}
+
 export interface StackOptions {
   /** Extra gateway settings. */
   gatewayEnv?: Record<string, string>;
