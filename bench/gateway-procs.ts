@@ -2,7 +2,7 @@
  * Helpers of the gateway bench: the services as child processes started through their real main
  * entrypoints, and their CPU time read from /proc.
  */
-import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as net from "node:net";
@@ -53,7 +53,13 @@ export interface ServiceProcess {
  * stdout and stderr (the JSON log, audit lines included) appended to `logFile`, and waits until
  * `<adminUrl>/readyz` answers 200.
  */
-export async function startServiceProcess(o: { name: string; env: Record<string, string>; adminPort: number; logFile: string; nodeArgs?: string[] }): Promise<ServiceProcess> {
+export async function startServiceProcess(o: {
+  name: string;
+  env: Record<string, string>;
+  adminPort: number;
+  logFile: string;
+  nodeArgs?: string[];
+}): Promise<ServiceProcess> {
   const fd = openSync(o.logFile, "a");
   let child: ChildProcess;
   try {

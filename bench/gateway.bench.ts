@@ -20,19 +20,19 @@ import * as https from "node:https";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
-import { GetPodResponseSchema, WaitForPodResponseSchema } from "@k8s-athenz-identity/api/pod_registry";
 import { InspectAttributesResponseSchema } from "@k8s-athenz-identity/api/csr_inspector";
-import { createLogger, createMetricsRegistry, loadConfig, type Logger } from "@k8s-athenz-identity/shared";
+import { GetPodResponseSchema, WaitForPodResponseSchema } from "@k8s-athenz-identity/api/pod_registry";
+import { createLogger, createMetricsRegistry, type Logger, loadConfig } from "@k8s-athenz-identity/shared";
 import { pino } from "pino";
 import { inspectAttributes } from "../services/csr-inspector/src/inspect-attributes.js";
 import { gatewaySpec } from "../services/gateway/src/config.js";
-import { createDecisionEngine, Operation, Outcome, type Confirmation } from "../services/gateway/src/decision.js";
+import { type Confirmation, createDecisionEngine, Operation, Outcome } from "../services/gateway/src/decision.js";
 import type { Dependencies } from "../services/gateway/src/dependencies.js";
 import { startGateway } from "../services/gateway/src/server.js";
 import { podRegistrySpec } from "../services/pod-registry/src/config.js";
 import { toProtoStatus } from "../services/pod-registry/src/connect.js";
 import { toProtoPod } from "../services/pod-registry/src/pod.js";
-import { startPodRegistryServer, type PodRegistryServer } from "../services/pod-registry/src/server.js";
+import { type PodRegistryServer, startPodRegistryServer } from "../services/pod-registry/src/server.js";
 import { toResponse } from "../services/token-verifier/src/connect.js";
 import { createTokenVerifier, type TokenVerifier } from "../services/token-verifier/src/verifier.js";
 import { callAsZts, confirmationFor, DNS_SUFFIX, PROVIDER, ZTS_CN } from "../test/e2e/stack.js";
@@ -40,8 +40,8 @@ import { startFakeKubeApi } from "../test/support/fake-kube-api.js";
 import { createSigningKey, jwksOf, mintBoundToken } from "../test/support/jwt.js";
 import { createCa, issueCert } from "../test/support/pki.js";
 import { tempDir } from "../test/support/tmp.js";
-import { freePort, startServiceProcess, type ServiceProcess } from "./gateway-procs.js";
-import { percentile, recordFigures, type Figure } from "./lib.js";
+import { freePort, type ServiceProcess, startServiceProcess } from "./gateway-procs.js";
+import { type Figure, percentile, recordFigures } from "./lib.js";
 
 const PODS = 300;
 const KEEPALIVE_CONCURRENCY = 16;
@@ -115,7 +115,8 @@ function inProcessDeps(verifier: TokenVerifier, pr: PodRegistryServer): Dependen
       const r = await reg.waitForPod(uid, { timeoutMs, signal });
       return create(WaitForPodResponseSchema, { pod: r.pod ? toProtoPod(r.pod) : undefined, status: toProtoStatus(reg.status()) });
     },
-    inspectAttributes: async (req) => create(InspectAttributesResponseSchema, { violations: inspectAttributes(req.expected!, req.attributes, req.policy!) }),
+    inspectAttributes: async (req) =>
+      create(InspectAttributesResponseSchema, { violations: inspectAttributes(req.expected!, req.attributes, req.policy!) }),
   };
 }
 
@@ -147,7 +148,12 @@ try {
     const pod = kube.createPod({ namespace: i % 2 ? "sports" : "weather", serviceAccountName: `api${i % 7}` });
     const token = await mintBoundToken(key, {
       issuer: ISSUER,
-      pod: { namespace: pod.metadata.namespace, podName: pod.metadata.name, podUid: pod.metadata.uid, serviceAccountName: pod.spec.serviceAccountName },
+      pod: {
+        namespace: pod.metadata.namespace,
+        podName: pod.metadata.name,
+        podUid: pod.metadata.uid,
+        serviceAccountName: pod.spec.serviceAccountName,
+      },
     });
     const c = confirmationFor(pod, token);
     confirmations.push(c);
@@ -174,9 +180,19 @@ try {
   // ---- baseline: the same gateway, dependencies as functions in this process (no RPC); its audit
   // log goes to a file like the children's.
   const logFile = (name: string) => join(tmp.dir, `${name}.log`);
-  const baselineLogger: Logger = createLogger({ service: "gateway", level: "info", destination: pino.destination({ dest: logFile("in-process"), sync: false }) as unknown as NodeJS.WritableStream });
+  const baselineLogger: Logger = createLogger({
+    service: "gateway",
+    level: "info",
+    destination: pino.destination({ dest: logFile("in-process"), sync: false }) as unknown as NodeJS.WritableStream,
+  });
   const quiet = createLogger({ service: "bench", level: "silent" });
-  const verifier = createTokenVerifier({ mode: "jwks", issuer: ISSUER, jwksFile, logger: quiet, registry: createMetricsRegistry("token-verifier", { defaultMetrics: false }) });
+  const verifier = createTokenVerifier({
+    mode: "jwks",
+    issuer: ISSUER,
+    jwksFile,
+    logger: quiet,
+    registry: createMetricsRegistry("token-verifier", { defaultMetrics: false }),
+  });
   await verifier.whenReady?.();
   const registry = await startPodRegistryServer(
     loadConfig(podRegistrySpec, { env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", SHUTDOWN_TIMEOUT: "1s" } }),
@@ -185,7 +201,11 @@ try {
   );
   await registry.registry.synced;
   const deps = inProcessDeps(verifier, registry);
-  const local = await startGateway(loadConfig(gatewaySpec, { env: { ...gatewayEnv, HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", API_PORT: "0", API_ADMIN_PORT: "0" } }), baselineLogger, { deps });
+  const local = await startGateway(
+    loadConfig(gatewaySpec, { env: { ...gatewayEnv, HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", API_PORT: "0", API_ADMIN_PORT: "0" } }),
+    baselineLogger,
+    { deps },
+  );
   const localUrl = `${local.zts.url}/zts-provider/instance`;
   const engine = createDecisionEngine({ policy: local.policy, deps, budgetMs: 5000 });
   let n = 0;
@@ -204,7 +224,9 @@ try {
   baselineLogger.flush();
 
   // ---- the deployment shape: one child process per service
-  const [tvPort, tvAdmin, prPort, prAdmin, ciPort, ciAdmin, gwPort, gwAdmin, apiPort, apiAdmin] = await Promise.all(Array.from({ length: 10 }, () => freePort()));
+  const [tvPort, tvAdmin, prPort, prAdmin, ciPort, ciAdmin, gwPort, gwAdmin, apiPort, apiAdmin] = await Promise.all(
+    Array.from({ length: 10 }, () => freePort()),
+  );
   const common = { HOST: "127.0.0.1", SHUTDOWN_TIMEOUT: "2s", LOG_LEVEL: "info" };
   const [tv, pr, ci] = await Promise.all([
     startServiceProcess({
@@ -258,7 +280,9 @@ try {
 
   // Node process warnings (e.g. MaxListenersExceededWarning) in the services' output, for the reader.
   for (const p of procs) {
-    const warnings = readFileSync(logFile(p.name), "utf8").split("\n").filter((l) => /Warning/.test(l));
+    const warnings = readFileSync(logFile(p.name), "utf8")
+      .split("\n")
+      .filter((l) => /Warning/.test(l));
     if (warnings.length) console.log(`${p.name}: ${warnings.length} warning line(s), first: ${warnings[0]!.slice(0, 300)}`);
   }
   const load = loadavg();
@@ -270,27 +294,59 @@ try {
   const ratio = total(fanKeep) / total(localKeep);
   const ratioNew = total(fanNew) / total(localNew);
   const figures: Figure[] = [
-    { name: "fan-out keep-alive confirmations/s", value: fanKeep.perSecond, unit: "ops/s", target: ">= 1000", met: fanKeep.perSecond >= 1000, note: `${KEEPALIVE_CONCURRENCY} concurrent HTTPS/1.1 keep-alive clients, ${fanKeep.calls} calls; each service in its own process (real main entrypoints); ${loadNote}` },
+    {
+      name: "fan-out keep-alive confirmations/s",
+      value: fanKeep.perSecond,
+      unit: "ops/s",
+      target: ">= 1000",
+      met: fanKeep.perSecond >= 1000,
+      note: `${KEEPALIVE_CONCURRENCY} concurrent HTTPS/1.1 keep-alive clients, ${fanKeep.calls} calls; each service in its own process (real main entrypoints); ${loadNote}`,
+    },
     { name: "fan-out keep-alive p50", value: fanKeep.p50, unit: "ms", target: "report" },
     { name: "fan-out keep-alive p99", value: fanKeep.p99, unit: "ms", target: "<= 20", met: fanKeep.p99 <= 20 },
     { name: "fan-out keep-alive CPU per decision", value: total(fanKeep), unit: "µs", target: "report", note: split(fanKeep) },
     { name: "fan-out keep-alive CPU per decision, services only", value: fanKeep.servicesCpuUs, unit: "µs", target: "report" },
     { name: "fan-out keep-alive CPU per decision, client only", value: fanKeep.clientCpuUs, unit: "µs", target: "report" },
-    { name: "fan-out new connection per call confirmations/s", value: fanNew.perSecond, unit: "ops/s", target: "report", note: `${NEWCONN_CONCURRENCY} concurrent clients, new TLS handshake per call (as ZTS), ${fanNew.calls} calls` },
+    {
+      name: "fan-out new connection per call confirmations/s",
+      value: fanNew.perSecond,
+      unit: "ops/s",
+      target: "report",
+      note: `${NEWCONN_CONCURRENCY} concurrent clients, new TLS handshake per call (as ZTS), ${fanNew.calls} calls`,
+    },
     { name: "fan-out new connection p50", value: fanNew.p50, unit: "ms", target: "report" },
     { name: "fan-out new connection p99", value: fanNew.p99, unit: "ms", target: "report" },
     { name: "fan-out new connection CPU per decision", value: total(fanNew), unit: "µs", target: "report", note: split(fanNew) },
-    { name: "in-process keep-alive confirmations/s", value: localKeep.perSecond, unit: "ops/s", target: "report", note: "same gateway code and HTTPS client, dependencies called as functions in one process (no RPC)" },
+    {
+      name: "in-process keep-alive confirmations/s",
+      value: localKeep.perSecond,
+      unit: "ops/s",
+      target: "report",
+      note: "same gateway code and HTTPS client, dependencies called as functions in one process (no RPC)",
+    },
     { name: "in-process keep-alive p50", value: localKeep.p50, unit: "ms", target: "report" },
     { name: "in-process keep-alive p99", value: localKeep.p99, unit: "ms", target: "report" },
-    { name: "in-process keep-alive CPU per decision", value: total(localKeep), unit: "µs", target: "report", note: "client and gateway in this one process" },
+    {
+      name: "in-process keep-alive CPU per decision",
+      value: total(localKeep),
+      unit: "µs",
+      target: "report",
+      note: "client and gateway in this one process",
+    },
     { name: "in-process new connection confirmations/s", value: localNew.perSecond, unit: "ops/s", target: "report" },
     { name: "in-process new connection p50", value: localNew.p50, unit: "ms", target: "report" },
     { name: "in-process new connection p99", value: localNew.p99, unit: "ms", target: "report" },
     { name: "in-process new connection CPU per decision", value: total(localNew), unit: "µs", target: "report" },
     { name: "decision engine only (no HTTP, no RPC) decisions/s", value: engineOnly.perSecond, unit: "ops/s", target: "report" },
     { name: "decision engine only CPU per decision", value: total(engineOnly), unit: "µs", target: "report" },
-    { name: "CPU per decision: fan-out / in-process (keep-alive)", value: ratio, unit: "x", target: "<= 3", met: ratio <= 3, note: "fan-out: client + the four service processes; in-process: client + gateway with function dependencies" },
+    {
+      name: "CPU per decision: fan-out / in-process (keep-alive)",
+      value: ratio,
+      unit: "x",
+      target: "<= 3",
+      met: ratio <= 3,
+      note: "fan-out: client + the four service processes; in-process: client + gateway with function dependencies",
+    },
     { name: "CPU per decision: fan-out / in-process (new connection)", value: ratioNew, unit: "x", target: "report" },
     { name: "machine load average (1 min) at start", value: load0[0] ?? 0, unit: "", target: "report", note: loadNote },
   ];

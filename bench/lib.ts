@@ -40,7 +40,7 @@ export function recordFigures(file: string, issue: number, figures: Figure[]): s
     machine: { cores: availableParallelism(), cpuModel: cpus()[0]?.model ?? "unknown", node: process.version, platform: process.platform },
     figures: [...previous.filter((f) => !names.has(f.name)), ...figures],
   };
-  writeFileSync(path, JSON.stringify(out, null, 2) + "\n");
+  writeFileSync(path, `${JSON.stringify(out, null, 2)}\n`);
   for (const f of figures) {
     const met = f.met === undefined ? "" : f.met ? "  [met]" : "  [NOT met]";
     console.log(`${f.name.padEnd(56)} ${formatValue(f.value).padStart(14)} ${f.unit.padEnd(10)} target ${f.target}${met}`);

@@ -15,11 +15,11 @@ import { resolve } from "node:path";
 import { monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks";
 import { memoryUsage } from "node:process";
 import { fileURLToPath } from "node:url";
-import { KubeConfig } from "@kubernetes/client-node";
 import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
-import { startFakeKubeApi, type FakeKubeApi } from "../test/support/fake-kube-api.js";
+import { KubeConfig } from "@kubernetes/client-node";
 import { podRegistrySpec } from "../services/pod-registry/src/config.js";
 import { startPodRegistryServer } from "../services/pod-registry/src/server.js";
+import { type FakeKubeApi, startFakeKubeApi } from "../test/support/fake-kube-api.js";
 
 export const EMITTED_AT = "bench.athenz.io/emitted-at";
 export const NAMESPACE = "bench";
@@ -30,15 +30,22 @@ export const benchUid = (i: number) => `00000000-0000-4000-8000-${i.toString(16)
 /** Absolute time in ms with sub-ms precision, comparable across processes of one machine. */
 export const absNow = () => performance.timeOrigin + performance.now();
 
-export type ToWorker =
-  | { op: "emit"; rate: number; seconds: number }
-  | { op: "report"; expect: number; timeoutMs: number }
-  | { op: "stop" };
+export type ToWorker = { op: "emit"; rate: number; seconds: number } | { op: "report"; expect: number; timeoutMs: number } | { op: "stop" };
 
 export type FromWorker =
   | { op: "ready"; url?: string; syncMs?: number; pods?: number; heapMiB?: number; rssMiB?: number; startedAt?: number }
   | { op: "emitted"; count: number; behindMaxMs: number }
-  | { op: "report"; latencies: number[]; pods: number; rssMiB: number; heapMiB: number; loopDelayMaxMs: number; loopDelayP99Ms: number; gcMaxMs: number; gcTotalMs: number }
+  | {
+      op: "report";
+      latencies: number[];
+      pods: number;
+      rssMiB: number;
+      heapMiB: number;
+      loopDelayMaxMs: number;
+      loopDelayP99Ms: number;
+      gcMaxMs: number;
+      gcTotalMs: number;
+    }
   | { op: "error"; message: string };
 
 const send = (m: FromWorker) => process.send!(m);
@@ -166,9 +173,27 @@ async function runReplica(id: string): Promise<void> {
     const deadline = performance.now() + m.timeoutMs;
     while (n < m.expect && performance.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     const mm = memoryUsage();
-    send({ op: "report", latencies: Array.from(lat.subarray(0, n)), pods: server.registry.cache.size, rssMiB: mm.rss / 2 ** 20, heapMiB: mm.heapUsed / 2 ** 20, loopDelayMaxMs: loop.max / 1e6, loopDelayP99Ms: loop.percentile(99) / 1e6, gcMaxMs: gcMax, gcTotalMs: gcTotal });
+    send({
+      op: "report",
+      latencies: Array.from(lat.subarray(0, n)),
+      pods: server.registry.cache.size,
+      rssMiB: mm.rss / 2 ** 20,
+      heapMiB: mm.heapUsed / 2 ** 20,
+      loopDelayMaxMs: loop.max / 1e6,
+      loopDelayP99Ms: loop.percentile(99) / 1e6,
+      gcMaxMs: gcMax,
+      gcTotalMs: gcTotal,
+    });
   });
-  send({ op: "ready", url: server.url, syncMs, pods: server.registry.cache.size, heapMiB: mem.heapUsed / 2 ** 20, rssMiB: mem.rss / 2 ** 20, startedAt });
+  send({
+    op: "ready",
+    url: server.url,
+    syncMs,
+    pods: server.registry.cache.size,
+    heapMiB: mem.heapUsed / 2 ** 20,
+    rssMiB: mem.rss / 2 ** 20,
+    startedAt,
+  });
 }
 
 // Only as a forked child: the bench imports this module for its helpers.

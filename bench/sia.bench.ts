@@ -25,7 +25,7 @@ import { auditCollector, DNS_SUFFIX, PROVIDER, startStack } from "../test/e2e/st
 import type { PodJson } from "../test/support/fake-kube-api.js";
 import { tempDir } from "../test/support/tmp.js";
 import { startZtsStandIn } from "../test/support/zts-stand-in.js";
-import { percentile, recordFigures, type Figure } from "./lib.js";
+import { type Figure, percentile, recordFigures } from "./lib.js";
 
 const N = 40; // measured runs per key type (after WARMUP)
 const WARMUP = 2;
@@ -101,9 +101,25 @@ for (const type of ["rsa", "ec"] as KeyType[]) {
     const agent = createAgent({
       logger: siaLogger,
       config: {
-        endpoint: `${zts.url}/zts/v1`, providerService: PROVIDER, dnsSuffix: DNS_SUFFIX, domain: "sports", service: "api", podIp: pod.status.podIP!, podUid: pod.metadata.uid,
-        saTokenFile: tokenFile, keyFile: join(dir, "k.pem"), certFile: join(dir, "c.pem"), caCertFile: join(dir, "ca.pem"),
-        refreshInterval: 3_600_000, delayJitterSeconds: 0, keyType: type, wildcard: false, expiryMinutes: 0, initTimeout: 10_000, ztsTimeout: 10_000, serverCaPem: zts.caPem,
+        endpoint: `${zts.url}/zts/v1`,
+        providerService: PROVIDER,
+        dnsSuffix: DNS_SUFFIX,
+        domain: "sports",
+        service: "api",
+        podIp: pod.status.podIP!,
+        podUid: pod.metadata.uid,
+        saTokenFile: tokenFile,
+        keyFile: join(dir, "k.pem"),
+        certFile: join(dir, "c.pem"),
+        caCertFile: join(dir, "ca.pem"),
+        refreshInterval: 3_600_000,
+        delayJitterSeconds: 0,
+        keyType: type,
+        wildcard: false,
+        expiryMinutes: 0,
+        initTimeout: 10_000,
+        ztsTimeout: 10_000,
+        serverCaPem: zts.caPem,
       },
     });
     const t0 = performance.now();
@@ -115,8 +131,18 @@ for (const type of ["rsa", "ec"] as KeyType[]) {
   figures.push(
     ...both(`${p}_keygen`, key, "ms", "WebCrypto generateKey + PKCS#8 export"),
     ...both(`${p}_csr`, csr, "ms", "pkijs CSR build + sign"),
-    ...both(`${p}_zts_round_trip`, rt, "ms", "SIA->ZTS stand-in (TLS, new connection) -> real gateway (mTLS, new connection) + its fan-out -> signing"),
-    ...both(`${p}_gateway_decision`, gw, "ms", "inside the round trip: the gateway's decision (token-verifier, pod-registry, csr-inspector), from its audit line"),
+    ...both(
+      `${p}_zts_round_trip`,
+      rt,
+      "ms",
+      "SIA->ZTS stand-in (TLS, new connection) -> real gateway (mTLS, new connection) + its fan-out -> signing",
+    ),
+    ...both(
+      `${p}_gateway_decision`,
+      gw,
+      "ms",
+      "inside the round trip: the gateway's decision (token-verifier, pod-registry, csr-inspector), from its audit line",
+    ),
     ...both(`${p}_file_write`, write, "ms", "generation dir + fsync + symlink switch"),
     ...both(`${p}_total`, total, "ms", "key + CSR + ZTS round trip + file write, per run"),
     ...both(`${p}_agent_total`, agentTotal, "ms", "createAgent().init() in process (token read, key, CSR, ZTS, files)"),
@@ -136,9 +162,22 @@ for (const type of ["rsa", "ec"] as KeyType[]) {
       const child = spawn(process.execPath, ["--import", "tsx", "services/sia/src/main.ts"], {
         stdio: ["ignore", "pipe", "pipe"],
         env: {
-          PATH: process.env["PATH"] ?? "", MODE: "init", ENDPOINT: `${zts.url}/zts/v1`, PROVIDER_SERVICE: PROVIDER, DNS_SUFFIX: DNS_SUFFIX, NAMESPACE: "sports",
-          SERVICEACCOUNT: "api", POD_IP: pod.status.podIP!, POD_UID: pod.metadata.uid, SA_TOKEN_FILE: tokenFile, KEY_FILE: join(dir, "k.pem"), CERT_FILE: join(dir, "c.pem"),
-          CA_CERT_FILE: join(dir, "ca.pem"), SERVER_CA_CERT: zts.caFile, KEY_TYPE: type, LOG_LEVEL: "info",
+          PATH: process.env.PATH ?? "",
+          MODE: "init",
+          ENDPOINT: `${zts.url}/zts/v1`,
+          PROVIDER_SERVICE: PROVIDER,
+          DNS_SUFFIX: DNS_SUFFIX,
+          NAMESPACE: "sports",
+          SERVICEACCOUNT: "api",
+          POD_IP: pod.status.podIP!,
+          POD_UID: pod.metadata.uid,
+          SA_TOKEN_FILE: tokenFile,
+          KEY_FILE: join(dir, "k.pem"),
+          CERT_FILE: join(dir, "c.pem"),
+          CA_CERT_FILE: join(dir, "ca.pem"),
+          SERVER_CA_CERT: zts.caFile,
+          KEY_TYPE: type,
+          LOG_LEVEL: "info",
         },
       });
       child.stdout.on("data", (c: Buffer) => (out += c.toString("utf8")));
@@ -160,8 +199,20 @@ for (const type of ["rsa", "ec"] as KeyType[]) {
   }
   const p = `sia_init_process_${type === "rsa" ? "rsa2048" : "ecp256"}`;
   figures.push(
-    { name: `${p}_p50_ms`, value: percentile(proc, 50), unit: "ms", target: "report", note: `whole MODE=init process against the stack, spawn to exit, incl. Node+tsx start-up; n=${PROC_N}, max ${Math.max(...proc).toFixed(0)} ms` },
-    { name: `${p}_startup_p50_ms`, value: percentile(startup, 50), unit: "ms", target: "report", note: `of which spawn to the SIA's first log line (Node + tsx + module load); n=${PROC_N}` },
+    {
+      name: `${p}_p50_ms`,
+      value: percentile(proc, 50),
+      unit: "ms",
+      target: "report",
+      note: `whole MODE=init process against the stack, spawn to exit, incl. Node+tsx start-up; n=${PROC_N}, max ${Math.max(...proc).toFixed(0)} ms`,
+    },
+    {
+      name: `${p}_startup_p50_ms`,
+      value: percentile(startup, 50),
+      unit: "ms",
+      target: "report",
+      note: `of which spawn to the SIA's first log line (Node + tsx + module load); n=${PROC_N}`,
+    },
   );
 }
 

@@ -3,11 +3,11 @@
  * keys in the same run (short adjacent slices, median pair ratio, so machine noise hits both alike), and TokenReview cache hit vs miss against the stand-in API server on loopback (TLS).
  */
 import { jwtVerify } from "jose";
-import { createSigningKey, mintBoundToken, startOidcServer } from "../test/support/jwt.js";
-import { startTokenReviewStandIn, writeKubeconfig } from "../test/support/tokenreview-stand-in.js";
-import { tempDir } from "../test/support/tmp.js";
 import { createTokenVerifier } from "../services/token-verifier/src/verifier.js";
-import { opsPerSecond, percentile, recordFigures, type Figure } from "./lib.js";
+import { createSigningKey, mintBoundToken, startOidcServer } from "../test/support/jwt.js";
+import { tempDir } from "../test/support/tmp.js";
+import { startTokenReviewStandIn, writeKubeconfig } from "../test/support/tokenreview-stand-in.js";
+import { type Figure, opsPerSecond, percentile, recordFigures } from "./lib.js";
 
 const PAIRS = 40;
 const SLICE_MS = 150;
@@ -35,7 +35,8 @@ async function interleaved(a: () => Promise<unknown>, b: () => Promise<unknown>)
   const tot = { an: 0, ams: 0, bn: 0, bms: 0 };
   const ratios: number[] = [];
   for (let pair = 0; pair < PAIRS; pair++) {
-    let ra, rb;
+    let ra: Awaited<ReturnType<typeof slice>>;
+    let rb: Awaited<ReturnType<typeof slice>>;
     if (pair % 2 === 0) {
       ra = await slice(a);
       rb = await slice(b);
@@ -62,11 +63,37 @@ for (const key of [rsa, ec]) {
   if (check.kind !== "valid") throw new Error(`bench token refused: ${JSON.stringify(check)}`);
   const bareOptions = { issuer: oidc.issuer, audience: "athenz-identityd", algorithms: [key.alg] };
   await jwtVerify(token, key.publicKey, bareOptions);
-  const { a: bare, b: ours, ratio } = await interleaved(() => jwtVerify(token, key.publicKey, bareOptions), () => verifier.verify(token));
+  const {
+    a: bare,
+    b: ours,
+    ratio,
+  } = await interleaved(
+    () => jwtVerify(token, key.publicKey, bareOptions),
+    () => verifier.verify(token),
+  );
   figures.push(
-    { name: `token-verifier jwks ${key.alg} verify`, value: ours, unit: "ops/s", target: "report", note: "createTokenVerifier().verify, domain layer, one token reused" },
-    { name: `bare jose.jwtVerify ${key.alg}`, value: bare, unit: "ops/s", target: "report", note: "same key (CryptoKey), issuer+audience+algorithms options" },
-    { name: `token-verifier jwks ${key.alg} / bare jose ratio`, value: ratio, unit: "ratio", target: ">= 0.8", met: ratio >= 0.8, note: `median of ${PAIRS} adjacent slice pairs; overall rates give ${(ours / bare).toFixed(3)}` },
+    {
+      name: `token-verifier jwks ${key.alg} verify`,
+      value: ours,
+      unit: "ops/s",
+      target: "report",
+      note: "createTokenVerifier().verify, domain layer, one token reused",
+    },
+    {
+      name: `bare jose.jwtVerify ${key.alg}`,
+      value: bare,
+      unit: "ops/s",
+      target: "report",
+      note: "same key (CryptoKey), issuer+audience+algorithms options",
+    },
+    {
+      name: `token-verifier jwks ${key.alg} / bare jose ratio`,
+      value: ratio,
+      unit: "ratio",
+      target: ">= 0.8",
+      met: ratio >= 0.8,
+      note: `median of ${PAIRS} adjacent slice pairs; overall rates give ${(ours / bare).toFixed(3)}`,
+    },
   );
 }
 await verifier.close();
@@ -100,7 +127,13 @@ const callsBefore = api.calls.tokenReview;
 await cachedVerifier.verify(token);
 if (api.calls.tokenReview !== callsBefore) throw new Error("cache hit made an API call");
 figures.push(
-  { name: "tokenreview cache miss latency p50", value: percentile(miss, 50), unit: "ms", target: "report", note: "API call to the stand-in over TLS on loopback" },
+  {
+    name: "tokenreview cache miss latency p50",
+    value: percentile(miss, 50),
+    unit: "ms",
+    target: "report",
+    note: "API call to the stand-in over TLS on loopback",
+  },
   { name: "tokenreview cache miss latency p99", value: percentile(miss, 99), unit: "ms", target: "report" },
   { name: "tokenreview cache hit latency p50", value: percentile(hit, 50), unit: "ms", target: "report", note: "includes local claim checks" },
   { name: "tokenreview cache hit latency p99", value: percentile(hit, 99), unit: "ms", target: "report" },

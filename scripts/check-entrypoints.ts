@@ -17,7 +17,7 @@
  *   csr-inspector  DNS_SUFFIXES
  *   sia            MODE=run against the ZTS stand-in and a scripted provider (test/support)
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomUUID } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import * as http from "node:http";
@@ -46,7 +46,7 @@ export function parseDockerfile(text: string): Stage[] {
     const line = raw.trimEnd();
     if (cur === "" && /^\s*#/.test(line)) continue;
     if (line.endsWith("\\")) {
-      cur += line.slice(0, -1) + " ";
+      cur += `${line.slice(0, -1)} `;
       continue;
     }
     cur += line;
@@ -160,7 +160,8 @@ function buildApp(stages: Stage[], app: string): void {
         const abs = join(repo, src);
         if (!existsSync(abs)) throw new Error(`COPY source missing: ${src}`);
         // A folder's contents land in dest (as Docker does); a file needs a folder dest ending in /.
-        if (!statSync(abs).isDirectory() && !dest.endsWith("/")) throw new Error(`COPY of a file needs a folder destination ending in /: COPY ${i.args}`);
+        if (!statSync(abs).isDirectory() && !dest.endsWith("/"))
+          throw new Error(`COPY of a file needs a folder destination ending in /: COPY ${i.args}`);
         const n = copyInto(abs, destDir, ignored);
         if (n === 0) throw new Error(`COPY ${src} copied nothing (is it in .dockerignore?)`);
       }
@@ -211,7 +212,9 @@ async function startTinyKubeApi(): Promise<{ url: string; close(): Promise<void>
   const server = http.createServer((req, res) => {
     const u = new URL(req.url ?? "/", "http://x");
     if (req.method !== "GET" || u.pathname !== "/api/v1/pods") {
-      res.writeHead(404, { "content-type": "application/json" }).end(JSON.stringify({ kind: "Status", apiVersion: "v1", status: "Failure", code: 404, reason: "NotFound" }));
+      res
+        .writeHead(404, { "content-type": "application/json" })
+        .end(JSON.stringify({ kind: "Status", apiVersion: "v1", status: "Failure", code: 404, reason: "NotFound" }));
       return;
     }
     if (u.searchParams.get("watch") === "true" || u.searchParams.get("watch") === "1") {
@@ -221,7 +224,9 @@ async function startTinyKubeApi(): Promise<{ url: string; close(): Promise<void>
       res.on("close", () => open.delete(res));
       return;
     }
-    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ kind: "PodList", apiVersion: "v1", metadata: { resourceVersion: "1" }, items: [] }));
+    res
+      .writeHead(200, { "content-type": "application/json" })
+      .end(JSON.stringify({ kind: "PodList", apiVersion: "v1", metadata: { resourceVersion: "1" }, items: [] }));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   return {
@@ -261,39 +266,95 @@ async function fixtures(dir: string): Promise<Fixtures> {
   writeFileSync(
     kubeconfig,
     [
-      "apiVersion: v1", "kind: Config",
-      "clusters:", "- name: c", "  cluster:", `    server: ${kube.url}`, "    insecure-skip-tls-verify: true", // client-node refuses plain http otherwise
-      "users:", "- name: u", "  user:", "    token: check",
-      "contexts:", "- name: c", "  context:", "    cluster: c", "    user: u",
-      "current-context: c", "",
+      "apiVersion: v1",
+      "kind: Config",
+      "clusters:",
+      "- name: c",
+      "  cluster:",
+      `    server: ${kube.url}`,
+      "    insecure-skip-tls-verify: true", // client-node refuses plain http otherwise
+      "users:",
+      "- name: u",
+      "  user:",
+      "    token: check",
+      "contexts:",
+      "- name: c",
+      "  context:",
+      "    cluster: c",
+      "    user: u",
+      "current-context: c",
+      "",
     ].join("\n"),
   );
 
   // sia: the ZTS stand-in in front of a scripted provider that confirms every instance.
   const scripted = await startScriptedProvider({ dir: join(dir, "provider"), name: provider });
-  const zts = await startZtsStandIn({ dir: join(dir, "zts"), providers: [{ name: provider, endpoint: scripted.url, dnsSuffixes: ["check.example.com"], caPem: scripted.caPem }] });
+  const zts = await startZtsStandIn({
+    dir: join(dir, "zts"),
+    providers: [{ name: provider, endpoint: scripted.url, dnsSuffixes: ["check.example.com"], caPem: scripted.caPem }],
+  });
   const tokenFile = join(dir, "sa-token");
   writeFileSync(tokenFile, "header.payload.signature\n");
   const siaDir = join(dir, "sia");
   mkdirSync(siaDir);
 
-  const p = { gw: await freePort(), gwAdmin: await freePort(), gwApi: await freePort(), gwApiAdmin: await freePort(), tv: await freePort(), tvAdmin: await freePort(), pr: await freePort(), prAdmin: await freePort(), ci: await freePort(), ciAdmin: await freePort(), sia: await freePort() };
+  const p = {
+    gw: await freePort(),
+    gwAdmin: await freePort(),
+    gwApi: await freePort(),
+    gwApiAdmin: await freePort(),
+    tv: await freePort(),
+    tvAdmin: await freePort(),
+    pr: await freePort(),
+    prAdmin: await freePort(),
+    ci: await freePort(),
+    ciAdmin: await freePort(),
+    sia: await freePort(),
+  };
   const host = { HOST: "127.0.0.1", LOG_LEVEL: "warn" };
   return {
     env: {
       gateway: {
-        ...host, PORT: `${p.gw}`, ADMIN_PORT: `${p.gwAdmin}`, API_PORT: `${p.gwApi}`, API_ADMIN_PORT: `${p.gwApiAdmin}`,
-        PROVIDER_SERVICE: provider, TLS_CERT_FILE: gwCert.certFile, TLS_KEY_FILE: gwCert.keyFile, TLS_CLIENT_CA_FILE: athenzCa.certFile,
-        ALLOWED_ZTS_CNS: "athenz.zts", DNS_SUFFIXES: "check.example.com",
+        ...host,
+        PORT: `${p.gw}`,
+        ADMIN_PORT: `${p.gwAdmin}`,
+        API_PORT: `${p.gwApi}`,
+        API_ADMIN_PORT: `${p.gwApiAdmin}`,
+        PROVIDER_SERVICE: provider,
+        TLS_CERT_FILE: gwCert.certFile,
+        TLS_KEY_FILE: gwCert.keyFile,
+        TLS_CLIENT_CA_FILE: athenzCa.certFile,
+        ALLOWED_ZTS_CNS: "athenz.zts",
+        DNS_SUFFIXES: "check.example.com",
       },
-      "token-verifier": { ...host, PORT: `${p.tv}`, ADMIN_PORT: `${p.tvAdmin}`, VERIFIER_MODE: "jwks", TOKEN_ISSUER: "https://kubernetes.default.svc.cluster.local", JWKS_FILE: jwksFile },
+      "token-verifier": {
+        ...host,
+        PORT: `${p.tv}`,
+        ADMIN_PORT: `${p.tvAdmin}`,
+        VERIFIER_MODE: "jwks",
+        TOKEN_ISSUER: "https://kubernetes.default.svc.cluster.local",
+        JWKS_FILE: jwksFile,
+      },
       "pod-registry": { ...host, PORT: `${p.pr}`, ADMIN_PORT: `${p.prAdmin}`, KUBECONFIG: kubeconfig, POD_NAME: "pod-registry-check" },
       "csr-inspector": { ...host, PORT: `${p.ci}`, ADMIN_PORT: `${p.ciAdmin}`, DNS_SUFFIXES: "check.example.com" },
       sia: {
-        MODE: "run", LOG_LEVEL: "warn", METRICS_HOST: "127.0.0.1", METRICS_PORT: `${p.sia}`,
-        ENDPOINT: `${zts.url}/zts/v1`, SERVER_CA_CERT: zts.caFile, PROVIDER_SERVICE: provider, DNS_SUFFIX: "check.example.com",
-        NAMESPACE: "check-team", SERVICEACCOUNT: "app", POD_IP: "127.0.0.1", POD_UID: randomUUID(), POD_NAME: "app-0",
-        SA_TOKEN_FILE: tokenFile, KEY_FILE: join(siaDir, "service.key.pem"), CERT_FILE: join(siaDir, "service.cert.pem"), CA_CERT_FILE: join(siaDir, "ca.cert.pem"),
+        MODE: "run",
+        LOG_LEVEL: "warn",
+        METRICS_HOST: "127.0.0.1",
+        METRICS_PORT: `${p.sia}`,
+        ENDPOINT: `${zts.url}/zts/v1`,
+        SERVER_CA_CERT: zts.caFile,
+        PROVIDER_SERVICE: provider,
+        DNS_SUFFIX: "check.example.com",
+        NAMESPACE: "check-team",
+        SERVICEACCOUNT: "app",
+        POD_IP: "127.0.0.1",
+        POD_UID: randomUUID(),
+        POD_NAME: "app-0",
+        SA_TOKEN_FILE: tokenFile,
+        KEY_FILE: join(siaDir, "service.key.pem"),
+        CERT_FILE: join(siaDir, "service.cert.pem"),
+        CA_CERT_FILE: join(siaDir, "ca.cert.pem"),
         INIT_TIMEOUT: "20s",
       },
     },
@@ -320,7 +381,15 @@ async function get(url: string): Promise<number> {
   }
 }
 
-async function checkTarget(name: string, argv: string[], app: string, stageEnvVars: Record<string, string>, f: Fixtures, home: string, tmp: string): Promise<void> {
+async function checkTarget(
+  name: string,
+  argv: string[],
+  app: string,
+  stageEnvVars: Record<string, string>,
+  f: Fixtures,
+  home: string,
+  tmp: string,
+): Promise<void> {
   const env: Record<string, string> = {
     // node first on PATH is the one running this check (the image's node is the same major).
     PATH: `${dirname(process.execPath)}:/usr/bin:/bin`,
@@ -387,10 +456,12 @@ async function main(): Promise<void> {
       if (!main || !existsSync(join(app, main))) throw new Error(`${t.name}: entrypoint script ${main ?? "(none)"} is not in the built /app`);
       await checkTarget(t.name, argv, app, stageEnv(stages, t.name), f, home, tmp);
     }
-    console.log(`[check] OK: ${chosen.length} entrypoints (${chosen.map((t) => t.name).join(", ")}) start from a clean production install and stop cleanly`);
+    console.log(
+      `[check] OK: ${chosen.length} entrypoints (${chosen.map((t) => t.name).join(", ")}) start from a clean production install and stop cleanly`,
+    );
   } finally {
     await f?.close();
-    if (process.env["KEEP_CHECK_DIR"]) console.log(`[check] kept ${dir}`);
+    if (process.env.KEEP_CHECK_DIR) console.log(`[check] kept ${dir}`);
     else rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -84,7 +84,7 @@ type ClusterChoice = "auto" | "real" | "simulated";
 function parseArgs(argv: string[]): { once: boolean; keep: boolean; cluster: ClusterChoice } {
   let once = false;
   let keep = false;
-  let cluster = (process.env["LOCAL_STACK_CLUSTER"] ?? "auto") as string;
+  let cluster = (process.env.LOCAL_STACK_CLUSTER ?? "auto") as string;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "--once") once = true;
@@ -117,8 +117,8 @@ const red = paint("31");
 const yellow = paint("33");
 const cyan = paint("36");
 
-const out = (s = "") => process.stdout.write(s + "\n");
-const section = (title: string) => out(`\n${bold(cyan("▸ " + title))}`);
+const out = (s = "") => process.stdout.write(`${s}\n`);
+const section = (title: string) => out(`\n${bold(cyan(`▸ ${title}`))}`);
 const row = (label: string, value: string) => out(`    ${dim(label.padEnd(16))} ${value}`);
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 
@@ -253,7 +253,14 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
     ],
     services: s,
     async sandboxPod() {
-      const pod = s.kube.createPod({ namespace: NAMESPACE, name: POD_NAME, serviceAccountName: SERVICE_ACCOUNT, podIPs: [POD_IP], phase: "Pending", nodeName: NODE });
+      const pod = s.kube.createPod({
+        namespace: NAMESPACE,
+        name: POD_NAME,
+        serviceAccountName: SERVICE_ACCOUNT,
+        podIPs: [POD_IP],
+        phase: "Pending",
+        nodeName: NODE,
+      });
       const token = await s.mint(pod);
       return { uid: pod.metadata.uid, token, source: `minted by the test signer with the API server's claims (audience ${M.ATHENZ_AUDIENCE}, 1 h)` };
     },
@@ -272,7 +279,11 @@ interface SiaRun {
 function runSia(env: Record<string, string>): Promise<SiaRun> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", SIA_MAIN], { cwd: ROOT, env: { PATH: process.env["PATH"] ?? "", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["--import", "tsx", SIA_MAIN], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? "", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     closers.push({ name: "sia", close: () => void (child.exitCode === null && child.kill("SIGTERM")) });
     let stdout = "";
     let stderr = "";
@@ -355,7 +366,9 @@ async function main(): Promise<void> {
 
   section(`Sandbox pod ${NAMESPACE}/${POD_NAME}`);
   const pod = await step(`creating namespace ${NAMESPACE}, service account ${SERVICE_ACCOUNT}, pod ${POD_NAME}`, () => source.sandboxPod());
-  await step("waiting for the pod registry to see it", () => s.registryReaches(() => s.podRegistry.registry.getByUid(pod.uid)?.podIps.includes(POD_IP) === true));
+  await step("waiting for the pod registry to see it", () =>
+    s.registryReaches(() => s.podRegistry.registry.getByUid(pod.uid)?.podIps.includes(POD_IP) === true),
+  );
   row("uid", pod.uid);
   row("pod IP", `${POD_IP}  ${dim("(phase Pending: the SIA runs as an init container)")}`);
   row("token", pod.source);
@@ -367,7 +380,11 @@ async function main(): Promise<void> {
   zts.setClientIp(POD_IP);
 
   section("SIA (MODE=init) → ZTS → gateway");
-  const files = { key: join(podDir, "athenz", "service.key.pem"), cert: join(podDir, "athenz", "service.cert.pem"), ca: join(podDir, "athenz", "ca.cert.pem") };
+  const files = {
+    key: join(podDir, "athenz", "service.key.pem"),
+    cert: join(podDir, "athenz", "service.cert.pem"),
+    ca: join(podDir, "athenz", "ca.cert.pem"),
+  };
   const sia = await runSia({
     MODE: "init",
     ENDPOINT: `${zts.url}/zts/v1`,
@@ -397,7 +414,10 @@ async function main(): Promise<void> {
   const line = audit.find((a) => a.instanceId === pod.uid && (a.endpoint === "instance" || a.endpoint === "refresh"));
   if (line) {
     const verdict = line.outcome === "allow" ? green(bold("ALLOW")) : red(bold(String(line.outcome).toUpperCase()));
-    row("gateway audit", `${verdict}  /${line.endpoint} in ${line.latencyMs} ms, called by ZTS principal ${line.clientCn}${line.violations?.length ? `  ${red(line.violations.join(", "))}` : ""}`);
+    row(
+      "gateway audit",
+      `${verdict}  /${line.endpoint} in ${line.latencyMs} ms, called by ZTS principal ${line.clientCn}${line.violations?.length ? `  ${red(line.violations.join(", "))}` : ""}`,
+    );
   } else {
     row("gateway audit", red("no decision logged (ZTS did not reach the gateway)"));
   }
@@ -406,7 +426,7 @@ async function main(): Promise<void> {
   if (confirmation) {
     // The exact body ZTS sent (it holds the pod's token: this sandbox's, 0600, removed on exit).
     confirmationFile = join(dir, "confirmation.json");
-    writeFileSync(confirmationFile, JSON.stringify(confirmation, null, 2) + "\n", { mode: 0o600 });
+    writeFileSync(confirmationFile, `${JSON.stringify(confirmation, null, 2)}\n`, { mode: 0o600 });
     const client = M.createClient(M.IdentityProviderService, M.createConnectTransport({ baseUrl: s.gateway.api.url, httpVersion: "2" }));
     const ex = await client.explainInstance({ confirmation, operation: M.Operation.REGISTER });
     row("ExplainInstance", `${M.Outcome[ex.decision?.outcome ?? M.Outcome.UNSPECIFIED]} ${dim("(every check, re-run on the same confirmation)")}`);
@@ -432,7 +452,10 @@ async function main(): Promise<void> {
   row("issuer", `${cert.issuer.split("\n").join(", ")}  ${dim("(the ZTS stand-in's signer CA)")}`);
   row("valid", `${new Date(cert.validFrom).toISOString()} → ${new Date(cert.validTo).toISOString()}`);
   const key = cert.publicKey;
-  row("key", `${key.asymmetricKeyType?.toUpperCase()}${key.asymmetricKeyDetails?.modulusLength ? `-${key.asymmetricKeyDetails.modulusLength}` : ""}, serial ${cert.serialNumber.toLowerCase()}`);
+  row(
+    "key",
+    `${key.asymmetricKeyType?.toUpperCase()}${key.asymmetricKeyDetails?.modulusLength ? `-${key.asymmetricKeyDetails.modulusLength}` : ""}, serial ${cert.serialNumber.toLowerCase()}`,
+  );
   row("files", files.cert);
   row("", `${files.key}  ${dim("(0600)")}`);
   row("", files.ca);
@@ -450,7 +473,7 @@ async function main(): Promise<void> {
   if (!args.keep) out(`    ${dim(`(${dir} is removed on exit; --keep keeps it)`)}`);
 
   out();
-  out(green(bold("✔ certificate minted for " + (/CN=([^\n]+)/.exec(cert.subject)?.[1] ?? "?"))));
+  out(green(bold(`✔ certificate minted for ${/CN=([^\n]+)/.exec(cert.subject)?.[1] ?? "?"}`)));
   if (args.once) {
     await stopAll();
     process.exit(0);

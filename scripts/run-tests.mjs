@@ -17,7 +17,7 @@ function walk(dir, out) {
     if (name === "node_modules" || name.startsWith(".")) continue;
     const p = join(dir, name);
     const rel = relative(root, p);
-    if (excluded.some((e) => rel === e || rel.startsWith(e + "/"))) continue;
+    if (excluded.some((e) => rel === e || rel.startsWith(`${e}/`))) continue;
     if (statSync(p).isDirectory()) walk(p, out);
     else if (name.endsWith(".test.ts")) out.push(rel);
   }
@@ -26,7 +26,13 @@ function walk(dir, out) {
 
 const filters = process.argv.slice(2);
 const files = roots
-  .flatMap((r) => { try { return walk(join(root, r), []); } catch { return []; } })
+  .flatMap((r) => {
+    try {
+      return walk(join(root, r), []);
+    } catch {
+      return [];
+    }
+  })
   .filter((f) => filters.length === 0 || filters.some((x) => f.includes(x)))
   .sort();
 if (files.length === 0) {

@@ -4,9 +4,17 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { AuthorizationV1Api, AuthenticationV1Api, CoreV1Api, VersionApi } from "@kubernetes/client-node";
-import { clusterVersions, startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
-import { ATHENZ_AUDIENCE, createKubeState, loadKubeConfig, PRODUCT_LEASE, PRODUCT_NAMESPACE, type KubeState, type ProductAccount } from "../support/kube-state.js";
+import { AuthenticationV1Api, AuthorizationV1Api, CoreV1Api, VersionApi } from "@kubernetes/client-node";
+import { clusterVersions, type KubeCluster, startKubeCluster } from "../support/kube-cluster.js";
+import {
+  ATHENZ_AUDIENCE,
+  createKubeState,
+  type KubeState,
+  loadKubeConfig,
+  PRODUCT_LEASE,
+  PRODUCT_NAMESPACE,
+  type ProductAccount,
+} from "../support/kube-state.js";
 
 function statusOf(err: unknown): number | undefined {
   return typeof err === "object" && err !== null ? (err as { code?: number }).code : undefined;
@@ -40,7 +48,10 @@ describe("real kube-apiserver", () => {
     const updated = await state.setPodStatus("team-a", "web-0", { podIP: "10.1.2.3", hostIP: "192.0.2.10" });
     assert.equal(updated.status?.phase, "Running");
     assert.equal(updated.status?.podIP, "10.1.2.3");
-    assert.deepEqual(updated.status?.podIPs?.map((p) => p.ip), ["10.1.2.3"]);
+    assert.deepEqual(
+      updated.status?.podIPs?.map((p) => p.ip),
+      ["10.1.2.3"],
+    );
     assert.equal(updated.spec?.nodeName, "node-1");
     await state.deletePod("team-a", "web-0");
     await assert.rejects(state.core.readNamespacedPod({ namespace: "team-a", name: "web-0" }), (e) => statusOf(e) === 404);
@@ -50,9 +61,9 @@ describe("real kube-apiserver", () => {
     const pod = await state.createPod({ namespace: "team-a", name: "api-0", serviceAccountName: "api", nodeName: "node-1" });
     const token = await state.podToken({ namespace: "team-a", serviceAccountName: "api", pod: { name: "api-0", uid: pod.metadata!.uid! } });
     const claims = JSON.parse(Buffer.from(token.split(".")[1]!, "base64url").toString()) as Record<string, unknown>;
-    assert.equal(claims["iss"], cluster.issuer);
-    assert.deepEqual(claims["aud"], [ATHENZ_AUDIENCE]);
-    assert.equal(claims["sub"], "system:serviceaccount:team-a:api");
+    assert.equal(claims.iss, cluster.issuer);
+    assert.deepEqual(claims.aud, [ATHENZ_AUDIENCE]);
+    assert.equal(claims.sub, "system:serviceaccount:team-a:api");
     const k8s = claims["kubernetes.io"] as { namespace: string; pod: { name: string; uid: string }; node?: { name: string } };
     assert.equal(k8s.namespace, "team-a");
     assert.deepEqual(k8s.pod, { name: "api-0", uid: pod.metadata!.uid! });
@@ -64,17 +75,40 @@ describe("real kube-apiserver", () => {
   // does and hands out exactly those accounts (the Lease limited to its one name).
   it("productKubeconfig() authenticates as the shipped ServiceAccounts with exactly k8s/rbac.yaml's RBAC", async () => {
     type Check = [verb: string, resource: string, group: string, namespace: string, name: string, allowed: boolean];
-    const lease = (verb: string, namespace: string, name: string, allowed: boolean): Check => [verb, "leases", "coordination.k8s.io", namespace, name, allowed];
+    const lease = (verb: string, namespace: string, name: string, allowed: boolean): Check => [
+      verb,
+      "leases",
+      "coordination.k8s.io",
+      namespace,
+      name,
+      allowed,
+    ];
     const expected: Record<ProductAccount, Check[]> = {
       "pod-registry": [
-        ["watch", "pods", "", "team-a", "", true], ["list", "pods", "", "", "", true],
-        lease("create", PRODUCT_NAMESPACE, "", true), lease("get", PRODUCT_NAMESPACE, PRODUCT_LEASE, true), lease("update", PRODUCT_NAMESPACE, PRODUCT_LEASE, true),
-        lease("get", PRODUCT_NAMESPACE, "someone-else", false), lease("delete", PRODUCT_NAMESPACE, PRODUCT_LEASE, false), lease("create", "team-a", "", false),
-        ["create", "tokenreviews", "authentication.k8s.io", "", "", false], ["list", "secrets", "", PRODUCT_NAMESPACE, "", false],
+        ["watch", "pods", "", "team-a", "", true],
+        ["list", "pods", "", "", "", true],
+        lease("create", PRODUCT_NAMESPACE, "", true),
+        lease("get", PRODUCT_NAMESPACE, PRODUCT_LEASE, true),
+        lease("update", PRODUCT_NAMESPACE, PRODUCT_LEASE, true),
+        lease("get", PRODUCT_NAMESPACE, "someone-else", false),
+        lease("delete", PRODUCT_NAMESPACE, PRODUCT_LEASE, false),
+        lease("create", "team-a", "", false),
+        ["create", "tokenreviews", "authentication.k8s.io", "", "", false],
+        ["list", "secrets", "", PRODUCT_NAMESPACE, "", false],
       ],
-      "token-verifier": [["create", "tokenreviews", "authentication.k8s.io", "", "", true], ["list", "pods", "", "", "", false], lease("get", PRODUCT_NAMESPACE, PRODUCT_LEASE, false)],
-      gateway: [["list", "pods", "", "", "", false], ["create", "tokenreviews", "authentication.k8s.io", "", "", false]],
-      "csr-inspector": [["list", "pods", "", "", "", false], ["create", "tokenreviews", "authentication.k8s.io", "", "", false]],
+      "token-verifier": [
+        ["create", "tokenreviews", "authentication.k8s.io", "", "", true],
+        ["list", "pods", "", "", "", false],
+        lease("get", PRODUCT_NAMESPACE, PRODUCT_LEASE, false),
+      ],
+      gateway: [
+        ["list", "pods", "", "", "", false],
+        ["create", "tokenreviews", "authentication.k8s.io", "", "", false],
+      ],
+      "csr-inspector": [
+        ["list", "pods", "", "", "", false],
+        ["create", "tokenreviews", "authentication.k8s.io", "", "", false],
+      ],
     };
     for (const [account, checks] of Object.entries(expected) as [ProductAccount, Check[]][]) {
       const kc = loadKubeConfig(await state.productKubeconfig(cluster, account));
@@ -86,7 +120,9 @@ describe("real kube-apiserver", () => {
         assert.equal(r.status?.allowed ?? false, allowed, `${account}: ${verb} ${resource} ${namespace}/${name}`);
       }
       if (account === "token-verifier") {
-        const jwks = await authz.createSelfSubjectAccessReview({ body: { spec: { nonResourceAttributes: { verb: "get", path: "/openid/v1/jwks" } } } });
+        const jwks = await authz.createSelfSubjectAccessReview({
+          body: { spec: { nonResourceAttributes: { verb: "get", path: "/openid/v1/jwks" } } },
+        });
         assert.equal(jwks.status?.allowed, true, "token-verifier: get /openid/v1/jwks");
       }
     }

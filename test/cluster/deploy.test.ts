@@ -22,16 +22,14 @@ import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
 import { startPodRegistryServer } from "../../services/pod-registry/src/server.js";
 import { loadSiaConfig } from "../../services/sia/src/config.js";
 import { createTokenVerifier } from "../../services/token-verifier/src/verifier.js";
-import { clusterBinaries, startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
+import { clusterBinaries, type KubeCluster, startKubeCluster } from "../support/kube-cluster.js";
 import { createCa, issueCert } from "../support/pki.js";
 
 const repo = new URL("../..", import.meta.url).pathname;
 const NS = "athenz-identity";
 const run = promisify(execFile);
 
-interface Kubectl {
-  (args: string[], opts?: { input?: string }): Promise<{ stdout: string; stderr: string }>;
-}
+type Kubectl = (args: string[], opts?: { input?: string }) => Promise<{ stdout: string; stderr: string }>;
 
 /** Lines of kubectl's stderr that are warnings (Pod Security, deprecations, ...). */
 function warnings(stderr: string): string[] {
@@ -48,7 +46,16 @@ function callApi(cluster: KubeCluster, token: string, method: string, path: stri
     const data = body === undefined ? undefined : JSON.stringify(body);
     const req = request(
       `${cluster.url}${path}`,
-      { method, ca: cluster.caPem, headers: { authorization: `Bearer ${token}`, accept: "application/json, application/jwk-set+json", ...(data ? { "content-type": "application/json" } : {}) }, timeout: 10_000 },
+      {
+        method,
+        ca: cluster.caPem,
+        headers: {
+          authorization: `Bearer ${token}`,
+          accept: "application/json, application/jwk-set+json",
+          ...(data ? { "content-type": "application/json" } : {}),
+        },
+        timeout: 10_000,
+      },
       (res) => {
         let text = "";
         res.setEncoding("utf8");
@@ -79,12 +86,20 @@ interface Container {
 interface PodSpec {
   containers: Container[];
   initContainers?: Container[];
-  volumes?: Array<{ name: string; emptyDir?: Json; projected?: { sources: Array<{ serviceAccountToken?: { audience?: string; expirationSeconds?: number; path: string } }> } }>;
+  volumes?: Array<{
+    name: string;
+    emptyDir?: Json;
+    projected?: { sources: Array<{ serviceAccountToken?: { audience?: string; expirationSeconds?: number; path: string } }> };
+  }>;
   serviceAccountName?: string;
 }
 
 /** The values a kubelet would give the SIA container's environment for a pod. */
-function resolveEnv(c: Container, pod: { namespace: string; name: string; uid: string; ip: string; serviceAccount: string }, configMap: Record<string, string>): Record<string, string> {
+function resolveEnv(
+  c: Container,
+  pod: { namespace: string; name: string; uid: string; ip: string; serviceAccount: string },
+  configMap: Record<string, string>,
+): Record<string, string> {
   const fields: Record<string, string> = {
     "metadata.namespace": pod.namespace,
     "metadata.name": pod.name,
@@ -120,12 +135,18 @@ function checkSiaContainer(spec: PodSpec, c: Container, mode: string): void {
   assert.deepEqual(c.envFrom, [{ configMapRef: { name: "athenz-sia" } }]);
   const byName = new Map((c.env ?? []).map((e) => [e.name, e]));
   assert.equal(byName.get("MODE")?.value, mode);
-  for (const [name, field] of [["NAMESPACE", "metadata.namespace"], ["SERVICEACCOUNT", "spec.serviceAccountName"], ["POD_IP", "status.podIP"], ["POD_UID", "metadata.uid"], ["POD_NAME", "metadata.name"]] as const) {
+  for (const [name, field] of [
+    ["NAMESPACE", "metadata.namespace"],
+    ["SERVICEACCOUNT", "spec.serviceAccountName"],
+    ["POD_IP", "status.podIP"],
+    ["POD_UID", "metadata.uid"],
+    ["POD_NAME", "metadata.name"],
+  ] as const) {
     assert.equal(byName.get(name)?.valueFrom?.fieldRef?.fieldPath, field, `${c.name}: ${name} from the downward API`);
   }
   // SA_TOKEN_FILE is the projected token: the mount of a volume whose serviceAccountToken path is the file name.
   const tokenFile = byName.get("SA_TOKEN_FILE")?.value ?? "";
-  const tokenMount = (c.volumeMounts ?? []).find((m) => tokenFile.startsWith(m.mountPath + "/"));
+  const tokenMount = (c.volumeMounts ?? []).find((m) => tokenFile.startsWith(`${m.mountPath}/`));
   assert.ok(tokenMount, `${c.name}: no mount holds SA_TOKEN_FILE ${tokenFile}`);
   assert.equal(tokenMount.readOnly, true);
   const tokenVolume = spec.volumes?.find((v) => v.name === tokenMount.name);
@@ -134,13 +155,13 @@ function checkSiaContainer(spec: PodSpec, c: Container, mode: string): void {
   // KEY_FILE, CERT_FILE and CA_CERT_FILE live on the in-memory identity volume, writable by the SIA.
   for (const k of ["KEY_FILE", "CERT_FILE", "CA_CERT_FILE"]) {
     const f = byName.get(k)?.value ?? "";
-    const m = (c.volumeMounts ?? []).find((x) => f.startsWith(x.mountPath + "/"));
+    const m = (c.volumeMounts ?? []).find((x) => f.startsWith(`${x.mountPath}/`));
     assert.equal(m?.name, "athenz-identity", `${c.name}: ${k} ${f} on the identity volume`);
     assert.notEqual(m?.readOnly, true);
   }
   assert.deepEqual(spec.volumes?.find((v) => v.name === "athenz-identity")?.emptyDir, { medium: "Memory", sizeLimit: "4Mi" });
-  assert.equal(c.securityContext?.["readOnlyRootFilesystem"], true);
-  assert.deepEqual(c.securityContext?.["capabilities"], { drop: ["ALL"] });
+  assert.equal(c.securityContext?.readOnlyRootFilesystem, true);
+  assert.deepEqual(c.securityContext?.capabilities, { drop: ["ALL"] });
 }
 
 describe("k8s/ manifests on a real kube-apiserver", () => {
@@ -171,7 +192,12 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     // The README's Secret commands, with files made by openssl.
     const pki = join(cluster.dir, "deploy-pki");
     const serverCa = createCa(pki, "server-ca", "provider server CA", "rsa");
-    const gw = issueCert(pki, "gateway", serverCa, { cn: "k8s.cluster1.identityd", dns: ["gateway.athenz-identity.svc"], usage: "server", type: "rsa" });
+    const gw = issueCert(pki, "gateway", serverCa, {
+      cn: "k8s.cluster1.identityd",
+      dns: ["gateway.athenz-identity.svc"],
+      usage: "server",
+      type: "rsa",
+    });
     const athenzCa = createCa(pki, "athenz-ca", "Athenz CA", "rsa");
     await kubectl(["-n", NS, "create", "secret", "tls", "athenz-identity-gateway-tls", `--cert=${gw.certFile}`, `--key=${gw.keyFile}`]);
     await kubectl(["-n", NS, "create", "secret", "generic", "athenz-ca-bundle", `--from-file=ca.pem=${athenzCa.certFile}`]);
@@ -184,17 +210,26 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
 
     const applied = await kubectl(["apply", "-k", "k8s/"]);
     assert.deepEqual(warnings(applied.stderr), [], "Pod Security 'restricted' (warn) or other warnings");
-    const deployments = JSON.parse((await kubectl(["get", "deployments", "-n", NS, "-o", "json"])).stdout) as { items: Array<{ metadata: { name: string }; spec: { replicas: number; template: { spec: PodSpec & { serviceAccountName: string } } } }> };
+    const deployments = JSON.parse((await kubectl(["get", "deployments", "-n", NS, "-o", "json"])).stdout) as {
+      items: Array<{ metadata: { name: string }; spec: { replicas: number; template: { spec: PodSpec & { serviceAccountName: string } } } }>;
+    };
     assert.deepEqual(deployments.items.map((d) => d.metadata.name).sort(), ["csr-inspector", "gateway", "pod-registry", "token-verifier"]);
     for (const d of deployments.items) {
       assert.equal(d.spec.template.spec.serviceAccountName, d.metadata.name, `${d.metadata.name} runs as its own ServiceAccount`);
       assert.ok(d.spec.replicas >= 2);
     }
-    const sts = JSON.parse((await kubectl(["get", "statefulset", "nats", "-n", NS, "-o", "json"])).stdout) as { spec: { replicas: number; template: { spec: { containers: Container[] } } } };
+    const sts = JSON.parse((await kubectl(["get", "statefulset", "nats", "-n", NS, "-o", "json"])).stdout) as {
+      spec: { replicas: number; template: { spec: { containers: Container[] } } };
+    };
     assert.equal(sts.spec.replicas, 3);
     assert.match(sts.spec.template.spec.containers[0]!.image!, /^nats:2\.10\.\d+-alpine/);
     const kinds = (await kubectl(["get", "networkpolicies,poddisruptionbudgets,services,configmaps,serviceaccounts", "-n", NS, "-o", "name"])).stdout;
-    for (const want of ["networkpolicy.networking.k8s.io/default-deny-ingress", "poddisruptionbudget.policy/nats", "service/gateway", "serviceaccount/pod-registry"]) {
+    for (const want of [
+      "networkpolicy.networking.k8s.io/default-deny-ingress",
+      "poddisruptionbudget.policy/nats",
+      "service/gateway",
+      "serviceaccount/pod-registry",
+    ]) {
       assert.ok(kinds.includes(want), `missing ${want}`);
     }
     // The cluster now matches the manifests: `kubectl diff` (a server-side dry run) exits 0 with no diff.
@@ -217,19 +252,36 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     assert.equal((await callApi(cluster, t, "GET", "/api/v1/pods?limit=1")).status, 200);
     assert.equal((await callApi(cluster, t, "GET", "/api/v1/namespaces/kube-system/pods?watch=true&timeoutSeconds=1")).status, 200);
     const leases = `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases`;
-    const lease = { apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: { name: "pod-registry", namespace: NS }, spec: { holderIdentity: "pod-registry-0", leaseDurationSeconds: 15 } };
+    const lease = {
+      apiVersion: "coordination.k8s.io/v1",
+      kind: "Lease",
+      metadata: { name: "pod-registry", namespace: NS },
+      spec: { holderIdentity: "pod-registry-0", leaseDurationSeconds: 15 },
+    };
     assert.equal((await callApi(cluster, t, "POST", leases, lease)).status, 201);
     const got = await callApi(cluster, t, "GET", `${leases}/pod-registry`);
     assert.equal(got.status, 200);
     const current = JSON.parse(got.body) as { metadata: Json; spec: Json };
-    assert.equal((await callApi(cluster, t, "PUT", `${leases}/pod-registry`, { ...current, spec: { ...current.spec, holderIdentity: "pod-registry-1" } })).status, 200);
+    assert.equal(
+      (await callApi(cluster, t, "PUT", `${leases}/pod-registry`, { ...current, spec: { ...current.spec, holderIdentity: "pod-registry-1" } }))
+        .status,
+      200,
+    );
     // Refused: TokenReviews, other Leases, Secrets, pods in writing, Leases elsewhere.
     const review = { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token: t } };
     assert.equal((await callApi(cluster, t, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", review)).status, 403);
     assert.equal((await callApi(cluster, t, "GET", `${leases}/someone-else`)).status, 403);
     assert.equal((await callApi(cluster, t, "GET", `/api/v1/namespaces/${NS}/secrets`)).status, 403);
     assert.equal((await callApi(cluster, t, "DELETE", "/api/v1/namespaces/default/pods/x")).status, 403);
-    assert.equal((await callApi(cluster, t, "POST", "/apis/coordination.k8s.io/v1/namespaces/default/leases", { ...lease, metadata: { name: "pod-registry", namespace: "default" } })).status, 403);
+    assert.equal(
+      (
+        await callApi(cluster, t, "POST", "/apis/coordination.k8s.io/v1/namespaces/default/leases", {
+          ...lease,
+          metadata: { name: "pod-registry", namespace: "default" },
+        })
+      ).status,
+      403,
+    );
   });
 
   it("token-verifier can create TokenReviews and read the issuer's JWKS, and cannot read pods", async () => {
@@ -245,7 +297,7 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     assert.equal(status.user?.username, `system:serviceaccount:${NS}:gateway`);
     const jwks = await callApi(cluster, t, "GET", "/openid/v1/jwks");
     assert.equal(jwks.status, 200);
-    assert.ok(((JSON.parse(jwks.body) as { keys: unknown[] }).keys).length >= 1);
+    assert.ok((JSON.parse(jwks.body) as { keys: unknown[] }).keys.length >= 1);
     assert.equal((await callApi(cluster, t, "GET", "/.well-known/openid-configuration")).status, 200);
     assert.equal((await callApi(cluster, t, "GET", "/api/v1/pods?limit=1")).status, 403);
     assert.equal((await callApi(cluster, t, "GET", `/api/v1/namespaces/${NS}/secrets`)).status, 403);
@@ -266,16 +318,47 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     // A pod (no kubelet: it stays Pending) and a token bound to it, for the athenz-identityd audience.
     await kubectl(["create", "namespace", "team-c"]);
     await kubectl(["-n", "team-c", "create", "serviceaccount", "web"]);
-    const podJson = { apiVersion: "v1", kind: "Pod", metadata: { name: "web-0", namespace: "team-c" }, spec: { serviceAccountName: "web", containers: [{ name: "app", image: "registry.k8s.io/pause:3.10" }] } };
-    const created = JSON.parse((await kubectl(["create", "-f", "-", "-o", "json"], { input: JSON.stringify(podJson) })).stdout) as { metadata: { uid: string } };
-    const podToken = (await kubectl(["-n", "team-c", "create", "token", "web", "--audience=athenz-identityd", "--bound-object-kind=Pod", "--bound-object-name=web-0", `--bound-object-uid=${created.metadata.uid}`])).stdout.trim();
+    const podJson = {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name: "web-0", namespace: "team-c" },
+      spec: { serviceAccountName: "web", containers: [{ name: "app", image: "registry.k8s.io/pause:3.10" }] },
+    };
+    const created = JSON.parse((await kubectl(["create", "-f", "-", "-o", "json"], { input: JSON.stringify(podJson) })).stdout) as {
+      metadata: { uid: string };
+    };
+    const podToken = (
+      await kubectl([
+        "-n",
+        "team-c",
+        "create",
+        "token",
+        "web",
+        "--audience=athenz-identityd",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=web-0",
+        `--bound-object-uid=${created.metadata.uid}`,
+      ])
+    ).stdout.trim();
     const logger = createLogger({ service: "deploy-test", level: "silent" });
 
     // pod-registry: lists and watches the cluster's pods with its own token.
-    const prConfig = loadConfig(podRegistrySpec, { argv: [], env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", KUBECONFIG: cluster.writeKubeconfig("sa-pod-registry", tokens.get("pod-registry")!), LOG_LEVEL: "silent" } });
+    const prConfig = loadConfig(podRegistrySpec, {
+      argv: [],
+      env: {
+        HOST: "127.0.0.1",
+        PORT: "0",
+        ADMIN_PORT: "0",
+        KUBECONFIG: cluster.writeKubeconfig("sa-pod-registry", tokens.get("pod-registry")!),
+        LOG_LEVEL: "silent",
+      },
+    });
     const pr = await startPodRegistryServer(prConfig, logger);
     try {
-      await Promise.race([pr.registry.synced, new Promise((_, reject) => setTimeout(() => reject(new Error("pod-registry did not sync within 20 s")), 20_000).unref())]);
+      await Promise.race([
+        pr.registry.synced,
+        new Promise((_, reject) => setTimeout(() => reject(new Error("pod-registry did not sync within 20 s")), 20_000).unref()),
+      ]);
       assert.equal(pr.registry.findByName("team-c", "web-0")?.uid, created.metadata.uid);
     } finally {
       await pr.close();
@@ -311,24 +394,41 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     await kubectl(["-n", team, "create", "configmap", "athenz-sia", "--from-env-file=k8s/sia/sia.env"]);
     await kubectl(["-n", team, "apply", "-f", "k8s/sia/example-deployment.yaml"]);
     await kubectl(["-n", team, "patch", "deployment", "example-app", "--patch-file", "k8s/sia/sia-patch.yaml", "--dry-run=server"]);
-    const before = JSON.parse((await kubectl(["-n", team, "get", "deployment", "example-app", "-o", "json"])).stdout) as { spec: { template: { spec: PodSpec } } };
+    const before = JSON.parse((await kubectl(["-n", team, "get", "deployment", "example-app", "-o", "json"])).stdout) as {
+      spec: { template: { spec: PodSpec } };
+    };
     assert.equal(before.spec.template.spec.initContainers, undefined, "the server dry run changed nothing");
     const patched = await kubectl(["-n", team, "patch", "deployment", "example-app", "--patch-file", "k8s/sia/sia-patch.yaml"]);
     assert.deepEqual(warnings(patched.stderr), [], "Pod Security 'restricted' warnings for the patched pod");
-    const d = JSON.parse((await kubectl(["-n", team, "get", "deployment", "example-app", "-o", "json"])).stdout) as { spec: { template: { spec: PodSpec } } };
+    const d = JSON.parse((await kubectl(["-n", team, "get", "deployment", "example-app", "-o", "json"])).stdout) as {
+      spec: { template: { spec: PodSpec } };
+    };
     const spec = d.spec.template.spec;
 
-    assert.deepEqual(spec.initContainers?.map((c) => c.name), ["athenz-sia"]);
+    assert.deepEqual(
+      spec.initContainers?.map((c) => c.name),
+      ["athenz-sia"],
+    );
     const sia = spec.initContainers![0]!;
     assert.equal(sia.restartPolicy, "Always", "a native sidecar");
     assert.equal(sia.startupProbe?.httpGet?.path, "/healthz");
     checkSiaContainer(spec, sia, "run");
-    assert.deepEqual(spec.containers.map((c) => c.name), ["app"], "the patch adds no container of its own");
+    assert.deepEqual(
+      spec.containers.map((c) => c.name),
+      ["app"],
+      "the patch adds no container of its own",
+    );
     const appMount = spec.containers[0]!.volumeMounts?.find((m) => m.name === "athenz-identity");
     assert.deepEqual(appMount, { name: "athenz-identity", mountPath: "/var/run/athenz", readOnly: true });
 
     // The environment this spec gives the SIA in a pod of team-a passes the SIA's own config checks.
-    const pod = { namespace: team, name: "example-app-7d9f-abcde", uid: "0c6f3a52-5d3e-4b8e-9a1f-2b7c9d0e1f23", ip: "10.1.2.3", serviceAccount: spec.serviceAccountName ?? "" };
+    const pod = {
+      namespace: team,
+      name: "example-app-7d9f-abcde",
+      uid: "0c6f3a52-5d3e-4b8e-9a1f-2b7c9d0e1f23",
+      ip: "10.1.2.3",
+      serviceAccount: spec.serviceAccountName ?? "",
+    };
     const env = resolveEnv(sia, pod, parseEnvFile(join(repo, "k8s/sia/sia.env")));
     const config = loadSiaConfig({ argv: [], env });
     assert.equal(config.mode, "run");
@@ -345,12 +445,20 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     await kubectl(["-n", team, "apply", "-f", "k8s/sia/example-deployment.yaml"]);
     const patched = await kubectl(["-n", team, "patch", "deployment", "example-app", "--patch-file", "k8s/sia/sia-patch-classic.yaml"]);
     assert.deepEqual(warnings(patched.stderr), []);
-    const d = JSON.parse((await kubectl(["-n", team, "get", "deployment", "example-app", "-o", "json"])).stdout) as { spec: { template: { spec: PodSpec } } };
+    const d = JSON.parse((await kubectl(["-n", team, "get", "deployment", "example-app", "-o", "json"])).stdout) as {
+      spec: { template: { spec: PodSpec } };
+    };
     const spec = d.spec.template.spec;
-    assert.deepEqual(spec.initContainers?.map((c) => c.name), ["athenz-sia-init"]);
+    assert.deepEqual(
+      spec.initContainers?.map((c) => c.name),
+      ["athenz-sia-init"],
+    );
     assert.equal(spec.initContainers![0]!.restartPolicy, undefined);
     checkSiaContainer(spec, spec.initContainers![0]!, "init");
-    assert.deepEqual(spec.containers.map((c) => c.name), ["app", "athenz-sia"]);
+    assert.deepEqual(
+      spec.containers.map((c) => c.name),
+      ["app", "athenz-sia"],
+    );
     checkSiaContainer(spec, spec.containers[1]!, "refresh");
   });
 });

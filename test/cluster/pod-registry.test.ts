@@ -12,17 +12,17 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { CoordinationV1Api, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
 import { PodPhase } from "@k8s-athenz-identity/api/common";
 import { PodRegistryService, RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
-import { createMetricsRegistry, createServiceClient, startServiceServer, type RunningServer, type ServiceClient } from "@k8s-athenz-identity/shared";
+import { createMetricsRegistry, createServiceClient, type RunningServer, type ServiceClient, startServiceServer } from "@k8s-athenz-identity/shared";
+import { CoordinationV1Api, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
 import { podRegistryRoutes } from "../../services/pod-registry/src/connect.js";
 import { isPresent } from "../../services/pod-registry/src/pod.js";
 import { createPodRegistry, type PodRegistry, type PodRegistryOptions } from "../../services/pod-registry/src/registry.js";
 import { eventually, quietLogger, until } from "../../services/pod-registry/test/helpers.js";
-import { startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
-import { createKubeState, loadKubeConfig, PRODUCT_LEASE, PRODUCT_NAMESPACE, type KubeState } from "../support/kube-state.js";
-import { startNatsServer, type NatsServer } from "../support/nats-server.js";
+import { type KubeCluster, startKubeCluster } from "../support/kube-cluster.js";
+import { createKubeState, type KubeState, loadKubeConfig, PRODUCT_LEASE, PRODUCT_NAMESPACE } from "../support/kube-state.js";
+import { type NatsServer, startNatsServer } from "../support/nats-server.js";
 
 const WATCHED_LABEL = "athenz-test/registry";
 const SA = "api";
@@ -77,7 +77,9 @@ describe("standalone pod registry on the real API server, served over Connect", 
   before(async () => {
     await state.ensureServiceAccount(NS, SA);
     // Only labelled pods are listed and watched; API_FALLBACK is on for the WaitForPod test.
-    registry = createPodRegistry(registryOptions({ identity: "standalone", namespaces: [NS], labelSelector: `${WATCHED_LABEL}=yes`, apiFallback: true }));
+    registry = createPodRegistry(
+      registryOptions({ identity: "standalone", namespaces: [NS], labelSelector: `${WATCHED_LABEL}=yes`, apiFallback: true }),
+    );
     await registry.start();
     await withTimeout(registry.synced, 15_000, "standalone registry synced");
     // The same wiring as services/pod-registry/src/server.ts, with short watch backoff for the restart.
@@ -128,7 +130,10 @@ describe("standalone pod registry on the real API server, served over Connect", 
     assert.equal(got.status?.fresh, true);
     const found = await svc.client.findPod({ namespace: NS, name: "web-1" });
     assert.equal(found.pod?.uid, uid);
-    assert.deepEqual(registry.findByIp("10.1.0.5").map((p) => p.uid), [uid]);
+    assert.deepEqual(
+      registry.findByIp("10.1.0.5").map((p) => p.uid),
+      [uid],
+    );
 
     await state.setPodStatus(NS, "web-1", { podIP: "10.1.0.5", phase: "Running" });
     await until([registry], () => registry.getByUid(uid)?.phase === PodPhase.RUNNING, "web-1 Running", 10_000);
@@ -161,7 +166,12 @@ describe("standalone pod registry on the real API server, served over Connect", 
     const noWhere = await svc.client.waitForPod({ uid, timeout: durationFromMs(100) });
     assert.equal(noWhere.pod, undefined);
     assert.equal(noWhere.fromApiServer, false);
-    const otherUid = await svc.client.waitForPod({ uid: "00000000-0000-0000-0000-000000000000", namespace: NS, name: "unlabelled", timeout: durationFromMs(100) });
+    const otherUid = await svc.client.waitForPod({
+      uid: "00000000-0000-0000-0000-000000000000",
+      namespace: NS,
+      name: "unlabelled",
+      timeout: durationFromMs(100),
+    });
     assert.equal(otherUid.pod, undefined);
     assert.equal(otherUid.fromApiServer, false);
     const missing = await svc.client.waitForPod({ uid, namespace: NS, name: "no-such-pod", timeout: durationFromMs(100) });
@@ -171,7 +181,12 @@ describe("standalone pod registry on the real API server, served over Connect", 
   it("survives an API server restart: reports not fresh while it is down, converges afterwards", async () => {
     const survivor = await newPod(NS, "survivor", { labels: watched, ip: "10.1.0.20" });
     const doomed = await newPod(NS, "doomed", { labels: watched, ip: "10.1.0.21" });
-    await until([registry], () => registry.getByUid(doomed)?.podIps.length === 1 && registry.getByUid(survivor)?.podIps.length === 1, "both pods with IPs", 10_000);
+    await until(
+      [registry],
+      () => registry.getByUid(doomed)?.podIps.length === 1 && registry.getByUid(survivor)?.podIps.length === 1,
+      "both pods with IPs",
+      10_000,
+    );
 
     // staleAfterMs is 1 s and a restart takes seconds: the outage must show in the status.
     const sawStale = eventually(() => !registry.status().live, "registry reports the broken watch", 60_000, 50);
@@ -185,7 +200,10 @@ describe("standalone pod registry on the real API server, served over Connect", 
     await state.deletePod(NS, "doomed");
     await until(
       [registry],
-      () => registry.getByUid(survivor)?.phase === PodPhase.RUNNING && registry.getByUid(added)?.podIps[0] === "10.1.0.22" && registry.getByUid(doomed) === undefined,
+      () =>
+        registry.getByUid(survivor)?.phase === PodPhase.RUNNING &&
+        registry.getByUid(added)?.podIps[0] === "10.1.0.22" &&
+        registry.getByUid(doomed) === undefined,
       "update, add and delete after the restart",
       20_000,
     );
@@ -219,7 +237,10 @@ describe("replicated pod registry: real nats-server, Lease on the real API serve
   });
 
   const running = (): [string, PodRegistry][] => [...replicas].filter(([id]) => !stopped.has(id));
-  const leaders = () => running().filter(([, r]) => r.role === RegistryRole.LEADER).map(([id]) => id);
+  const leaders = () =>
+    running()
+      .filter(([, r]) => r.role === RegistryRole.LEADER)
+      .map(([id]) => id);
   const readLease = (): Promise<V1Lease> => leases.readNamespacedLease({ name: LEASE, namespace: PRODUCT_NAMESPACE });
   const everyone = () => running().map(([, r]) => r);
 
@@ -250,7 +271,12 @@ describe("replicated pod registry: real nats-server, Lease on the real API serve
             identity: id,
             namespaces: [NS],
             staleAfterMs: 2000,
-            replication: { servers: nats.url, bucket: "cluster-pods", lease: { name: LEASE, namespace: PRODUCT_NAMESPACE, durationMs: LEASE_MS, retryPeriodMs: RETRY_MS }, heartbeatIntervalMs: 200 },
+            replication: {
+              servers: nats.url,
+              bucket: "cluster-pods",
+              lease: { name: LEASE, namespace: PRODUCT_NAMESPACE, durationMs: LEASE_MS, retryPeriodMs: RETRY_MS },
+              heartbeatIntervalMs: 200,
+            },
           }),
         ),
       );
@@ -266,7 +292,12 @@ describe("replicated pod registry: real nats-server, Lease on the real API serve
     const added = await newPod(NS, "new-1");
     await until(everyone(), () => everyone().every((r) => r.getByUid(added) !== undefined), "new pod everywhere", 10_000);
     await state.setPodStatus(NS, "new-1", { podIP: "10.3.0.2", phase: "Pending" });
-    await until(everyone(), () => everyone().every((r) => r.getByUid(added)?.podIps[0] === "10.3.0.2" && isPresent(r.getByUid(added)!)), "IP everywhere", 10_000);
+    await until(
+      everyone(),
+      () => everyone().every((r) => r.getByUid(added)?.podIps[0] === "10.3.0.2" && isPresent(r.getByUid(added)!)),
+      "IP everywhere",
+      10_000,
+    );
     await state.deletePod(NS, "pre-1");
     await until(everyone(), () => everyone().every((r) => r.getByUid(pre) === undefined), "deletion everywhere", 10_000);
     await eventually(() => everyone().every((r) => r.status().fresh), "all fresh", 5000);

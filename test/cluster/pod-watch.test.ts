@@ -6,9 +6,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { CoreV1Api, makeInformer, type V1Pod } from "@kubernetes/client-node";
-import { keepInformerRunning, type InformerKeeper } from "../support/informer-restart.js";
-import { startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
-import { createKubeState, loadKubeConfig, type KubeState } from "../support/kube-state.js";
+import { type InformerKeeper, keepInformerRunning } from "../support/informer-restart.js";
+import { type KubeCluster, startKubeCluster } from "../support/kube-cluster.js";
+import { createKubeState, type KubeState, loadKubeConfig } from "../support/kube-state.js";
 
 const NS = "watched";
 type Verb = "add" | "update" | "delete";
@@ -33,8 +33,17 @@ function eventLog() {
       const hit = seen.find((e) => match(e.verb, e.pod));
       if (hit) return Promise.resolve(hit.pod);
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no informer event: ${what}; saw ${seen.map((e) => `${e.verb}:${e.pod.metadata?.name}`).join(", ")}`)), ms);
-        waiters.push({ match, resolve: (p) => { clearTimeout(timer); resolve(p); } });
+        const timer = setTimeout(
+          () => reject(new Error(`no informer event: ${what}; saw ${seen.map((e) => `${e.verb}:${e.pod.metadata?.name}`).join(", ")}`)),
+          ms,
+        );
+        waiters.push({
+          match,
+          resolve: (p) => {
+            clearTimeout(timer);
+            resolve(p);
+          },
+        });
       });
     },
   };

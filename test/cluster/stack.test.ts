@@ -9,16 +9,16 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { type Answer, callAsZts, confirmationFor, type Services, startServices } from "../e2e/stack.js";
 import type { PodJson } from "../support/fake-kube-api.js";
-import { startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
-import { ATHENZ_AUDIENCE, createKubeState, loadKubeConfig, PRODUCT_NAMESPACE, type KubeState } from "../support/kube-state.js";
-import { callAsZts, confirmationFor, startServices, type Answer, type Services } from "../e2e/stack.js";
+import { type KubeCluster, startKubeCluster } from "../support/kube-cluster.js";
+import { ATHENZ_AUDIENCE, createKubeState, type KubeState, loadKubeConfig, PRODUCT_NAMESPACE } from "../support/kube-state.js";
 
 const NS = "sports";
 const SA = "api";
 const NODE = "node-1";
 
-const violations = (a: Answer): string[] => (a.json()["violations"] as string[] | undefined) ?? [];
+const violations = (a: Answer): string[] => (a.json().violations as string[] | undefined) ?? [];
 
 describe("the provider on the real API server: ZTS -> gateway -> token-verifier / pod-registry / csr-inspector", () => {
   let cluster: KubeCluster;
@@ -67,20 +67,27 @@ describe("the provider on the real API server: ZTS -> gateway -> token-verifier 
     const pod: PodJson = {
       apiVersion: "v1",
       kind: "Pod",
-      metadata: { uid, namespace: NS, name, resourceVersion: withIp.metadata?.resourceVersion ?? "", creationTimestamp: String(created.metadata?.creationTimestamp ?? "") },
+      metadata: {
+        uid,
+        namespace: NS,
+        name,
+        resourceVersion: withIp.metadata?.resourceVersion ?? "",
+        creationTimestamp: String(created.metadata?.creationTimestamp ?? ""),
+      },
       spec: { serviceAccountName: SA, nodeName: NODE, containers: [] },
       status: { phase: withIp.status?.phase ?? "", podIP: ip, podIPs: [{ ip }] },
     };
     return { pod, token };
   }
 
-  const call = (body: unknown, path = "/instance") => callAsZts(`${s.endpoint}${path}`, { client: s.pki.zts, ca: s.pki.athenzCa, body: JSON.stringify(body) });
+  const call = (body: unknown, path = "/instance") =>
+    callAsZts(`${s.endpoint}${path}`, { client: s.pki.zts, ca: s.pki.athenzCa, body: JSON.stringify(body) });
 
   it("confirms a pod with its real pod-bound token, answering only certExpiryTime and certRefresh", async () => {
     const { pod, token } = await newPod("web-ok");
     const r = await call(confirmationFor(pod, token, {}, { certExpiryTime: "999999", certUsage: "server", hostnameX: "echo-me" }));
     assert.equal(r.status, 200, r.body);
-    assert.deepEqual(r.json()["attributes"], { certExpiryTime: "1440", certRefresh: "true" });
+    assert.deepEqual(r.json().attributes, { certExpiryTime: "1440", certRefresh: "true" });
     assert.ok(!r.body.includes("echo-me"));
     // The refresh path takes the same decision.
     const refresh = await call(confirmationFor(pod, token), "/refresh");
@@ -116,7 +123,9 @@ describe("the provider on the real API server: ZTS -> gateway -> token-verifier 
 
     await state.deletePod(NS, "web-seen");
     await state.deletePod(NS, "web-unseen");
-    await s.registryReaches(() => !s.podRegistry.registry.getByUid(seen.pod.metadata.uid) && !s.podRegistry.registry.getByUid(unseen.pod.metadata.uid));
+    await s.registryReaches(
+      () => !s.podRegistry.registry.getByUid(seen.pod.metadata.uid) && !s.podRegistry.registry.getByUid(unseen.pod.metadata.uid),
+    );
 
     // The token still verifies (cached review), but the registry's watch saw the deletion at once:
     // the gateway waits its short POD_WAIT for the pod the token names, then denies.

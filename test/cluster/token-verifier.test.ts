@@ -8,9 +8,15 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { createTokenVerifier, type TokenVerifier, type TokenVerifierOptions, type VerifierMode, type VerifyResult } from "../../services/token-verifier/src/verifier.js";
-import { startKubeCluster, type KubeCluster } from "../support/kube-cluster.js";
-import { ATHENZ_AUDIENCE, createKubeState, PRODUCT_NAMESPACE, type KubeState } from "../support/kube-state.js";
+import {
+  createTokenVerifier,
+  type TokenVerifier,
+  type TokenVerifierOptions,
+  type VerifierMode,
+  type VerifyResult,
+} from "../../services/token-verifier/src/verifier.js";
+import { type KubeCluster, startKubeCluster } from "../support/kube-cluster.js";
+import { ATHENZ_AUDIENCE, createKubeState, type KubeState, PRODUCT_NAMESPACE } from "../support/kube-state.js";
 
 const NS = "team-tv";
 const SA = "frontend";

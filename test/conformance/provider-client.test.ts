@@ -9,22 +9,23 @@
  * 3. Against the whole stack (test/e2e/stack.ts): the four real services on real ports, pods in the
  *    fake API server and tokens really signed by a test OIDC issuer, as ZTS would reach them.
  */
-import { after, before, describe, it } from "node:test";
+
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:https";
-import type { TLSSocket } from "node:tls";
 import type { AddressInfo } from "node:net";
+import { after, before, describe, it } from "node:test";
+import type { TLSSocket } from "node:tls";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
 import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
+import { gatewaySpec } from "../../services/gateway/src/config.js";
+import { type Gateway, startGateway } from "../../services/gateway/src/server.js";
+import { confirmation, fakeDeps, PROVIDER, tokenA, UID_A } from "../../services/gateway/src/testing.js";
+import { confirmationFor, PROVIDER as STACK_PROVIDER, type Stack, startStack, ZTS_CN } from "../e2e/stack.js";
 import { createCa, issueCert, type Pem } from "../support/pki.js";
 import { tempDir } from "../support/tmp.js";
-import { gatewaySpec } from "../../services/gateway/src/config.js";
-import { startGateway, type Gateway } from "../../services/gateway/src/server.js";
-import { confirmation, fakeDeps, PROVIDER, tokenA, UID_A } from "../../services/gateway/src/testing.js";
-import { confirmationFor, PROVIDER as STACK_PROVIDER, startStack, ZTS_CN, type Stack } from "../e2e/stack.js";
-import { describeRun, makeZtsStores, runDriver, type ConformanceCase, type ZtsStores } from "./provider-client.js";
+import { type ConformanceCase, describeRun, makeZtsStores, runDriver, type ZtsStores } from "./provider-client.js";
 
 interface Pki {
   dir: string;
@@ -52,7 +53,9 @@ before(() => {
 });
 
 /** A provider that answers by attestationData: "allow", "deny", "retry", "garbage" (200, not JSON). */
-async function startMinimalProvider(p: Pki): Promise<{ url: string; server: Server; seen: Array<{ path: string; clientCn: string; body: unknown }> }> {
+async function startMinimalProvider(
+  p: Pki,
+): Promise<{ url: string; server: Server; seen: Array<{ path: string; clientCn: string; body: unknown }> }> {
   const seen: Array<{ path: string; clientCn: string; body: unknown }> = [];
   const server = createServer(
     { cert: p.providerCert.certPem, key: p.providerCert.keyPem, ca: p.ztsCa.certPem, requestCert: true, rejectUnauthorized: true },
@@ -72,10 +75,19 @@ async function startMinimalProvider(p: Pki): Promise<{ url: string; server: Serv
           res.writeHead(status, { "content-type": "application/json" });
           res.end(payload);
         };
-        if (req.method !== "POST" || !["/v1/instance", "/v1/refresh"].includes(req.url ?? "") || clientCn !== ZTS_CN) return send(400, '{"code":400,"message":"bad request"}');
+        if (req.method !== "POST" || !["/v1/instance", "/v1/refresh"].includes(req.url ?? "") || clientCn !== ZTS_CN)
+          return send(400, '{"code":400,"message":"bad request"}');
         switch (body.attestationData) {
           case "allow":
-            return send(200, JSON.stringify({ provider: body.provider, domain: body.domain, service: body.service, attributes: { certExpiryTime: "60", certRefresh: "true" } }));
+            return send(
+              200,
+              JSON.stringify({
+                provider: body.provider,
+                domain: body.domain,
+                service: body.service,
+                attributes: { certExpiryTime: "60", certRefresh: "true" },
+              }),
+            );
           case "deny":
             return send(403, '{"code":403,"message":"denied: ERR_TEST"}');
           case "retry":
@@ -102,22 +114,47 @@ describe("InstanceHttpProvider against a minimal protocol provider", () => {
     const provider = await startMinimalProvider(pki);
     try {
       const cases: ConformanceCase[] = [
-        { name: "register allowed", call: "instance", confirmation: basic("allow"), expect: { outcome: "allow", attributes: { certExpiryTime: "60", certRefresh: "true" }, absentAttributes: ["instanceId"] } },
-        { name: "refresh allowed", call: "refresh", confirmation: basic("allow"), expect: { outcome: "allow", attributes: { certExpiryTime: "60" } } },
-        { name: "deny is forbidden", call: "instance", confirmation: basic("deny"), expect: { outcome: "forbidden", providerCode: 403, messageContains: "ERR_TEST" } },
+        {
+          name: "register allowed",
+          call: "instance",
+          confirmation: basic("allow"),
+          expect: { outcome: "allow", attributes: { certExpiryTime: "60", certRefresh: "true" }, absentAttributes: ["instanceId"] },
+        },
+        {
+          name: "refresh allowed",
+          call: "refresh",
+          confirmation: basic("allow"),
+          expect: { outcome: "allow", attributes: { certExpiryTime: "60" } },
+        },
+        {
+          name: "deny is forbidden",
+          call: "instance",
+          confirmation: basic("deny"),
+          expect: { outcome: "forbidden", providerCode: 403, messageContains: "ERR_TEST" },
+        },
         { name: "504 is gateway timeout", call: "instance", confirmation: basic("retry"), expect: { outcome: "gateway-timeout", providerCode: 504 } },
         { name: "unparsable 200 is forbidden", call: "refresh", confirmation: basic("garbage"), expect: { outcome: "forbidden" } },
         // a provider whose name is not the certificate's CN: the TLS call fails, which ZTS reports as 504
-        { name: "wrong provider name fails the hostname check", call: "instance", provider: "k8s.other.identityd", confirmation: basic("allow"), expect: { outcome: "gateway-timeout", providerCode: 504, messageContains: "SSLPeerUnverifiedException" } },
+        {
+          name: "wrong provider name fails the hostname check",
+          call: "instance",
+          provider: "k8s.other.identityd",
+          confirmation: basic("allow"),
+          expect: { outcome: "gateway-timeout", providerCode: 504, messageContains: "SSLPeerUnverifiedException" },
+        },
       ];
       const run = await runDriver({ provider: PROVIDER, endpoint: provider.url, stores: pki.stores, cases, dir, timeoutMs: 10_000 });
       assert.equal(run.status, 0, describeRun(run));
       assert.equal(run.summary, `${cases.length} passed, 0 failed`, describeRun(run));
-      assert.deepEqual(run.results.map((r) => r.name), cases.map((c) => c.name));
+      assert.deepEqual(
+        run.results.map((r) => r.name),
+        cases.map((c) => c.name),
+      );
       // the client really presented ZTS's certificate and used the /instance and /refresh suffixes
-      assert.deepEqual(provider.seen.map((s) => `${s.path} ${s.clientCn}`), [
-        `/v1/instance ${ZTS_CN}`, `/v1/refresh ${ZTS_CN}`, `/v1/instance ${ZTS_CN}`, `/v1/instance ${ZTS_CN}`, `/v1/refresh ${ZTS_CN}`,
-      ]);
+      assert.deepEqual(
+        provider.seen.map((s) => `${s.path} ${s.clientCn}`),
+        [`/v1/instance ${ZTS_CN}`, `/v1/refresh ${ZTS_CN}`, `/v1/instance ${ZTS_CN}`, `/v1/instance ${ZTS_CN}`, `/v1/refresh ${ZTS_CN}`],
+      );
       assert.deepEqual(provider.seen[0]?.body, { ...basic("allow") });
     } finally {
       provider.server.close();
@@ -129,7 +166,12 @@ describe("InstanceHttpProvider against a minimal protocol provider", () => {
     try {
       const cases: ConformanceCase[] = [
         { name: "deny expected allow", call: "instance", confirmation: basic("deny"), expect: { outcome: "allow" } },
-        { name: "allow with a wrong attribute", call: "instance", confirmation: basic("allow"), expect: { outcome: "allow", attributes: { certExpiryTime: "1440" } } },
+        {
+          name: "allow with a wrong attribute",
+          call: "instance",
+          confirmation: basic("allow"),
+          expect: { outcome: "allow", attributes: { certExpiryTime: "1440" } },
+        },
       ];
       const run = await runDriver({ provider: PROVIDER, endpoint: provider.url, stores: pki.stores, cases, dir, timeoutMs: 10_000 });
       assert.equal(run.status, 1, describeRun(run));
@@ -150,7 +192,10 @@ describe("InstanceHttpProvider against the gateway", () => {
       token: async (token) => {
         if (token === "token-unavailable") throw new ConnectError("token-verifier down", Code.Unavailable);
         if (token === "token-other-namespace") {
-          return create(VerifyTokenResponseSchema, { token: tokenA({ namespace: "weather", subject: "system:serviceaccount:weather:api" }), verifiedBy: ["jwks"] });
+          return create(VerifyTokenResponseSchema, {
+            token: tokenA({ namespace: "weather", subject: "system:serviceaccount:weather:api" }),
+            verifiedBy: ["jwks"],
+          });
         }
         return create(VerifyTokenResponseSchema, { token: tokenA(), verifiedBy: ["jwks"] });
       },
@@ -292,7 +337,10 @@ describe("InstanceHttpProvider against the whole stack", () => {
     const run = await runDriver({ provider: STACK_PROVIDER, endpoint: stack.endpoint, stores, cases, dir: stack.dir, timeoutMs: 10_000 });
     assert.equal(run.status, 0, describeRun(run));
     assert.equal(run.summary, `${cases.length} passed, 0 failed`, describeRun(run));
-    assert.deepEqual(run.results.map((r) => r.name), cases.map((c) => c.name));
+    assert.deepEqual(
+      run.results.map((r) => r.name),
+      cases.map((c) => c.name),
+    );
     // exactly the provider's attributes come back: nothing of the request is echoed
     const register = run.results[0]?.confirmation;
     assert.deepEqual([register?.provider, register?.domain, register?.service], [STACK_PROVIDER, "sports", "api"], describeRun(run));
@@ -310,10 +358,27 @@ describe("InstanceHttpProvider against the whole stack", () => {
     const gw = await stack.startGateway({ TOKEN_VERIFIER_URL: "http://127.0.0.1:1" });
     const { pod, token } = await stack.newPod();
     const cases: ConformanceCase[] = [
-      { name: "register with the verifier down", call: "instance", confirmation: confirmationFor(pod, token), expect: { outcome: "gateway-timeout", providerCode: 504 } },
-      { name: "refresh with the verifier down", call: "refresh", confirmation: confirmationFor(pod, token, {}, { principal: "sports.api" }), expect: { outcome: "gateway-timeout", providerCode: 504 } },
+      {
+        name: "register with the verifier down",
+        call: "instance",
+        confirmation: confirmationFor(pod, token),
+        expect: { outcome: "gateway-timeout", providerCode: 504 },
+      },
+      {
+        name: "refresh with the verifier down",
+        call: "refresh",
+        confirmation: confirmationFor(pod, token, {}, { principal: "sports.api" }),
+        expect: { outcome: "gateway-timeout", providerCode: 504 },
+      },
     ];
-    const run = await runDriver({ provider: STACK_PROVIDER, endpoint: `${gw.zts.url}/zts-provider`, stores, cases, dir: stack.dir, timeoutMs: 10_000 });
+    const run = await runDriver({
+      provider: STACK_PROVIDER,
+      endpoint: `${gw.zts.url}/zts-provider`,
+      stores,
+      cases,
+      dir: stack.dir,
+      timeoutMs: 10_000,
+    });
     assert.equal(run.status, 0, describeRun(run));
     assert.equal(run.summary, `${cases.length} passed, 0 failed`, describeRun(run));
   });

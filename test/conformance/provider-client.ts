@@ -70,10 +70,29 @@ export interface ZtsStores {
 export function makeZtsStores(dir: string, ztsClient: Pem, trustedCa: Pem, password = "conformance"): ZtsStores {
   const keyStore = join(dir, "zts-keystore.p12");
   const trustStore = join(dir, "zts-truststore.p12");
-  execFileSync("openssl", ["pkcs12", "-export", "-in", ztsClient.certFile, "-inkey", ztsClient.keyFile, "-name", "zts",
-    "-out", keyStore, "-passout", `pass:${password}`], { stdio: ["ignore", "ignore", "pipe"] });
-  execFileSync("keytool", ["-importcert", "-noprompt", "-alias", "provider-ca", "-file", trustedCa.certFile,
-    "-keystore", trustStore, "-storetype", "PKCS12", "-storepass", password], { stdio: ["ignore", "ignore", "pipe"] });
+  execFileSync(
+    "openssl",
+    ["pkcs12", "-export", "-in", ztsClient.certFile, "-inkey", ztsClient.keyFile, "-name", "zts", "-out", keyStore, "-passout", `pass:${password}`],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  execFileSync(
+    "keytool",
+    [
+      "-importcert",
+      "-noprompt",
+      "-alias",
+      "provider-ca",
+      "-file",
+      trustedCa.certFile,
+      "-keystore",
+      trustStore,
+      "-storetype",
+      "PKCS12",
+      "-storepass",
+      password,
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
   return { keyStore, trustStore, password };
 }
 
@@ -111,9 +130,15 @@ export async function runDriver(o: RunDriverOptions): Promise<DriverRun> {
     `-Dathenz.instance.provider.client.read_timeout=${timeout}`,
     "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
     "-XX:TieredStopAtLevel=1",
-    "-cp", `${driverJar}:${readFileSync(classpathFile, "utf8").trim()}`,
+    "-cp",
+    `${driverJar}:${readFileSync(classpathFile, "utf8").trim()}`,
     "io.k8sathenzidentity.conformance.ProviderClientConformance",
-    "--provider", o.provider, "--endpoint", o.endpoint, "--cases", casesFile,
+    "--provider",
+    o.provider,
+    "--endpoint",
+    o.endpoint,
+    "--cases",
+    casesFile,
   ];
   const child = spawn("java", args, { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
@@ -138,7 +163,10 @@ export async function runDriver(o: RunDriverOptions): Promise<DriverRun> {
 export function describeRun(run: DriverRun): string {
   return [
     `exit ${run.status}; ${run.summary || "(no summary line)"}`,
-    ...run.results.map((r) => `${r.ok ? "ok  " : "FAIL"} ${r.name}: ${r.outcome}${r.providerCode ? ` (${r.providerCode})` : ""}${r.problems ? ` -- ${r.problems}` : ""}${r.message ? ` [${r.message.slice(0, 300)}]` : ""}`),
+    ...run.results.map(
+      (r) =>
+        `${r.ok ? "ok  " : "FAIL"} ${r.name}: ${r.outcome}${r.providerCode ? ` (${r.providerCode})` : ""}${r.problems ? ` -- ${r.problems}` : ""}${r.message ? ` [${r.message.slice(0, 300)}]` : ""}`,
+    ),
     run.stderr ? `stderr:\n${run.stderr.slice(-3000)}` : "",
   ].join("\n");
 }

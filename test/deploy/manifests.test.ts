@@ -7,19 +7,20 @@ import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { loadAllYaml, loadYaml } from "@kubernetes/client-node";
 import { loadConfig, type Setting } from "@k8s-athenz-identity/shared/config";
+import { loadAllYaml, loadYaml } from "@kubernetes/client-node";
+import { entrypointOf, parseDockerfile } from "../../scripts/check-entrypoints.js";
 import { csrInspectorSpec } from "../../services/csr-inspector/src/config.js";
 import { gatewaySpec } from "../../services/gateway/src/config.js";
 import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
 import { siaSpec } from "../../services/sia/src/config.js";
 import { tokenVerifierSpec } from "../../services/token-verifier/src/config.js";
-import { entrypointOf, parseDockerfile } from "../../scripts/check-entrypoints.js";
 
 const repo = new URL("../..", import.meta.url).pathname;
 const k8s = join(repo, "k8s");
 
-type Obj = { kind: string; metadata: { name: string }; spec?: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: manifests of many kinds, read as plain YAML trees
+type Obj = { kind: string; metadata: { name: string }; spec?: any };
 
 const kustomization = loadYaml(readFileSync(join(k8s, "kustomization.yaml"), "utf8")) as {
   resources: string[];
@@ -70,8 +71,8 @@ describe("k8s/ settings files", () => {
     const sia = envFile("sia/sia.env");
     const known = envNames(siaSpec);
     for (const k of Object.keys(sia)) assert.ok(known.has(k), `sia/sia.env: ${k} is not a SIA setting`);
-    assert.equal(sia["PROVIDER_SERVICE"], common["PROVIDER_SERVICE"]);
-    assert.ok(common["DNS_SUFFIXES"]!.split(",").includes(sia["DNS_SUFFIX"]!));
+    assert.equal(sia.PROVIDER_SERVICE, common.PROVIDER_SERVICE);
+    assert.ok(common.DNS_SUFFIXES!.split(",").includes(sia.DNS_SUFFIX!));
   });
 
   it("every generated ConfigMap a workload references exists", () => {
@@ -79,8 +80,10 @@ describe("k8s/ settings files", () => {
     for (const w of workloads) {
       const pod = w.spec.template.spec;
       const refs = [
-        ...pod.containers.flatMap((c: any) => (c.envFrom ?? []).map((e: any) => e.configMapRef?.name)), // eslint-disable-line @typescript-eslint/no-explicit-any
-        ...(pod.volumes ?? []).flatMap((v: any) => (v.configMap ? [v.configMap.name] : [])), // eslint-disable-line @typescript-eslint/no-explicit-any
+        // biome-ignore lint/suspicious/noExplicitAny: manifests of many kinds, read as plain YAML trees
+        ...pod.containers.flatMap((c: any) => (c.envFrom ?? []).map((e: any) => e.configMapRef?.name)),
+        // biome-ignore lint/suspicious/noExplicitAny: manifests of many kinds, read as plain YAML trees
+        ...(pod.volumes ?? []).flatMap((v: any) => (v.configMap ? [v.configMap.name] : [])),
       ].filter(Boolean);
       for (const r of refs) assert.ok(generated.has(r), `${w.metadata.name} references ConfigMap ${r}, not generated`);
     }
@@ -90,7 +93,11 @@ describe("k8s/ settings files", () => {
 describe("k8s/ workloads", () => {
   it("has the four services and NATS", () => {
     assert.deepEqual(workloads.map((w) => `${w.kind}/${w.metadata.name}`).sort(), [
-      "Deployment/csr-inspector", "Deployment/gateway", "Deployment/pod-registry", "Deployment/token-verifier", "StatefulSet/nats",
+      "Deployment/csr-inspector",
+      "Deployment/gateway",
+      "Deployment/pod-registry",
+      "Deployment/token-verifier",
+      "StatefulSet/nats",
     ]);
   });
 
@@ -117,7 +124,10 @@ describe("k8s/ workloads", () => {
   }
 
   it("mounts a service-account token only where the API server is called", () => {
-    const mounted = workloads.filter((w) => w.spec.template.spec.automountServiceAccountToken !== false).map((w) => w.metadata.name).sort();
+    const mounted = workloads
+      .filter((w) => w.spec.template.spec.automountServiceAccountToken !== false)
+      .map((w) => w.metadata.name)
+      .sort();
     assert.deepEqual(mounted, ["pod-registry", "token-verifier"]);
   });
 
@@ -141,7 +151,8 @@ describe("k8s/ workloads", () => {
       for (const rule of p.spec.ingress ?? []) {
         const target = p.spec.podSelector.matchLabels?.["app.kubernetes.io/name"];
         // loadAllYaml builds client-node models, where the ingress rule's `from` is named `_from`.
-        const from: any[] | undefined = rule.from ?? rule._from; // eslint-disable-line @typescript-eslint/no-explicit-any
+        // biome-ignore lint/suspicious/noExplicitAny: manifests of many kinds, read as plain YAML trees
+        const from: any[] | undefined = rule.from ?? rule._from;
         if (from === undefined) assert.equal(target, "gateway", `${p.metadata.name} opens ${target} to everyone`);
         else for (const f of from) assert.ok(f.podSelector && !f.namespaceSelector && !f.ipBlock, `${p.metadata.name}: only pods of this namespace`);
       }
@@ -153,7 +164,9 @@ describe("Dockerfile", () => {
   const stages = parseDockerfile(readFileSync(join(repo, "Dockerfile"), "utf8"));
 
   it("has one target per service and the SIA, each starting that service's main.ts", () => {
-    const services = readdirSync(join(repo, "services")).filter((d) => existsSync(join(repo, "services", d, "package.json"))).sort();
+    const services = readdirSync(join(repo, "services"))
+      .filter((d) => existsSync(join(repo, "services", d, "package.json")))
+      .sort();
     const targets = stages.filter((s) => s.instructions.some((i) => i.op === "ENTRYPOINT"));
     assert.deepEqual(targets.map((t) => t.name).sort(), services);
     for (const t of targets) {
@@ -170,6 +183,6 @@ describe("Dockerfile", () => {
     const runtime = stages.find((s) => s.name === "runtime")!;
     assert.ok(runtime.instructions.some((i) => i.op === "USER" && /^[1-9]\d*:[1-9]\d*$/.test(i.args)));
     const pkg = JSON.parse(readFileSync(join(repo, "package.json"), "utf8")) as { dependencies?: Record<string, string> };
-    assert.ok(pkg.dependencies?.["tsx"], "tsx must be a production dependency: the entrypoints need it");
+    assert.ok(pkg.dependencies?.tsx, "tsx must be a production dependency: the entrypoints need it");
   });
 });

@@ -7,9 +7,9 @@ import { after, before, describe, it } from "node:test";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { CheckOutcome, IdentityProviderService, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
-import { callAsZts, callAsZtsH2, confirmationFor, PROVIDER, startStack, type Answer, type Stack } from "./stack.js";
+import { type Answer, callAsZts, callAsZtsH2, confirmationFor, PROVIDER, type Stack, startStack } from "./stack.js";
 
-const violations = (a: Answer) => (a.json()["violations"] as string[] | undefined) ?? [];
+const violations = (a: Answer) => (a.json().violations as string[] | undefined) ?? [];
 
 describe("e2e: ZTS -> gateway -> token-verifier / pod-registry / csr-inspector", () => {
   let s: Stack;
@@ -19,15 +19,16 @@ describe("e2e: ZTS -> gateway -> token-verifier / pod-registry / csr-inspector",
   after(async () => {
     await s?.close();
   });
-  const call = (body: unknown, path = "/instance") => callAsZts(`${s.endpoint}${path}`, { client: s.pki.zts, ca: s.pki.athenzCa, body: JSON.stringify(body) });
+  const call = (body: unknown, path = "/instance") =>
+    callAsZts(`${s.endpoint}${path}`, { client: s.pki.zts, ca: s.pki.athenzCa, body: JSON.stringify(body) });
 
   it("confirms a real pod over HTTP/1.1 and HTTP/2, answering only the provider's attributes", async () => {
     const { pod, token } = await s.newPod();
     const body = confirmationFor(pod, token, {}, { certExpiryTime: "999999", certUsage: "server", hostnameX: "echo-me" });
     const h1 = await call(body);
     assert.equal(h1.status, 200, h1.body);
-    assert.deepEqual(h1.json()["attributes"], { certExpiryTime: "1440", certRefresh: "true" });
-    assert.equal(h1.json()["provider"], PROVIDER);
+    assert.deepEqual(h1.json().attributes, { certExpiryTime: "1440", certRefresh: "true" });
+    assert.equal(h1.json().provider, PROVIDER);
     const h2 = await callAsZtsH2(`${s.endpoint}/refresh`, { client: s.pki.zts, ca: s.pki.athenzCa, body: JSON.stringify(body) });
     assert.equal(h2.status, 200, h2.body);
     assert.ok(!h2.body.includes("echo-me"));
@@ -72,7 +73,10 @@ describe("e2e: ZTS -> gateway -> token-verifier / pod-registry / csr-inspector",
     const base = confirmationFor(pod, token);
     const dns = await call({ ...base, attributes: { ...base.attributes, sanDNS: `${base.attributes.sanDNS},admin.cluster1.example.com` } });
     assert.equal(dns.status, 403);
-    assert.ok(violations(dns).some((c) => c.startsWith("ERR_SAN")), dns.body);
+    assert.ok(
+      violations(dns).some((c) => c.startsWith("ERR_SAN")),
+      dns.body,
+    );
     const uri = await call({
       ...base,
       attributes: { ...base.attributes, sanURI: `spiffe://sports/sa/api,athenz://instanceid/other.provider/${pod.metadata.uid}` },
@@ -152,7 +156,10 @@ describe("e2e: ZTS -> gateway -> token-verifier / pod-registry / csr-inspector",
     const client = createClient(IdentityProviderService, createConnectTransport({ baseUrl: s.gateway.api.url, httpVersion: "2" }));
     const ok = await client.explainInstance({ confirmation: confirmationFor(pod, token), operation: Operation.REGISTER });
     assert.equal(ok.decision?.outcome, Outcome.ALLOW);
-    assert.ok(ok.checks.every((c) => c.outcome === CheckOutcome.PASS), JSON.stringify(ok.checks.map((c) => [c.name, c.outcome, c.detail])));
+    assert.ok(
+      ok.checks.every((c) => c.outcome === CheckOutcome.PASS),
+      JSON.stringify(ok.checks.map((c) => [c.name, c.outcome, c.detail])),
+    );
     const bad = await client.explainInstance({ confirmation: confirmationFor(pod, token, { service: "db" }), operation: Operation.REFRESH });
     assert.equal(bad.decision?.outcome, Outcome.DENY);
     assert.equal(bad.checks.find((c) => c.name === "identity")?.outcome, CheckOutcome.FAIL);

@@ -11,13 +11,13 @@ import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
-import { createAgent, type AgentConfig, type AgentOptions } from "../../services/sia/src/agent.js";
+import { type AgentConfig, type AgentOptions, createAgent } from "../../services/sia/src/agent.js";
 import type { RetryPolicy } from "../../services/sia/src/scheduler.js";
 import { ZtsError } from "../../services/sia/src/zts-client.js";
 import type { PodJson } from "../support/fake-kube-api.js";
 import { tempDir } from "../support/tmp.js";
 import { startZtsStandIn, type ZtsStandIn } from "../support/zts-stand-in.js";
-import { auditCollector, DNS_SUFFIX, PROVIDER, startStack, type Stack } from "./stack.js";
+import { auditCollector, DNS_SUFFIX, PROVIDER, type Stack, startStack } from "./stack.js";
 
 const FAST: RetryPolicy = { unavailableBaseMs: 20, otherBaseMs: 20, deniedBaseMs: 400, maxBackoffMs: 400, minDelayMs: 10 };
 
@@ -139,7 +139,12 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
     const { pod, dir, tokenFile } = initPod;
     const old = new X509Certificate(readFileSync(join(dir, "service.cert.pem")));
     const o = outcomes();
-    const agent = createAgent({ config: configFor(pod, dir, tokenFile, { refreshInterval: 200 }), logger: siaLogger, retryPolicy: FAST, onOutcome: o.on });
+    const agent = createAgent({
+      config: configFor(pod, dir, tokenFile, { refreshInterval: 200 }),
+      logger: siaLogger,
+      retryPolicy: FAST,
+      onOutcome: o.on,
+    });
     await agent.start("refresh");
     try {
       assert.equal(agent.current?.serialNumber, old.serialNumber, "starts from the certificate on disk");
@@ -150,16 +155,27 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
     }
     const fresh = new X509Certificate(readFileSync(join(dir, "service.cert.pem")));
     assert.notEqual(fresh.serialNumber, old.serialNumber);
-    assert.notEqual(fresh.publicKey.export({ format: "der", type: "spki" }).toString("hex"), old.publicKey.export({ format: "der", type: "spki" }).toString("hex"));
+    assert.notEqual(
+      fresh.publicKey.export({ format: "der", type: "spki" }).toString("hex"),
+      old.publicKey.export({ format: "der", type: "spki" }).toString("hex"),
+    );
     assert.equal(fresh.subjectAltName, expectedSans(pod));
-    assert.equal(zts.lastConfirmation?.attributes["principal"], "sports.api");
-    assert.ok(audit.some((a) => a.instanceId === pod.metadata.uid && a.endpoint === "refresh" && a.outcome === "allow"), JSON.stringify(audit));
+    assert.equal(zts.lastConfirmation?.attributes.principal, "sports.api");
+    assert.ok(
+      audit.some((a) => a.instanceId === pod.metadata.uid && a.endpoint === "refresh" && a.outcome === "allow"),
+      JSON.stringify(audit),
+    );
   });
 
   it("run: registers when there is no certificate, then keeps refreshing", async () => {
     const { pod, dir, tokenFile } = await podWithToken();
     const o = outcomes();
-    const agent = createAgent({ config: configFor(pod, dir, tokenFile, { refreshInterval: 150, keyType: "ec" }), logger: siaLogger, retryPolicy: FAST, onOutcome: o.on });
+    const agent = createAgent({
+      config: configFor(pod, dir, tokenFile, { refreshInterval: 150, keyType: "ec" }),
+      logger: siaLogger,
+      retryPolicy: FAST,
+      onOutcome: o.on,
+    });
     assert.equal(agent.healthy(), false);
     await agent.start("run");
     try {
@@ -197,7 +213,10 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
     assert.ok(err.message.includes(code), err.message);
     assert.ok(!err.message.includes(readFileSync(tokenFile, "utf8").slice(-40)), "the token leaked into the error");
     for (const f of ["service.key.pem", "service.cert.pem", "ca.cert.pem"]) assert.equal(existsSync(join(dir, f)), false, `${f} was written`);
-    assert.ok(audit.some((a) => a.instanceId === pod.metadata.uid && a.outcome === "deny" && a.violations?.includes(code)), JSON.stringify(audit));
+    assert.ok(
+      audit.some((a) => a.instanceId === pod.metadata.uid && a.outcome === "deny" && a.violations?.includes(code)),
+      JSON.stringify(audit),
+    );
   };
 
   it("denied: another pod's token gets a clear 403 (ERR_INSTANCE_ID_MISMATCH) and no files", async () => {

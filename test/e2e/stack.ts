@@ -11,18 +11,18 @@
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import { PassThrough } from "node:stream";
+import { createLogger, createMetricsRegistry, type Logger, loadConfig, type RunningServer, startServiceServer } from "@k8s-athenz-identity/shared";
 import type { KubeConfig } from "@kubernetes/client-node";
-import { createLogger, createMetricsRegistry, loadConfig, startServiceServer, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
 import { csrInspectorSpec } from "../../services/csr-inspector/src/config.js";
 import { startCsrInspector } from "../../services/csr-inspector/src/main.js";
 import { gatewaySpec } from "../../services/gateway/src/config.js";
-import { startGateway, type Gateway } from "../../services/gateway/src/server.js";
+import { type Gateway, startGateway } from "../../services/gateway/src/server.js";
 import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
-import { startPodRegistryServer, type PodRegistryServer } from "../../services/pod-registry/src/server.js";
+import { type PodRegistryServer, startPodRegistryServer } from "../../services/pod-registry/src/server.js";
 import { tokenVerifierRoutes } from "../../services/token-verifier/src/connect.js";
 import { createTokenVerifier, type TokenVerifier, type TokenVerifierOptions } from "../../services/token-verifier/src/verifier.js";
-import { startFakeKubeApi, type FakeKubeApi, type PodJson, type PodSpecInput } from "../support/fake-kube-api.js";
-import { createSigningKey, mintBoundToken, startOidcServer, type MintOptions, type OidcServer, type TestSigningKey } from "../support/jwt.js";
+import { type FakeKubeApi, type PodJson, type PodSpecInput, startFakeKubeApi } from "../support/fake-kube-api.js";
+import { createSigningKey, type MintOptions, mintBoundToken, type OidcServer, startOidcServer, type TestSigningKey } from "../support/jwt.js";
 import { createCa, issueCert, type Pem } from "../support/pki.js";
 import { tempDir } from "../support/tmp.js";
 
@@ -118,7 +118,12 @@ export interface ServicesOptions extends StackOptions {
 }
 
 /** A ZTS-shaped InstanceConfirmation for a pod, with the attributes ZTS would send. */
-export function confirmationFor(pod: PodJson, token: string, over: { domain?: string; service?: string; provider?: string } = {}, attributes: Record<string, string> = {}) {
+export function confirmationFor(
+  pod: PodJson,
+  token: string,
+  over: { domain?: string; service?: string; provider?: string } = {},
+  attributes: Record<string, string> = {},
+) {
   const uid = pod.metadata.uid;
   const ip = pod.status.podIP ?? "";
   const domain = over.domain ?? pod.metadata.namespace.replaceAll("-", ".").replaceAll("..", "-");
@@ -146,7 +151,10 @@ export interface Answer {
 }
 
 /** One call as ZTS makes it: HTTP/1.1, a new TLS connection per call. */
-export function callAsZts(url: string, o: { client?: Pem | undefined; ca: Pem; body: string | Buffer; contentType?: string; agent?: https.Agent }): Promise<Answer> {
+export function callAsZts(
+  url: string,
+  o: { client?: Pem | undefined; ca: Pem; body: string | Buffer; contentType?: string; agent?: https.Agent },
+): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = https.request(
       url,
@@ -157,7 +165,8 @@ export function callAsZts(url: string, o: { client?: Pem | undefined; ca: Pem; b
         key: o.client?.keyPem,
         agent: o.agent ?? false,
         servername: PROVIDER,
-        checkServerIdentity: (_host, cert) => (cert.subject.CN === PROVIDER ? undefined : new Error(`server CN ${cert.subject.CN} is not ${PROVIDER}`)),
+        checkServerIdentity: (_host, cert) =>
+          cert.subject.CN === PROVIDER ? undefined : new Error(`server CN ${cert.subject.CN} is not ${PROVIDER}`),
         headers: { "content-type": o.contentType ?? "application/json" },
       },
       (res) => {
@@ -218,7 +227,11 @@ export async function startServices(opts: ServicesOptions): Promise<Services> {
       untrusted: issueCert(tmp.dir, "evil", otherCa, { cn: ZTS_CN, usage: "client" }),
     };
 
-    const verifier = createTokenVerifier({ ...opts.cluster.verifier, logger, registry: createMetricsRegistry("token-verifier", { defaultMetrics: false }) });
+    const verifier = createTokenVerifier({
+      ...opts.cluster.verifier,
+      logger,
+      registry: createMetricsRegistry("token-verifier", { defaultMetrics: false }),
+    });
     closers.push(() => verifier.close());
     await verifier.whenReady?.();
     const tvServer = await startServiceServer({
@@ -326,7 +339,13 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       mintBoundToken(key, {
         issuer: oidc.issuer,
         ...o,
-        pod: { namespace: pod.metadata.namespace, podName: pod.metadata.name, podUid: pod.metadata.uid, serviceAccountName: pod.spec.serviceAccountName, ...o.pod },
+        pod: {
+          namespace: pod.metadata.namespace,
+          podName: pod.metadata.name,
+          podUid: pod.metadata.uid,
+          serviceAccountName: pod.spec.serviceAccountName,
+          ...o.pod,
+        },
       });
     return {
       ...services,

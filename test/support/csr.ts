@@ -117,9 +117,9 @@ function ipBytes(ip: string): Uint8Array {
   const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
   if (v4) {
     const [a, b, c, d] = v4[1]!.split(".").map(Number) as [number, number, number, number];
-    text = text.slice(0, v4.index) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+    text = `${text.slice(0, v4.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
   }
-  const [head, tail] = text.includes("::") ? text.split("::") as [string, string] : [text, undefined];
+  const [head, tail] = text.includes("::") ? (text.split("::") as [string, string]) : [text, undefined];
   const h = head === "" ? [] : head.split(":");
   const t = tail === undefined || tail === "" ? [] : tail.split(":");
   const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t];
@@ -139,16 +139,19 @@ export async function makeCsrWithPkijs(o: PkijsCsrOptions): Promise<MadeCsr> {
   csr.version = 0;
   // One RDN per attribute (CN=..., OU=...), as openssl writes it; pkijs alone would make a single
   // multi-valued RDN ("CN=... + OU=...").
-  const rdns = [
-    ...(o.cn !== "" ? [[OID_CN, o.cn] as const] : []),
-    ...(o.ou ?? []).map((ou) => [OID_OU, ou] as const),
-  ].map(([type, value]) => new asn1js.Set({ value: [new pkijs.AttributeTypeAndValue({ type, value: new asn1js.Utf8String({ value }) as never }).toSchema()] }));
+  const rdns = [...(o.cn !== "" ? [[OID_CN, o.cn] as const] : []), ...(o.ou ?? []).map((ou) => [OID_OU, ou] as const)].map(
+    ([type, value]) =>
+      new asn1js.Set({ value: [new pkijs.AttributeTypeAndValue({ type, value: new asn1js.Utf8String({ value }) as never }).toSchema()] }),
+  );
   csr.subject = pkijs.RelativeDistinguishedNames.fromBER(new asn1js.Sequence({ value: rdns }).toBER(false));
   const names = [
     ...(o.dns ?? []).map((value) => new pkijs.GeneralName({ type: 2, value })),
     ...(o.ips ?? []).map((ip) => {
       const bytes = ipBytes(ip);
-      return new pkijs.GeneralName({ type: 7, value: new asn1js.OctetString({ valueHex: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer }) });
+      return new pkijs.GeneralName({
+        type: 7,
+        value: new asn1js.OctetString({ valueHex: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer }),
+      });
     }),
     ...(o.uris ?? []).map((value) => new pkijs.GeneralName({ type: 6, value })),
   ];
@@ -206,10 +209,26 @@ export function makeCsrWithOpenssl(dir: string, o: OpensslCsrOptions): MadeCsr {
   const run = (args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
   if (o.keyFile === undefined) {
     if ((o.key ?? "rsa") === "rsa") run(["genpkey", "-algorithm", "RSA", "-pkeyopt", `rsa_keygen_bits:${o.rsaBits ?? 2048}`, "-out", keyFile]);
-    else run(["genpkey", "-algorithm", "EC", "-pkeyopt", `ec_paramgen_curve:${o.curve ?? "P-256"}`, "-pkeyopt", "ec_param_enc:named_curve", "-out", keyFile]);
+    else
+      run([
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        `ec_paramgen_curve:${o.curve ?? "P-256"}`,
+        "-pkeyopt",
+        "ec_param_enc:named_curve",
+        "-out",
+        keyFile,
+      ]);
   }
   const subj = [o.cn !== "" ? `/CN=${subjField(o.cn)}` : "", ...(o.ou ?? []).map((ou) => `/OU=${subjField(ou)}`)].join("") || "/";
-  const sans = [...(o.dns ?? []).map((d) => `DNS:${d}`), ...(o.ips ?? []).map((i) => `IP:${i}`), ...(o.uris ?? []).map((u) => `URI:${u}`), ...(o.rawSans ?? [])];
+  const sans = [
+    ...(o.dns ?? []).map((d) => `DNS:${d}`),
+    ...(o.ips ?? []).map((i) => `IP:${i}`),
+    ...(o.uris ?? []).map((u) => `URI:${u}`),
+    ...(o.rawSans ?? []),
+  ];
   const args = ["req", "-new", "-key", keyFile, "-out", csrFile, "-subj", subj, `-${o.digest ?? "sha256"}`];
   if (sans.length > 0) args.push("-addext", `subjectAltName=${sans.join(",")}`);
   run(args);

@@ -111,13 +111,18 @@ function status(code: number, reason: string, message: string) {
 /** Parses the equality-based label selector subset: "a=b", "a==b", "a!=b", "a", "!a", comma-joined. */
 function parseSelector(raw: string | null): Watcher["selector"] {
   if (!raw) return undefined;
-  const terms = raw.split(",").map((t) => t.trim()).filter(Boolean).map((t) => {
-    let m: RegExpExecArray | null;
-    if ((m = /^([^!=]+)!=(.*)$/.exec(t))) return (l: Record<string, string>) => l[m![1]!.trim()] !== m![2]!.trim();
-    if ((m = /^([^!=]+)==?(.*)$/.exec(t))) return (l: Record<string, string>) => l[m![1]!.trim()] === m![2]!.trim();
-    if (t.startsWith("!")) return (l: Record<string, string>) => !(t.slice(1) in l);
-    return (l: Record<string, string>) => t in l;
-  });
+  const terms = raw
+    .split(",")
+    .map((t) => t.trim())
+    .filter(Boolean)
+    .map((t) => {
+      const ne = /^([^!=]+)!=(.*)$/.exec(t);
+      if (ne) return (l: Record<string, string>) => l[ne[1]!.trim()] !== ne[2]!.trim();
+      const eq = /^([^!=]+)==?(.*)$/.exec(t);
+      if (eq) return (l: Record<string, string>) => l[eq[1]!.trim()] === eq[2]!.trim();
+      if (t.startsWith("!")) return (l: Record<string, string>) => !(t.slice(1) in l);
+      return (l: Record<string, string>) => t in l;
+    });
   return (labels) => terms.every((f) => f(labels ?? {}));
 }
 
@@ -148,7 +153,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     for (const w of watchers) {
       if (w.namespace && w.namespace !== object.metadata.namespace) continue;
       if (w.selector && !w.selector(object.metadata.labels)) continue;
-      w.res.write(JSON.stringify({ type, object: ev.object }) + "\n");
+      w.res.write(`${JSON.stringify({ type, object: ev.object })}\n`);
     }
   };
 
@@ -176,9 +181,13 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     // A paged list is served from a snapshot of the store; this fake keeps the current one, which
     // is what a test that does not write between pages sees.
     // Pages are served in insertion order (stable across pages while nothing is written).
-    const all = ns || sel ? [...pods.values()].filter((p) => (!ns || p.metadata.namespace === ns) && (!sel || sel(p.metadata.labels))) : [...pods.values()];
+    const all =
+      ns || sel ? [...pods.values()].filter((p) => (!ns || p.metadata.namespace === ns) && (!sel || sel(p.metadata.labels))) : [...pods.values()];
     const page = limit > 0 ? all.slice(offset, offset + limit) : all.slice(offset);
-    const next = limit > 0 && offset + limit < all.length ? Buffer.from(JSON.stringify({ rv: listRv, offset: offset + limit })).toString("base64url") : undefined;
+    const next =
+      limit > 0 && offset + limit < all.length
+        ? Buffer.from(JSON.stringify({ rv: listRv, offset: offset + limit })).toString("base64url")
+        : undefined;
     send(res, 200, {
       kind: "PodList",
       apiVersion: "v1",
@@ -198,14 +207,14 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     const sel = parseSelector(q.get("labelSelector"));
     const from = fromRaw === "" || fromRaw === "0" ? rv : Number(fromRaw);
     if (!Number.isFinite(from) || from < compactedAt) {
-      res.end(JSON.stringify({ type: "ERROR", object: status(410, "Expired", `too old resource version: ${fromRaw} (${compactedAt})`) }) + "\n");
+      res.end(`${JSON.stringify({ type: "ERROR", object: status(410, "Expired", `too old resource version: ${fromRaw} (${compactedAt})`) })}\n`);
       return;
     }
     for (const ev of history) {
       if (ev.rv <= from) continue;
       if (ns && ev.object.metadata.namespace !== ns) continue;
       if (sel && !sel(ev.object.metadata.labels)) continue;
-      res.write(JSON.stringify({ type: ev.type, object: ev.object }) + "\n");
+      res.write(`${JSON.stringify({ type: ev.type, object: ev.object })}\n`);
     }
     const bookmarks = q.get("allowWatchBookmarks") === "true";
     const timers: NodeJS.Timeout[] = [];
@@ -224,7 +233,13 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     watchWaiters = [];
     for (const f of ws) f();
     if (bookmarks) {
-      const t = setInterval(() => res.write(JSON.stringify({ type: "BOOKMARK", object: { kind: "Pod", apiVersion: "v1", metadata: { resourceVersion: String(rv) } } }) + "\n"), bookmarkMs);
+      const t = setInterval(
+        () =>
+          res.write(
+            `${JSON.stringify({ type: "BOOKMARK", object: { kind: "Pod", apiVersion: "v1", metadata: { resourceVersion: String(rv) } } })}\n`,
+          ),
+        bookmarkMs,
+      );
       timers.push(t);
     }
     const timeout = Number(q.get("timeoutSeconds") ?? "0");
@@ -237,7 +252,9 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     counts.lease++;
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
-    const body = chunks.length ? (JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown> & { metadata?: Record<string, unknown> }) : undefined;
+    const body = chunks.length
+      ? (JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown> & { metadata?: Record<string, unknown> })
+      : undefined;
     if (req.method === "GET" && name) {
       const l = leases.get(`${ns}/${name}`);
       return l ? send(res, 200, l) : send(res, 404, status(404, "NotFound", `leases.coordination.k8s.io "${name}" not found`));
@@ -247,13 +264,33 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     for (const f of ["acquireTime", "renewTime"]) {
       const v = spec[f];
       if (v !== undefined && v !== null && !/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$/.test(String(v))) {
-        return send(res, 400, status(400, "BadRequest", `Lease in version "v1" cannot be handled as a Lease: parsing time ${JSON.stringify(v)} as "2006-01-02T15:04:05.000000Z07:00"`));
+        return send(
+          res,
+          400,
+          status(
+            400,
+            "BadRequest",
+            `Lease in version "v1" cannot be handled as a Lease: parsing time ${JSON.stringify(v)} as "2006-01-02T15:04:05.000000Z07:00"`,
+          ),
+        );
       }
     }
     if (req.method === "POST" && !name && body) {
       const n = String(body.metadata?.name ?? "");
       if (leases.has(`${ns}/${n}`)) return send(res, 409, status(409, "AlreadyExists", `leases.coordination.k8s.io "${n}" already exists`));
-      const stored = { ...body, apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: { ...body.metadata, namespace: ns, name: n, uid: randomUUID(), resourceVersion: String(++rv), creationTimestamp: new Date().toISOString() } };
+      const stored = {
+        ...body,
+        apiVersion: "coordination.k8s.io/v1",
+        kind: "Lease",
+        metadata: {
+          ...body.metadata,
+          namespace: ns,
+          name: n,
+          uid: randomUUID(),
+          resourceVersion: String(++rv),
+          creationTimestamp: new Date().toISOString(),
+        },
+      };
       leases.set(`${ns}/${n}`, stored);
       return send(res, 201, stored);
     }
@@ -262,9 +299,22 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
       if (!cur) return send(res, 404, status(404, "NotFound", `leases.coordination.k8s.io "${name}" not found`));
       const want = body.metadata?.resourceVersion;
       if (want !== undefined && want !== cur.metadata.resourceVersion) {
-        return send(res, 409, status(409, "Conflict", `Operation cannot be fulfilled on leases.coordination.k8s.io "${name}": the object has been modified; please apply your changes to the latest version and try again`));
+        return send(
+          res,
+          409,
+          status(
+            409,
+            "Conflict",
+            `Operation cannot be fulfilled on leases.coordination.k8s.io "${name}": the object has been modified; please apply your changes to the latest version and try again`,
+          ),
+        );
       }
-      const stored = { ...body, apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: { ...cur.metadata, ...body.metadata, resourceVersion: String(++rv) } };
+      const stored = {
+        ...body,
+        apiVersion: "coordination.k8s.io/v1",
+        kind: "Lease",
+        metadata: { ...cur.metadata, ...body.metadata, resourceVersion: String(++rv) },
+      };
       leases.set(`${ns}/${name}`, stored);
       return send(res, 200, stored);
     }
@@ -281,18 +331,20 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     };
     try {
       if (unavailable) return send(res, 503, status(503, "ServiceUnavailable", "injected outage"));
-      let m: RegExpExecArray | null;
-      if ((m = /^\/apis\/coordination\.k8s\.io\/v1\/namespaces\/([^/]+)\/leases(?:\/([^/]+))?$/.exec(path))) {
-        handleLease(req, res, m[1]!, m[2]).catch(fail);
+      const lease = /^\/apis\/coordination\.k8s\.io\/v1\/namespaces\/([^/]+)\/leases(?:\/([^/]+))?$/.exec(path);
+      if (lease) {
+        handleLease(req, res, lease[1]!, lease[2]).catch(fail);
         return;
       }
       if (req.method !== "GET") return send(res, 405, status(405, "MethodNotAllowed", "method not allowed"));
-      if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/.exec(path))) {
+      const one = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/.exec(path);
+      if (one) {
         counts.get++;
-        const p = [...pods.values()].find((x) => x.metadata.namespace === m![1] && x.metadata.name === m![2]);
-        return p ? send(res, 200, p) : send(res, 404, status(404, "NotFound", `pods "${m[2]}" not found`));
+        const p = [...pods.values()].find((x) => x.metadata.namespace === one[1] && x.metadata.name === one[2]);
+        return p ? send(res, 200, p) : send(res, 404, status(404, "NotFound", `pods "${one[2]}" not found`));
       }
-      const ns = (m = /^\/api\/v1\/namespaces\/([^/]+)\/pods$/.exec(path)) ? m[1] : path === "/api/v1/pods" ? undefined : null;
+      const inNs = /^\/api\/v1\/namespaces\/([^/]+)\/pods$/.exec(path);
+      const ns = inNs ? inNs[1] : path === "/api/v1/pods" ? undefined : null;
       if (ns === null) return send(res, 404, status(404, "NotFound", "the server could not find the requested resource"));
       if (q.get("watch") === "true" || q.get("watch") === "1") handleWatch(req, res, ns, q);
       else handleList(res, ns, q);
@@ -336,7 +388,11 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
           ...(input.labels ? { labels: input.labels } : {}),
           ...(input.annotations ? { annotations: input.annotations } : {}),
         },
-        spec: { serviceAccountName: input.serviceAccountName ?? "default", nodeName: input.nodeName ?? "node-1", containers: [{ name: "app", image: "example/app:1" }] },
+        spec: {
+          serviceAccountName: input.serviceAccountName ?? "default",
+          nodeName: input.nodeName ?? "node-1",
+          containers: [{ name: "app", image: "example/app:1" }],
+        },
         status: {
           phase: input.phase ?? "Running",
           ...(ips.length ? { podIP: ips[0], podIPs: ips.map((ip) => ({ ip })) } : {}),

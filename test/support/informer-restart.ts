@@ -57,7 +57,10 @@ export async function keepInformerRunning<T extends KubernetesObject>(
       if (stopped) return;
       restarts++;
       // A failing start() reports through the "error" callback again, which schedules the next try.
-      informer.start().then(() => options.onRestart?.(restarts), (e: unknown) => onError(e));
+      informer.start().then(
+        () => options.onRestart?.(restarts),
+        (e: unknown) => onError(e),
+      );
     }, delay);
   };
   informer.on("error", onError);

@@ -11,7 +11,7 @@
 import { createHash, createPublicKey, randomUUID } from "node:crypto";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
-import { exportJWK, exportSPKI, generateKeyPair, SignJWT, type CryptoKey, type JWK, type JWTPayload } from "jose";
+import { type CryptoKey, exportJWK, exportSPKI, generateKeyPair, type JWK, type JWTPayload, SignJWT } from "jose";
 
 export type TestAlg = "RS256" | "RS384" | "PS256" | "ES256" | "ES384";
 
@@ -33,7 +33,11 @@ export interface TestSigningKey {
 export async function createSigningKey(alg: TestAlg, kid?: string): Promise<TestSigningKey> {
   const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true, modulusLength: 2048 });
   const publicPem = await exportSPKI(publicKey);
-  const keyId = kid ?? createHash("sha256").update(createPublicKey(publicPem).export({ format: "der", type: "spki" })).digest("base64url");
+  const keyId =
+    kid ??
+    createHash("sha256")
+      .update(createPublicKey(publicPem).export({ format: "der", type: "spki" }))
+      .digest("base64url");
   const publicJwk = { ...(await exportJWK(publicKey)), kid: keyId, alg, use: "sig" };
   return { alg, kid: keyId, privateKey, publicKey, publicJwk, publicPem };
 }
@@ -120,9 +124,7 @@ export function boundTokenPayload(o: MintOptions): Record<string, unknown> {
 
 /** Signs a bound service-account token with `key` (header `{alg, kid}` like the API server's). */
 export async function mintBoundToken(key: TestSigningKey, o: MintOptions): Promise<string> {
-  return new SignJWT(boundTokenPayload(o) as JWTPayload)
-    .setProtectedHeader({ alg: key.alg, kid: key.kid, ...o.header })
-    .sign(key.privateKey);
+  return new SignJWT(boundTokenPayload(o) as JWTPayload).setProtectedHeader({ alg: key.alg, kid: key.kid, ...o.header }).sign(key.privateKey);
 }
 
 /** Base64url of a JSON value, for hand-built hostile tokens. */

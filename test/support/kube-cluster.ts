@@ -14,7 +14,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
 import { createServer } from "node:net";
 import { homedir, tmpdir } from "node:os";
@@ -37,11 +37,11 @@ export function clusterVersions(): { kubernetes: string; etcd: string } {
 /** Paths of the control-plane binaries (env overrides, else the setup.sh cache). */
 export function clusterBinaries(): { kubeApiserver: string; etcd: string; kubectl: string } {
   const v = clusterVersions();
-  const cache = process.env["K8S_ATHENZ_CACHE"] ?? join(homedir(), ".cache", "k8s-athenz-identity");
+  const cache = process.env.K8S_ATHENZ_CACHE ?? join(homedir(), ".cache", "k8s-athenz-identity");
   const bins = {
-    kubeApiserver: process.env["KUBE_APISERVER_BIN"] ?? join(cache, `kube-apiserver-${v.kubernetes}`, "kube-apiserver"),
-    etcd: process.env["ETCD_BIN"] ?? join(cache, `etcd-${v.etcd}`, "etcd"),
-    kubectl: process.env["KUBECTL_BIN"] ?? join(cache, `kubectl-${v.kubernetes}`, "kubectl"),
+    kubeApiserver: process.env.KUBE_APISERVER_BIN ?? join(cache, `kube-apiserver-${v.kubernetes}`, "kube-apiserver"),
+    etcd: process.env.ETCD_BIN ?? join(cache, `etcd-${v.etcd}`, "etcd"),
+    kubectl: process.env.KUBECTL_BIN ?? join(cache, `kubectl-${v.kubernetes}`, "kubectl"),
   };
   return bins;
 }
@@ -133,7 +133,9 @@ function probe(url: string, ca: string, token: string): Promise<{ status: number
     const req = request(url, { ca, headers: { authorization: `Bearer ${token}` }, timeout: 2000 }, (res) => {
       let body = "";
       res.setEncoding("utf8");
-      res.on("data", (c: string) => { if (body.length < 4096) body += c; });
+      res.on("data", (c: string) => {
+        if (body.length < 4096) body += c;
+      });
       res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
       res.on("error", () => resolve({ status: 0, body: "" }));
     });
@@ -150,7 +152,9 @@ function probe(url: string, ca: string, token: string): Promise<{ status: number
 async function waitUntil(what: string, proc: Proc, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let died = false;
-  void proc.exited.then(() => { died = true; });
+  void proc.exited.then(() => {
+    died = true;
+  });
   for (;;) {
     if (died) throw new Error(`${what} exited during start-up (code ${proc.child.exitCode}); log ${proc.logFile}:\n${logTail(proc.logFile)}`);
     if (await check()) return;
@@ -189,7 +193,9 @@ function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   // Last resort when a test process dies without running `after`: never leave etcd/apiserver behind.
-  process.once("exit", () => { for (const kill of live) kill(); });
+  process.once("exit", () => {
+    for (const kill of live) kill();
+  });
 }
 
 /** Starts etcd + kube-apiserver and waits for /readyz. Call `stop()` (e.g. in node:test `after`). */
@@ -197,7 +203,9 @@ export async function startKubeCluster(options: KubeClusterOptions = {}): Promis
   const bins = clusterBinaries();
   for (const [name, path] of Object.entries(bins)) {
     if (name !== "kubectl" && !existsSync(path)) {
-      throw new Error(`${name} binary missing at ${path}: run \`bash test/cluster/setup.sh\` first (or set ${name === "etcd" ? "ETCD_BIN" : "KUBE_APISERVER_BIN"})`);
+      throw new Error(
+        `${name} binary missing at ${path}: run \`bash test/cluster/setup.sh\` first (or set ${name === "etcd" ? "ETCD_BIN" : "KUBE_APISERVER_BIN"})`,
+      );
     }
   }
   const dir = mkdtempSync(join(tmpdir(), "kube-cluster-"));
@@ -247,27 +255,44 @@ export async function startKubeCluster(options: KubeClusterOptions = {}): Promis
     mkdirSync(etcdDir);
     const etcdUrl = `http://127.0.0.1:${etcdClientPort}`;
     const peerUrl = `http://127.0.0.1:${etcdPeerPort}`;
-    etcd = startProcess(bins.etcd, [
-      "--name=default", `--data-dir=${etcdDir}`,
-      `--listen-client-urls=${etcdUrl}`, `--advertise-client-urls=${etcdUrl}`,
-      `--listen-peer-urls=${peerUrl}`, `--initial-advertise-peer-urls=${peerUrl}`, `--initial-cluster=default=${peerUrl}`,
-      "--unsafe-no-fsync", "--log-level=warn",
-    ], join(dir, "etcd.log"));
+    etcd = startProcess(
+      bins.etcd,
+      [
+        "--name=default",
+        `--data-dir=${etcdDir}`,
+        `--listen-client-urls=${etcdUrl}`,
+        `--advertise-client-urls=${etcdUrl}`,
+        `--listen-peer-urls=${peerUrl}`,
+        `--initial-advertise-peer-urls=${peerUrl}`,
+        `--initial-cluster=default=${peerUrl}`,
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+      ],
+      join(dir, "etcd.log"),
+    );
     const etcdProc = etcd;
-    await waitUntil("etcd", etcdProc, async () => {
-      try {
-        const res = await fetch(`${etcdUrl}/health`);
-        return res.ok && ((await res.json()) as { health?: string }).health === "true";
-      } catch {
-        return false;
-      }
-    }, readyTimeoutMs);
+    await waitUntil(
+      "etcd",
+      etcdProc,
+      async () => {
+        try {
+          const res = await fetch(`${etcdUrl}/health`);
+          return res.ok && ((await res.json()) as { health?: string }).health === "true";
+        } catch {
+          return false;
+        }
+      },
+      readyTimeoutMs,
+    );
 
     const apiArgs = [
       `--etcd-servers=${etcdUrl}`,
-      "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", `--secure-port=${apiPort}`,
+      "--bind-address=127.0.0.1",
+      "--advertise-address=127.0.0.1",
+      `--secure-port=${apiPort}`,
       `--cert-dir=${join(dir, "apiserver-certs")}`,
-      `--tls-cert-file=${serving.certFile}`, `--tls-private-key-file=${serving.keyFile}`,
+      `--tls-cert-file=${serving.certFile}`,
+      `--tls-private-key-file=${serving.keyFile}`,
       `--client-ca-file=${ca.certFile}`,
       `--token-auth-file=${tokenFile}`,
       `--service-account-issuer=${issuer}`,

@@ -134,11 +134,15 @@ export function createKubeState(kubeconfigPath: string): KubeState {
     }
   };
 
-  const createToken = async (namespace: string, name: string, spec: {
-    audiences: string[];
-    expirationSeconds: number;
-    boundObjectRef?: { kind: string; apiVersion: string; name: string; uid: string };
-  }): Promise<string> => {
+  const createToken = async (
+    namespace: string,
+    name: string,
+    spec: {
+      audiences: string[];
+      expirationSeconds: number;
+      boundObjectRef?: { kind: string; apiVersion: string; name: string; uid: string };
+    },
+  ): Promise<string> => {
     const res = await core.createNamespacedServiceAccountToken({ namespace, name, body: { spec } });
     const token = res.status?.token;
     if (!token) throw new Error(`TokenRequest for ${namespace}/${name} returned no token`);
@@ -202,7 +206,6 @@ export function createKubeState(kubeconfigPath: string): KubeState {
       return await createToken(namespace, name, { audiences: audiences ?? [], expirationSeconds });
     },
 
-
     async productKubeconfig(cluster, account, expirationSeconds = 3600) {
       // kubectl, not the object API: k8s/rbac.yaml's namespaced objects carry no namespace (kustomize sets it).
       // Applied once per cluster (kubectl costs about a second on a busy machine).
@@ -211,8 +214,15 @@ export function createKubeState(kubeconfigPath: string): KubeState {
         const kubectl = clusterBinaries().kubectl;
         if (!existsSync(kubectl)) throw new Error(`kubectl not found at ${kubectl}: run test/cluster/setup.sh (or set KUBECTL_BIN)`);
         applied = run(kubectl, [
-          "--kubeconfig", cluster.kubeconfigPath, "apply", "-n", PRODUCT_NAMESPACE,
-          "-f", `${repoRoot}k8s/namespace.yaml`, "-f", `${repoRoot}k8s/rbac.yaml`,
+          "--kubeconfig",
+          cluster.kubeconfigPath,
+          "apply",
+          "-n",
+          PRODUCT_NAMESPACE,
+          "-f",
+          `${repoRoot}k8s/namespace.yaml`,
+          "-f",
+          `${repoRoot}k8s/rbac.yaml`,
         ]);
         rbacApplied.set(cluster.kubeconfigPath, applied);
         applied.catch(() => rbacApplied.delete(cluster.kubeconfigPath));

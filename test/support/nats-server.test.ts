@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { connect } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
+import { connect } from "@nats-io/transport-node";
 import { startNatsServer } from "./nats-server.js";
 
 test("a real nats-server starts on a free port, keeps JetStream data across a restart, and stops", async () => {

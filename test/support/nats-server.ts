@@ -3,7 +3,7 @@
  * a free loopback port. `restart()` brings it back on the same port and store, so clients
  * reconnect to the same URL and JetStream content survives, as with a real restart.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

@@ -35,8 +35,23 @@ export function createCa(dir: string, name: string, cn = `${name} test CA`, type
   mkdirSync(dir, { recursive: true });
   newKey(`${name}.key`, type, dir);
   openssl(
-    ["req", "-x509", "-new", "-key", `${name}.key`, "-out", `${name}.crt`, "-days", "2", "-subj", `/CN=${cn}`,
-      "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+    [
+      "req",
+      "-x509",
+      "-new",
+      "-key",
+      `${name}.key`,
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "2",
+      "-subj",
+      `/CN=${cn}`,
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+      "-addext",
+      "keyUsage=critical,keyCertSign,cRLSign",
+    ],
     dir,
   );
   return read(dir, name);
@@ -60,11 +75,26 @@ export function issueCert(dir: string, name: string, ca: Pem, o: IssueOptions): 
   const eku = { server: "serverAuth", client: "clientAuth", both: "serverAuth,clientAuth" }[o.usage ?? "both"];
   const ext = [`basicConstraints=critical,CA:FALSE`, `extendedKeyUsage=${eku}`, `keyUsage=critical,digitalSignature,keyEncipherment`];
   if (san.length) ext.push(`subjectAltName=${san.join(",")}`);
-  writeFileSync(join(dir, `${name}.ext`), ext.join("\n") + "\n");
+  writeFileSync(join(dir, `${name}.ext`), `${ext.join("\n")}\n`);
   openssl(["req", "-new", "-key", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${o.cn}`], dir);
   openssl(
-    ["x509", "-req", "-in", `${name}.csr`, "-CA", ca.certFile, "-CAkey", ca.keyFile, "-CAcreateserial", "-out", `${name}.crt`,
-      "-days", String(o.days ?? 1), "-extfile", `${name}.ext`],
+    [
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      ca.certFile,
+      "-CAkey",
+      ca.keyFile,
+      "-CAcreateserial",
+      "-out",
+      `${name}.crt`,
+      "-days",
+      String(o.days ?? 1),
+      "-extfile",
+      `${name}.ext`,
+    ],
     dir,
   );
   return read(dir, name);

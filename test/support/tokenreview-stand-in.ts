@@ -18,8 +18,8 @@
  */
 import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
-import * as https from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import * as https from "node:https";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { createLocalJWKSet, jwtVerify } from "jose";
@@ -93,9 +93,9 @@ const REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews";
 const MAX_BODY = 1 << 20;
 
 function status(res: ServerResponse, code: number, reason: string, message: string): void {
-  res.writeHead(code, { "content-type": "application/json" }).end(
-    JSON.stringify({ kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message, reason, code }),
-  );
+  res
+    .writeHead(code, { "content-type": "application/json" })
+    .end(JSON.stringify({ kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message, reason, code }));
 }
 
 function readBody(req: IncomingMessage): Promise<string> {
@@ -120,7 +120,12 @@ function readBody(req: IncomingMessage): Promise<string> {
 export async function startTokenReviewStandIn(o: TokenReviewStandInOptions): Promise<TokenReviewStandIn> {
   const tmp = tempDir("tokenreview-stand-in");
   const ca = createCa(tmp.dir, "apiserver-ca", "stand-in kubernetes CA");
-  const cert = issueCert(tmp.dir, "apiserver", ca, { cn: "kube-apiserver", dns: ["localhost", "kubernetes.default.svc"], ips: ["127.0.0.1"], usage: "server" });
+  const cert = issueCert(tmp.dir, "apiserver", ca, {
+    cn: "kube-apiserver",
+    dns: ["localhost", "kubernetes.default.svc"],
+    ips: ["127.0.0.1"],
+    usage: "server",
+  });
   const callerToken = o.callerToken ?? randomBytes(24).toString("base64url");
   const callerTokenFile = join(tmp.dir, "caller-token");
   writeFileSync(callerTokenFile, callerToken);
@@ -175,7 +180,9 @@ export async function startTokenReviewStandIn(o: TokenReviewStandInOptions): Pro
       status(res, 400, "BadRequest", "token is required / kind must be TokenReview");
       return;
     }
-    const requested = Array.isArray(parsed.spec?.audiences) ? (parsed.spec.audiences as unknown[]).filter((a): a is string => typeof a === "string") : undefined;
+    const requested = Array.isArray(parsed.spec?.audiences)
+      ? (parsed.spec.audiences as unknown[]).filter((a): a is string => typeof a === "string")
+      : undefined;
     const audiences = requested && requested.length > 0 ? requested : apiAudiences;
     const answer = (computed: Record<string, unknown>) => {
       const statusObj = state.overrideStatus?.(computed, { audiences: requested }) ?? computed;
@@ -195,9 +202,18 @@ export async function startTokenReviewStandIn(o: TokenReviewStandInOptions): Pro
       else send();
     };
     try {
-      const { payload } = await jwtVerify(token, keySet, { issuer: o.issuer, audience: audiences, algorithms: ["RS256", "RS384", "PS256", "ES256", "ES384"] });
+      const { payload } = await jwtVerify(token, keySet, {
+        issuer: o.issuer,
+        audience: audiences,
+        algorithms: ["RS256", "RS384", "PS256", "ES256", "ES384"],
+      });
       const k8s = payload["kubernetes.io"] as
-        | { namespace?: string; pod?: { name?: string; uid?: string }; serviceaccount?: { name?: string; uid?: string }; node?: { name?: string; uid?: string } }
+        | {
+            namespace?: string;
+            pod?: { name?: string; uid?: string };
+            serviceaccount?: { name?: string; uid?: string };
+            node?: { name?: string; uid?: string };
+          }
         | undefined;
       const ns = k8s?.namespace;
       const sa = k8s?.serviceaccount;
@@ -242,7 +258,13 @@ export async function startTokenReviewStandIn(o: TokenReviewStandInOptions): Pro
     if (req.method === "GET" && path === "/.well-known/openid-configuration") {
       state.calls.discovery++;
       res.writeHead(200, { "content-type": "application/json" }).end(
-        JSON.stringify({ issuer: o.issuer, jwks_uri: `${state.url}/openid/v1/jwks`, response_types_supported: ["id_token"], subject_types_supported: ["public"], id_token_signing_alg_values_supported: ["RS256", "ES256"] }),
+        JSON.stringify({
+          issuer: o.issuer,
+          jwks_uri: `${state.url}/openid/v1/jwks`,
+          response_types_supported: ["id_token"],
+          subject_types_supported: ["public"],
+          id_token_signing_alg_values_supported: ["RS256", "ES256"],
+        }),
       );
       return;
     }
@@ -270,7 +292,12 @@ export async function startTokenReviewStandIn(o: TokenReviewStandInOptions): Pro
         status(res, 401, "Unauthorized", "Unauthorized");
         return;
       case "forbidden":
-        status(res, 403, "Forbidden", 'tokenreviews.authentication.k8s.io is forbidden: User "system:serviceaccount:x:y" cannot create resource "tokenreviews"');
+        status(
+          res,
+          403,
+          "Forbidden",
+          'tokenreviews.authentication.k8s.io is forbidden: User "system:serviceaccount:x:y" cannot create resource "tokenreviews"',
+        );
         return;
       case "none":
         break;

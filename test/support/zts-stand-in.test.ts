@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { request } from "node:https";
 import { after, before, describe, it } from "node:test";
-import { generateCsrKey, identitySans, makeCsrWithPkijs, type CsrKey } from "./csr.js";
+import { type CsrKey, generateCsrKey, identitySans, makeCsrWithPkijs } from "./csr.js";
 import { tempDir } from "./tmp.js";
-import { startScriptedProvider, startZtsStandIn, type ScriptedProvider, type ZtsStandIn } from "./zts-stand-in.js";
+import { type ScriptedProvider, startScriptedProvider, startZtsStandIn, type ZtsStandIn } from "./zts-stand-in.js";
 
 const PROVIDER = "k8s.cluster1.identityd";
 const SUFFIX = "cluster1.example.com";
@@ -18,14 +18,18 @@ interface Answer {
 
 function call(zts: ZtsStandIn, method: string, path: string, body?: unknown, tls?: { cert: string; key: string }): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const req = request(`${zts.url}${path}`, { method, ca: zts.caPem, agent: false, cert: tls?.cert, key: tls?.key, headers: { "content-type": "application/json" } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => {
-        const text = Buffer.concat(chunks).toString("utf8");
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} });
-      });
-    });
+    const req = request(
+      `${zts.url}${path}`,
+      { method, ca: zts.caPem, agent: false, cert: tls?.cert, key: tls?.key, headers: { "content-type": "application/json" } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} });
+        });
+      },
+    );
     req.on("error", reject);
     req.end(body === undefined ? undefined : JSON.stringify(body));
   });
@@ -55,16 +59,26 @@ describe("ZTS stand-in", () => {
   });
 
   const register = (extra: Record<string, unknown> = {}) =>
-    call(zts, "POST", "/zts/v1/instance", { provider: PROVIDER, domain: "sports", service: "api", attestationData: "the-token", csr: csrPem, ...extra });
+    call(zts, "POST", "/zts/v1/instance", {
+      provider: PROVIDER,
+      domain: "sports",
+      service: "api",
+      attestationData: "the-token",
+      csr: csrPem,
+      ...extra,
+    });
 
   it("registers: confirmation as ZTS builds it, certificate for the shorter lifetime, consumed attributes dropped", async () => {
     provider.setAnswer((_p, c) => ({
       status: 200,
-      body: { ...c, attributes: { certExpiryTime: "60", certRefresh: "true", certUsage: "client", certSubjectOU: PROVIDER, certSSH: "false", note: "kept" } },
+      body: {
+        ...c,
+        attributes: { certExpiryTime: "60", certRefresh: "true", certUsage: "client", certSubjectOU: PROVIDER, certSSH: "false", note: "kept" },
+      },
     }));
     const res = await register({ expiryTime: 90, hostname: "pod-1.example" });
     assert.equal(res.status, 201, JSON.stringify(res.body));
-    assert.equal(res.headers["location"], `/zts/v1/instance/${PROVIDER}/sports/api/${UID}`);
+    assert.equal(res.headers.location, `/zts/v1/instance/${PROVIDER}/sports/api/${UID}`);
     const last = provider.received.at(-1)!;
     assert.equal(last.path, "/prefix/instance");
     assert.equal(last.clientCn, zts.principal);
@@ -83,11 +97,11 @@ describe("ZTS stand-in", () => {
       },
     });
     assert.deepEqual(zts.lastConfirmation, last.confirmation);
-    assert.equal(res.body["name"], "sports.api");
-    assert.equal(res.body["instanceId"], UID);
-    assert.deepEqual(res.body["attributes"], { note: "kept" });
-    assert.equal(res.body["x509CertificateSigner"], zts.signerCaPem);
-    const cert = new X509Certificate(res.body["x509Certificate"] as string);
+    assert.equal(res.body.name, "sports.api");
+    assert.equal(res.body.instanceId, UID);
+    assert.deepEqual(res.body.attributes, { note: "kept" });
+    assert.equal(res.body.x509CertificateSigner, zts.signerCaPem);
+    const cert = new X509Certificate(res.body.x509Certificate as string);
     assert.equal(Date.parse(cert.validTo) - Date.parse(cert.validFrom), 60 * 60_000);
     assert.ok(cert.checkIssued(new X509Certificate(zts.signerCaPem)));
     assert.match(cert.subject, /CN=Sports\.API/);
@@ -109,21 +123,33 @@ describe("ZTS stand-in", () => {
       provider.setAnswer(() => (raw !== undefined ? { status, raw } : { status, body: { code: "ERR_X", message: "because" } }));
       const res = await register();
       assert.equal(res.status, expected, `provider ${status}`);
-      assert.equal(res.body["code"], expected);
-      assert.equal(typeof res.body["message"], "string");
+      assert.equal(res.body.code, expected);
+      assert.equal(typeof res.body.message, "string");
     }
   });
 
   it("answers 504 when the provider is unreachable or presents a certificate with the wrong CN", async () => {
     const wrong = await startScriptedProvider({ dir: `${tmp.dir}/wrong`, name: PROVIDER, certCn: "evil.provider" });
     zts.setProvider({ name: "k8s.wrong.identityd", endpoint: wrong.url, dnsSuffixes: [SUFFIX], caPem: wrong.caPem });
-    const res = await call(zts, "POST", "/zts/v1/instance", { provider: "k8s.wrong.identityd", domain: "sports", service: "api", attestationData: "t", csr: csrPem });
+    const res = await call(zts, "POST", "/zts/v1/instance", {
+      provider: "k8s.wrong.identityd",
+      domain: "sports",
+      service: "api",
+      attestationData: "t",
+      csr: csrPem,
+    });
     assert.equal(res.status, 504);
-    assert.match(String(res.body["message"]), /CN/);
+    assert.match(String(res.body.message), /CN/);
     assert.equal(wrong.received.length, 0);
     await wrong.close();
     zts.setProvider({ name: "k8s.down.identityd", endpoint: "https://127.0.0.1:1", dnsSuffixes: [SUFFIX], caPem: provider.caPem });
-    const down = await call(zts, "POST", "/zts/v1/instance", { provider: "k8s.down.identityd", domain: "sports", service: "api", attestationData: "t", csr: csrPem });
+    const down = await call(zts, "POST", "/zts/v1/instance", {
+      provider: "k8s.down.identityd",
+      domain: "sports",
+      service: "api",
+      attestationData: "t",
+      csr: csrPem,
+    });
     assert.equal(down.status, 504);
   });
 
@@ -148,7 +174,7 @@ describe("ZTS stand-in", () => {
   it("refreshes over mutual TLS with the held certificate, and deletes", async () => {
     provider.setAnswer((_p, c) => ({ status: 200, body: { ...c, attributes: { certExpiryTime: "10" } } }));
     const reg = await register();
-    const held = { cert: reg.body["x509Certificate"] as string, key: key.keyPem };
+    const held = { cert: reg.body.x509Certificate as string, key: key.keyPem };
     const path = `/zts/v1/instance/${PROVIDER}/sports/api/${UID}`;
     const noCert = await call(zts, "POST", path, { attestationData: "t2", csr: csrPem });
     assert.equal(noCert.status, 403);
@@ -158,10 +184,10 @@ describe("ZTS stand-in", () => {
     assert.equal(ok.status, 200, JSON.stringify(ok.body));
     const last = provider.received.at(-1)!;
     assert.equal(last.path, "/prefix/refresh");
-    assert.equal(last.confirmation.attributes["principal"], "sports.api");
-    assert.equal(last.confirmation.attributes["instanceId"], UID);
+    assert.equal(last.confirmation.attributes.principal, "sports.api");
+    assert.equal(last.confirmation.attributes.instanceId, UID);
     assert.equal(last.confirmation.attestationData, "t2");
-    const refreshed = new X509Certificate(ok.body["x509Certificate"] as string);
+    const refreshed = new X509Certificate(ok.body.x509Certificate as string);
     assert.equal(Date.parse(refreshed.validTo) - Date.parse(refreshed.validFrom), 10 * 60_000);
     const del = await call(zts, "DELETE", path, undefined, held);
     assert.equal(del.status, 204);
@@ -173,7 +199,13 @@ describe("ZTS stand-in", () => {
     const reg = await register();
     assert.equal(reg.status, 201);
     const calls = zts.calls.provider;
-    const res = await call(zts, "POST", `/zts/v1/instance/${PROVIDER}/sports/api/${UID}`, { attestationData: "t", csr: csrPem }, { cert: reg.body["x509Certificate"] as string, key: key.keyPem });
+    const res = await call(
+      zts,
+      "POST",
+      `/zts/v1/instance/${PROVIDER}/sports/api/${UID}`,
+      { attestationData: "t", csr: csrPem },
+      { cert: reg.body.x509Certificate as string, key: key.keyPem },
+    );
     assert.equal(res.status, 403);
     assert.equal(zts.calls.provider, calls, "the provider is not asked");
   });

@@ -35,10 +35,10 @@
  */
 import { randomBytes, webcrypto, X509Certificate } from "node:crypto";
 import { mkdirSync } from "node:fs";
-import { createServer, request as httpsRequest, type Server } from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { TLSSocket } from "node:tls";
+import { createServer, request as httpsRequest, type Server } from "node:https";
 import { isIP } from "node:net";
+import type { TLSSocket } from "node:tls";
 import * as asn1js from "asn1js";
 import * as pkijs from "pkijs";
 import { createCa, issueCert, type Pem } from "./pki.js";
@@ -217,7 +217,8 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
           res.on("end", () => {
             const text = Buffer.concat(chunks).toString("utf8").slice(0, 2000);
             if (res.statusCode === 504) return reject(new HttpError(504, `provider ${p.name} timeout: ${text}`));
-            if (res.statusCode !== 200) return reject(new HttpError(403, `unable to validate cert request: provider ${p.name} answered ${res.statusCode}: ${text}`));
+            if (res.statusCode !== 200)
+              return reject(new HttpError(403, `unable to validate cert request: provider ${p.name} answered ${res.statusCode}: ${text}`));
             try {
               const parsed = JSON.parse(text) as { attributes?: unknown };
               if (typeof parsed !== "object" || parsed === null) throw new Error("not an object");
@@ -240,7 +241,10 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? "/", "https://zts");
-    const parts = url.pathname.split("/").filter((s) => s !== "").map(decodeURIComponent);
+    const parts = url.pathname
+      .split("/")
+      .filter((s) => s !== "")
+      .map(decodeURIComponent);
     if (parts[0] !== "zts" || parts[1] !== "v1" || parts[2] !== "instance") throw new HttpError(404, "not found");
     const socket = req.socket as TLSSocket;
     const clientIP = clientIpOverride ?? normalizeIp(socket.remoteAddress ?? "");
@@ -264,8 +268,8 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
       const attributes = confirmationAttributes(csr, p, instanceId, clientIP, hostname);
       const answer = await callProvider(p, "/instance", { provider, domain, service, attestationData, attributes });
       const minutes = expiryMinutes(answer, expiryTime, defaultExpiry);
-      const certPem = await signCertificate(signer, csr, minutes, answer["certUsage"], now());
-      instances.set(recordKey(provider, domain, service, instanceId), { certRefresh: answer["certRefresh"]?.toLowerCase() !== "false" });
+      const certPem = await signCertificate(signer, csr, minutes, answer.certUsage, now());
+      instances.set(recordKey(provider, domain, service, instanceId), { certRefresh: answer.certRefresh?.toLowerCase() !== "false" });
       const location = `/zts/v1/instance/${provider}/${domain}/${service}/${instanceId}`;
       send(res, 201, identity(provider, domain, service, instanceId, certPem, signer.pem, answer), { location });
       return;
@@ -298,11 +302,11 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
       const f = takeForced();
       if (f) throw f;
       const attributes = confirmationAttributes(csr, p, instanceId, clientIP, hostname);
-      attributes["principal"] = principalName;
+      attributes.principal = principalName;
       const answer = await callProvider(p, "/refresh", { provider, domain, service, attestationData, attributes });
       const minutes = expiryMinutes(answer, expiryTime, defaultExpiry);
-      const certPem = await signCertificate(signer, csr, minutes, answer["certUsage"], now());
-      if (answer["certRefresh"]?.toLowerCase() === "false") record.certRefresh = false;
+      const certPem = await signCertificate(signer, csr, minutes, answer.certUsage, now());
+      if (answer.certRefresh?.toLowerCase() === "false") record.certRefresh = false;
       send(res, 200, identity(provider, domain, service, instanceId, certPem, signer.pem, answer));
       return;
     }
@@ -433,7 +437,10 @@ function pemBody(pem: string, label: string): ArrayBuffer {
 }
 
 function toPem(der: ArrayBuffer, label: string): string {
-  const b64 = Buffer.from(der).toString("base64").replace(/(.{64})/g, "$1\n").replace(/\n$/, "");
+  const b64 = Buffer.from(der)
+    .toString("base64")
+    .replace(/(.{64})/g, "$1\n")
+    .replace(/\n$/, "");
   return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
 }
 
@@ -497,25 +504,39 @@ function instanceIdOf(csr: ParsedCsr, _provider: string): string | undefined {
   return undefined;
 }
 
-function confirmationAttributes(csr: ParsedCsr, p: StandInProvider, instanceId: string, clientIP: string, hostname: string | undefined): Record<string, string> {
+function confirmationAttributes(
+  csr: ParsedCsr,
+  p: StandInProvider,
+  instanceId: string,
+  clientIP: string,
+  hostname: string | undefined,
+): Record<string, string> {
   const suffixes = p.dnsSuffixes.map((s) => s.toLowerCase().replace(/^\./, ""));
   const sanDNS = csr.dns.filter((d) => suffixes.some((s) => d.toLowerCase().endsWith(`.${s}`)));
   const attrs: Record<string, string> = { instanceId, clientIP, sanDNS: sanDNS.join(",") };
-  if (csr.ips.length) attrs["sanIP"] = csr.ips.join(",");
-  if (csr.uris.length) attrs["sanURI"] = csr.uris.join(",");
-  if (hostname !== undefined) attrs["hostname"] = hostname;
+  if (csr.ips.length) attrs.sanIP = csr.ips.join(",");
+  if (csr.uris.length) attrs.sanURI = csr.uris.join(",");
+  if (hostname !== undefined) attrs.hostname = hostname;
   return attrs;
 }
 
 function expiryMinutes(answer: Record<string, string>, requested: number | undefined, def: number): number {
   let minutes = def;
-  const fromProvider = answer["certExpiryTime"];
+  const fromProvider = answer.certExpiryTime;
   if (fromProvider !== undefined && /^\d+$/.test(fromProvider) && Number(fromProvider) > 0) minutes = Math.min(minutes, Number(fromProvider));
   if (requested !== undefined && requested > 0) minutes = Math.min(minutes, requested);
   return minutes;
 }
 
-function identity(provider: string, domain: string, service: string, instanceId: string, cert: string, signer: string, answer: Record<string, string>) {
+function identity(
+  provider: string,
+  domain: string,
+  service: string,
+  instanceId: string,
+  cert: string,
+  signer: string,
+  answer: Record<string, string>,
+) {
   const attributes: Record<string, string> = {};
   for (const [k, v] of Object.entries(answer)) if (!CONSUMED.has(k)) attributes[k] = v;
   return { provider, name: `${domain}.${service}`, instanceId, x509Certificate: cert, x509CertificateSigner: signer, attributes };
@@ -545,8 +566,7 @@ async function signCertificate(signer: Signer, csr: ParsedCsr, minutes: number, 
   const notBefore = Math.floor(nowMs / 1000) * 1000;
   cert.notBefore.value = new Date(notBefore);
   cert.notAfter.value = new Date(notBefore + minutes * 60_000);
-  const eku =
-    usage === "client" ? ["1.3.6.1.5.5.7.3.2"] : usage === "server" ? ["1.3.6.1.5.5.7.3.1"] : ["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"];
+  const eku = usage === "client" ? ["1.3.6.1.5.5.7.3.2"] : usage === "server" ? ["1.3.6.1.5.5.7.3.1"] : ["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"];
   const extensions: pkijs.Extension[] = [
     new pkijs.Extension({ extnID: "2.5.29.19", critical: true, extnValue: new pkijs.BasicConstraints({ cA: false }).toSchema().toBER(false) }),
     new pkijs.Extension({
@@ -557,7 +577,10 @@ async function signCertificate(signer: Signer, csr: ParsedCsr, minutes: number, 
     }),
     new pkijs.Extension({ extnID: "2.5.29.37", extnValue: new pkijs.ExtKeyUsage({ keyPurposes: eku }).toSchema().toBER(false) }),
   ];
-  if (csr.sanExtension) extensions.push(new pkijs.Extension({ extnID: "2.5.29.17", critical: false, extnValue: csr.sanExtension.extnValue.valueBlock.valueHexView.slice().buffer }));
+  if (csr.sanExtension)
+    extensions.push(
+      new pkijs.Extension({ extnID: "2.5.29.17", critical: false, extnValue: csr.sanExtension.extnValue.valueBlock.valueHexView.slice().buffer }),
+    );
   cert.extensions = extensions;
   await cert.sign(signer.key, "SHA-256");
   return toPem(cert.toSchema(true).toBER(false), "CERTIFICATE");
@@ -574,11 +597,12 @@ function checkHeldCertificate(socket: TLSSocket, signer: Signer, principal: stri
   if (cn?.toLowerCase() !== principal.toLowerCase()) throw new HttpError(403, `client certificate principal is not ${principal}`);
   const sans = (peer.subjectAltName ?? "").split(", ");
   const carries = sans.some(
-    (s) => s.toLowerCase() === `uri:athenz://instanceid/${provider}/${instanceId}`.toLowerCase() || (s.startsWith("DNS:") && s.slice(4).startsWith(`${instanceId}.instanceid.athenz.`)),
+    (s) =>
+      s.toLowerCase() === `uri:athenz://instanceid/${provider}/${instanceId}`.toLowerCase() ||
+      (s.startsWith("DNS:") && s.slice(4).startsWith(`${instanceId}.instanceid.athenz.`)),
   );
   if (!carries) throw new HttpError(403, "client certificate does not carry the instance id");
 }
-
 
 // ---- a scripted provider -----------------------------------------------------------------------
 
@@ -627,9 +651,19 @@ export async function startScriptedProvider(opts: ScriptedProviderOptions): Prom
   const received: ScriptedProvider["received"] = [];
   let answer: NonNullable<ScriptedProviderOptions["answer"]> =
     opts.answer ??
-    ((_path, c) => ({ status: 200, body: { provider: c.provider, domain: c.domain, service: c.service, attestationData: c.attestationData, attributes: { certExpiryTime: "60" } } }));
+    ((_path, c) => ({
+      status: 200,
+      body: { provider: c.provider, domain: c.domain, service: c.service, attestationData: c.attestationData, attributes: { certExpiryTime: "60" } },
+    }));
   const server = createServer(
-    { cert: cert.certPem, key: cert.keyPem, ca: opts.clientCaPem, requestCert: true, rejectUnauthorized: opts.clientCaPem !== undefined, minVersion: "TLSv1.2" },
+    {
+      cert: cert.certPem,
+      key: cert.keyPem,
+      ca: opts.clientCaPem,
+      requestCert: true,
+      rejectUnauthorized: opts.clientCaPem !== undefined,
+      minVersion: "TLSv1.2",
+    },
     (req, res) => {
       readJson(req)
         .then(async (body) => {

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import type { DescService } from "@bufbuild/protobuf";
-import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 export interface ServiceClientOptions {
@@ -34,7 +34,11 @@ export function createServiceClient<T extends DescService>(service: T, opts: Ser
         key: opts.keyFile ? readFileSync(opts.keyFile) : undefined,
       }
     : {};
-  const sessionManager = new Http2SessionManager(opts.baseUrl, { pingIntervalMs: 10_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 }, tlsOptions);
+  const sessionManager = new Http2SessionManager(
+    opts.baseUrl,
+    { pingIntervalMs: 10_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 },
+    tlsOptions,
+  );
   const transport = createConnectTransport({
     baseUrl: opts.baseUrl,
     httpVersion: "2",

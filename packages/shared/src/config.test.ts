@@ -34,7 +34,11 @@ describe("loadConfig", () => {
       [{ ISSUER: "x" }, ["stray"], /stray.*unexpected argument/],
     ];
     for (const [env, argv, re] of cases) {
-      assert.throws(() => loadConfig(spec, { env, argv }), (err: unknown) => err instanceof ConfigError && re.test(err.message), `${JSON.stringify({ env, argv })}`);
+      assert.throws(
+        () => loadConfig(spec, { env, argv }),
+        (err: unknown) => err instanceof ConfigError && re.test(err.message),
+        `${JSON.stringify({ env, argv })}`,
+      );
     }
   });
 

@@ -145,7 +145,10 @@ export const oneOf = <T extends string>(o: Omit<Setting<T>, "parse"> & { values:
 export const list = (o: Omit<Setting<string[]>, "parse"> & { item?: RegExp }): Setting<string[]> => ({
   ...o,
   parse: (raw) => {
-    const items = raw.split(",").map((s) => s.trim()).filter((s) => s !== "");
+    const items = raw
+      .split(",")
+      .map((s) => s.trim())
+      .filter((s) => s !== "");
     for (const it of items) if (o.item && !o.item.test(it)) throw new Error(`item ${JSON.stringify(it)} must match ${o.item}`);
     return items;
   },
@@ -176,12 +179,38 @@ export function serverSettings(defaults: { port: number; adminPort: number }) {
   return {
     host: str({ env: "HOST", flag: "host", description: "address to listen on", default: "0.0.0.0" }),
     port: port({ env: "PORT", flag: "port", description: "Connect (HTTP/2) port; 0 picks a free one", default: defaults.port }),
-    adminPort: port({ env: "ADMIN_PORT", flag: "admin-port", description: "HTTP/1.1 port for /healthz, /readyz, /metrics", default: defaults.adminPort }),
+    adminPort: port({
+      env: "ADMIN_PORT",
+      flag: "admin-port",
+      description: "HTTP/1.1 port for /healthz, /readyz, /metrics",
+      default: defaults.adminPort,
+    }),
     tlsCertFile: optionalStr({ env: "TLS_CERT_FILE", flag: "tls-cert-file", description: "server certificate (PEM); enables TLS" }),
     tlsKeyFile: optionalStr({ env: "TLS_KEY_FILE", flag: "tls-key-file", description: "server private key (PEM)" }),
-    tlsClientCaFile: optionalStr({ env: "TLS_CLIENT_CA_FILE", flag: "tls-client-ca-file", description: "CA bundle for client certificates; enables mutual TLS" }),
-    tlsReloadInterval: duration({ env: "TLS_RELOAD_INTERVAL", flag: "tls-reload-interval", description: "how often cert files are checked for rotation", default: 10_000, minMs: 100 }),
-    shutdownTimeout: duration({ env: "SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", description: "grace period for in-flight calls on SIGTERM", default: 10_000 }),
-    logLevel: oneOf({ env: "LOG_LEVEL", flag: "log-level", description: "log level", default: "info", values: ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const }),
+    tlsClientCaFile: optionalStr({
+      env: "TLS_CLIENT_CA_FILE",
+      flag: "tls-client-ca-file",
+      description: "CA bundle for client certificates; enables mutual TLS",
+    }),
+    tlsReloadInterval: duration({
+      env: "TLS_RELOAD_INTERVAL",
+      flag: "tls-reload-interval",
+      description: "how often cert files are checked for rotation",
+      default: 10_000,
+      minMs: 100,
+    }),
+    shutdownTimeout: duration({
+      env: "SHUTDOWN_TIMEOUT",
+      flag: "shutdown-timeout",
+      description: "grace period for in-flight calls on SIGTERM",
+      default: 10_000,
+    }),
+    logLevel: oneOf({
+      env: "LOG_LEVEL",
+      flag: "log-level",
+      description: "log level",
+      default: "info",
+      values: ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const,
+    }),
   };
 }

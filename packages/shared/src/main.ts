@@ -1,4 +1,4 @@
-import { ConfigError, describeConfig, loadConfig, type ConfigOf, type Setting } from "./config.js";
+import { ConfigError, type ConfigOf, describeConfig, loadConfig, type Setting } from "./config.js";
 import { createLogger, type Logger } from "./logger.js";
 
 export interface Stoppable {

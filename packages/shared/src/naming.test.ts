@@ -1,11 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
-  DOMAIN_NAME_PATTERN,
-  PROVIDER_NAME_PATTERN,
-  SERVICE_NAME_PATTERN,
   commonName,
   createNamingPolicy,
+  DOMAIN_NAME_PATTERN,
   dashedDomain,
   instanceIdDnsName,
   instanceIdUri,
@@ -13,6 +11,8 @@ import {
   isProviderName,
   isServiceName,
   namespaceToDomainPart,
+  PROVIDER_NAME_PATTERN,
+  SERVICE_NAME_PATTERN,
   serviceDnsName,
   spiffeNamespaceUri,
   spiffeServiceUri,
@@ -79,7 +79,11 @@ describe("service account to service", () => {
 
   it("identityFor maps or explains", () => {
     const p = createNamingPolicy({ prefix: "k8s." });
-    assert.deepEqual(p.identityFor({ namespace: "foo-bar--baz", serviceAccount: "api" }), { kind: "mapped", domain: "k8s.foo.bar-baz", service: "api" });
+    assert.deepEqual(p.identityFor({ namespace: "foo-bar--baz", serviceAccount: "api" }), {
+      kind: "mapped",
+      domain: "k8s.foo.bar-baz",
+      service: "api",
+    });
     const ns = p.identityFor({ namespace: "Bad", serviceAccount: "api" });
     assert.equal(ns.kind, "unmapped");
     assert.equal(ns.kind === "unmapped" && ns.violation.code, ViolationCode.NamespaceNotMapped);

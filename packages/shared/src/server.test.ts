@@ -10,11 +10,11 @@ import { TokenVerifierService, VerifyTokenResponseSchema } from "@k8s-athenz-ide
 import { createCa, issueCert } from "../../../test/support/pki.js";
 import { tempDir } from "../../../test/support/tmp.js";
 import { createServiceClient } from "./client.js";
+import { ConfigError } from "./config.js";
 import { DomainError, ErrorCode } from "./errors.js";
 import { createLogger } from "./logger.js";
 import { createMetricsRegistry } from "./metrics.js";
-import { startServiceServer, tlsFromSettings, type RunningServer } from "./server.js";
-import { ConfigError } from "./config.js";
+import { type RunningServer, startServiceServer, tlsFromSettings } from "./server.js";
 
 function captureLogger() {
   const lines: Record<string, unknown>[] = [];
@@ -32,7 +32,8 @@ function routes(gate: { release?: () => void; waiting?: Promise<void> }) {
   return (router: import("@connectrpc/connect").ConnectRouter) =>
     router.service(TokenVerifierService, {
       async verifyToken(req) {
-        if (req.token === "down") throw new DomainError(ErrorCode.Unavailable, "api server unreachable", { cause: new Error("ECONNREFUSED secret-host") });
+        if (req.token === "down")
+          throw new DomainError(ErrorCode.Unavailable, "api server unreachable", { cause: new Error("ECONNREFUSED secret-host") });
         if (req.token === "bug") throw new Error("boom with secret detail");
         if (req.token === "slow") await gate.waiting;
         return create(VerifyTokenResponseSchema, { verifiedBy: [req.token] });
@@ -68,14 +69,25 @@ describe("startServiceServer (h2c)", () => {
       assert.deepEqual((await client.verifyToken({ token: "ok" })).verifiedBy, ["ok"]);
       await assert.rejects(client.verifyToken({ token: "down" }), (e) => {
         const ce = ConnectError.from(e);
-        return ce.code === Code.Unavailable && ce.rawMessage === "api server unreachable" && ce.metadata.get("x-athenz-identity-error") === "ERR_UNAVAILABLE";
+        return (
+          ce.code === Code.Unavailable &&
+          ce.rawMessage === "api server unreachable" &&
+          ce.metadata.get("x-athenz-identity-error") === "ERR_UNAVAILABLE"
+        );
       });
       await assert.rejects(client.verifyToken({ token: "bug" }), (e) => {
         const ce = ConnectError.from(e);
         return ce.code === Code.Internal && !ce.message.includes("secret");
       });
-      assert.ok(lines.some((l) => l.msg === "unexpected error in handler"), "the cause is logged");
-      await assert.rejects(client.verifyToken({ token: "x".repeat(300 * 1024) }), (e) => ConnectError.from(e).code === Code.ResourceExhausted, "oversized messages are refused");
+      assert.ok(
+        lines.some((l) => l.msg === "unexpected error in handler"),
+        "the cause is logged",
+      );
+      await assert.rejects(
+        client.verifyToken({ token: "x".repeat(300 * 1024) }),
+        (e) => ConnectError.from(e).code === Code.ResourceExhausted,
+        "oversized messages are refused",
+      );
     } finally {
       close();
     }
@@ -100,7 +112,9 @@ describe("startServiceServer (h2c)", () => {
       const inflight = client.verifyToken({ token: "slow" });
       await new Promise((r) => setTimeout(r, 50)); // let the call reach the handler
       const closing = srv.close();
-      const ready = await fetch(`${srv.adminUrl}/readyz`).then((r) => r.status).catch(() => 0);
+      const ready = await fetch(`${srv.adminUrl}/readyz`)
+        .then((r) => r.status)
+        .catch(() => 0);
       assert.ok(ready === 503 || ready === 0, "not ready while shutting down");
       gate.release!();
       assert.deepEqual((await inflight).verifiedBy, ["slow"]);
@@ -191,7 +205,11 @@ describe("tlsFromSettings", () => {
       reloadIntervalMs: 1000,
     });
     for (const half of [{ tlsCertFile: "c" }, { tlsKeyFile: "k" }, { tlsClientCaFile: "ca" }]) {
-      assert.throws(() => tlsFromSettings({ ...half, tlsReloadInterval: 1000 }), (e) => e instanceof ConfigError && /TLS_/.test(e.message), JSON.stringify(half));
+      assert.throws(
+        () => tlsFromSettings({ ...half, tlsReloadInterval: 1000 }),
+        (e) => e instanceof ConfigError && /TLS_/.test(e.message),
+        JSON.stringify(half),
+      );
     }
   });
 });

@@ -6,7 +6,7 @@ import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { createSecureContext } from "node:tls";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
-import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
+import { type ConnectNodeAdapterOptions, connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
 import { ConfigError } from "./config.js";
 import { DomainError, toConnectError } from "./errors.js";
@@ -128,7 +128,11 @@ function loadTls(files: TlsFiles): LoadedTls {
   const ca = files.clientCaFile ? readFileSync(files.clientCaFile) : undefined;
   // Validate before use: a half-rotated pair (new cert, old key) must not replace a working one.
   createSecureContext({ cert, key, ca });
-  const digest = createHash("sha256").update(cert).update(key).update(ca ?? "").digest("hex");
+  const digest = createHash("sha256")
+    .update(cert)
+    .update(key)
+    .update(ca ?? "")
+    .digest("hex");
   return { digest, options: ca ? { cert, key, ca } : { cert, key } };
 }
 
@@ -162,9 +166,9 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
     fallback:
       opts.fallback ??
       ((_req, res) => {
-          res.writeHead(404, { "content-type": "application/json" });
-          res.end('{"code":404,"message":"not found"}');
-        }),
+        res.writeHead(404, { "content-type": "application/json" });
+        res.end('{"code":404,"message":"not found"}');
+      }),
   });
 
   let tlsState: LoadedTls | undefined;
@@ -229,7 +233,7 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
         logger.error({ err }, "readiness check failed");
         r = { ready: false, detail: { reason: "readiness check failed" } };
       }
-      res.writeHead(r.ready ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify({ ready: r.ready, ...r.detail }) + "\n");
+      res.writeHead(r.ready ? 200 : 503, { "content-type": "application/json" }).end(`${JSON.stringify({ ready: r.ready, ...r.detail })}\n`);
     } else if (path === "/metrics") {
       try {
         const body = await opts.registry.metrics();

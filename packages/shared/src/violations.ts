@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { ViolationSchema, type Violation } from "@k8s-athenz-identity/api/common";
+import { type Violation, ViolationSchema } from "@k8s-athenz-identity/api/common";
 
 /**
  * Stable deny-reason codes. They are part of the public contract: ZTS embeds them in the error it

@@ -4,7 +4,7 @@ import type { SanPolicy } from "@k8s-athenz-identity/api/common";
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared";
 import { inspectAttributes } from "./inspect-attributes.js";
-import { inspectCsr, type CsrInspectOptions } from "./inspect-csr.js";
+import { type CsrInspectOptions, inspectCsr } from "./inspect-csr.js";
 import { MAX_ATTRIBUTE_VALUE_LENGTH } from "./policy.js";
 
 /** Options of {@link csrInspectorRoutes}. */

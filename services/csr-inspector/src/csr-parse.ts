@@ -4,11 +4,11 @@
  * and any failure becomes an ERR_CSR_MALFORMED / ERR_CSR_TOO_LARGE violation, never a throw.
  */
 import { createPublicKey } from "node:crypto";
-import * as asn1js from "asn1js";
-import * as pkijs from "pkijs";
 import type { Violation } from "@k8s-athenz-identity/api/common";
 import { ViolationCode, violation } from "@k8s-athenz-identity/shared";
-import { normalizeIp, show, type KeyInfo } from "./policy.js";
+import * as asn1js from "asn1js";
+import * as pkijs from "pkijs";
+import { type KeyInfo, normalizeIp, show } from "./policy.js";
 
 /** Largest PEM accepted (characters). An RSA-8192 CSR with a full SAN set stays well below it. */
 export const DEFAULT_MAX_CSR_PEM_LENGTH = 16 * 1024;
@@ -23,7 +23,17 @@ const OID_RSA_PSS = "1.2.840.113549.1.1.10";
 
 // ASN.1 universal string types a DN attribute may use (UTF8, Printable, Teletex, IA5, Universal, BMP).
 const STRING_TAGS = new Set([12, 19, 20, 22, 28, 30]);
-const GENERAL_NAME_KINDS = ["otherName", "rfc822Name", "dNSName", "x400Address", "directoryName", "ediPartyName", "uniformResourceIdentifier", "iPAddress", "registeredID"];
+const GENERAL_NAME_KINDS = [
+  "otherName",
+  "rfc822Name",
+  "dNSName",
+  "x400Address",
+  "directoryName",
+  "ediPartyName",
+  "uniformResourceIdentifier",
+  "iPAddress",
+  "registeredID",
+];
 
 /** A CSR read into plain data, plus the pkijs object for signature verification. */
 export interface ParsedCsr {
@@ -120,7 +130,10 @@ function readKey(request: pkijs.CertificationRequest): KeyInfo | undefined {
     // Node cannot load it (unknown curve OID, explicit curve parameters): report what the SPKI says.
     if (algOid === OID_EC) {
       const params = request.subjectPublicKeyInfo.algorithm.algorithmParams as Asn1Like | undefined;
-      const curve = params?.idBlock?.tagNumber === 6 && typeof params.valueBlock?.toString === "function" ? String(params.valueBlock.toString()) : "explicit parameters";
+      const curve =
+        params?.idBlock?.tagNumber === 6 && typeof params.valueBlock?.toString === "function"
+          ? String(params.valueBlock.toString())
+          : "explicit parameters";
       return { algorithm: "EC", bits: 0, curve };
     }
     return undefined;
@@ -131,10 +144,7 @@ function readKey(request: pkijs.CertificationRequest): KeyInfo | undefined {
  * Reads the subjectAltName GeneralNames from the raw DER tree. (pkijs's schema matching of
  * GeneralNames costs ~100x a plain BER walk and dominated InspectCsr; the walk is strict instead.)
  */
-function readGeneralNames(
-  der: Uint8Array,
-  out: { dnsNames: string[]; ipAddresses: string[]; uris: string[]; otherNames: string[] },
-): void {
+function readGeneralNames(der: Uint8Array, out: { dnsNames: string[]; ipAddresses: string[]; uris: string[]; otherNames: string[] }): void {
   const asn1 = asn1js.fromBER(der);
   if (asn1.offset === -1 || asn1.offset !== der.byteLength) throw new Error("subjectAltName is not one DER value");
   const seq = asn1.result;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { DomainError, ViolationCode } from "@k8s-athenz-identity/shared";
 import { inspectAttributes } from "./inspect-attributes.js";
-import { normalizeConnectionIp, normalizeIp, type ExpectedIdentityInput, type SanPolicyInput } from "./policy.js";
+import { type ExpectedIdentityInput, normalizeConnectionIp, normalizeIp, type SanPolicyInput } from "./policy.js";
 
 const UID = "3f1e2d4c-5b6a-4789-9abc-def012345678";
 const PROVIDER = "k8s.cluster1.identityd";
@@ -85,11 +85,15 @@ describe("InspectAttributes", () => {
     const nsForm = "spiffe://td.example/ns/foo-bar--baz/sa/foo.bar-baz.api";
     assert.deepEqual(codes({ ...good, sanURI: nsForm }), [ViolationCode.SanUriNotAllowed]);
     assert.deepEqual(codes({ ...good, sanURI: nsForm }, { spiffeTrustDomain: "td.example" }), []);
-    assert.deepEqual(codes({ ...good, sanURI: "spiffe://td.example/ns/other/sa/foo.bar-baz.api" }, { spiffeTrustDomain: "td.example" }), [ViolationCode.SanUriNotAllowed]);
+    assert.deepEqual(codes({ ...good, sanURI: "spiffe://td.example/ns/other/sa/foo.bar-baz.api" }, { spiffeTrustDomain: "td.example" }), [
+      ViolationCode.SanUriNotAllowed,
+    ]);
     assert.deepEqual(codes({ ...good, sanURI: "spiffe://other/sa/api" }), [ViolationCode.SanUriNotAllowed]);
     assert.deepEqual(codes({ ...good, sanURI: "spiffe://foo.bar-baz/sa/other" }), [ViolationCode.SanUriNotAllowed]);
     // Two allowed SPIFFE forms at once: ZTS accepts at most one.
-    assert.deepEqual(codes({ ...good, sanURI: `spiffe://foo.bar-baz/sa/api,${nsForm}` }, { spiffeTrustDomain: "td.example" }), [ViolationCode.SanUriNotAllowed]);
+    assert.deepEqual(codes({ ...good, sanURI: `spiffe://foo.bar-baz/sa/api,${nsForm}` }, { spiffeTrustDomain: "td.example" }), [
+      ViolationCode.SanUriNotAllowed,
+    ]);
   });
 
   it("allows only the pod's IPs, IPv6 in any spelling, and refuses garbage", () => {
@@ -169,7 +173,11 @@ describe("InspectAttributes", () => {
       [{}, { proxyCidrs: ["nope"] }],
     ];
     for (const [e, p] of cases) {
-      assert.throws(() => codes(good, p, e), (err) => err instanceof DomainError && err.code === "ERR_INVALID_ARGUMENT", JSON.stringify([e, p]));
+      assert.throws(
+        () => codes(good, p, e),
+        (err) => err instanceof DomainError && err.code === "ERR_INVALID_ARGUMENT",
+        JSON.stringify([e, p]),
+      );
     }
   });
 });
@@ -179,7 +187,8 @@ describe("IP normalization", () => {
     assert.equal(normalizeIp("FD00:0000:0000:0000:0000:0000:0001:0002"), "fd00::1:2");
     assert.equal(normalizeIp("10.1.2.3"), "10.1.2.3");
     assert.equal(normalizeIp("::1"), "::1");
-    for (const bad of ["", "1.2.3", "1.2.3.4.5", "01.2.3.4", "fe80::1%lo", "1::2::3", "x", "1.2.3.4 "]) assert.equal(normalizeIp(bad), undefined, bad);
+    for (const bad of ["", "1.2.3", "1.2.3.4.5", "01.2.3.4", "fe80::1%lo", "1::2::3", "x", "1.2.3.4 "])
+      assert.equal(normalizeIp(bad), undefined, bad);
     assert.equal(normalizeConnectionIp("::ffff:10.1.2.3"), "10.1.2.3");
     assert.equal(normalizeConnectionIp("::ffff:a01:203"), "10.1.2.3");
   });

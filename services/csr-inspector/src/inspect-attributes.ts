@@ -6,16 +6,16 @@
 import type { Violation } from "@k8s-athenz-identity/api/common";
 import { ViolationCode, violation } from "@k8s-athenz-identity/shared";
 import {
+  checkSans,
+  compileSanRules,
+  type ExpectedIdentityInput,
   MAX_ATTRIBUTE_VALUE_LENGTH,
   MAX_DNS_NAME_LENGTH,
   MAX_SAN_ENTRIES,
-  checkSans,
-  compileSanRules,
   normalizeConnectionIp,
-  show,
-  type ExpectedIdentityInput,
   type SanPolicyInput,
   type SanRules,
+  show,
 } from "./policy.js";
 
 /** Attribute names ZTS uses. */
@@ -86,9 +86,14 @@ export function inspectAttributesWithRules(attributes: Readonly<Record<string, s
   const dns = splitList(attributes, Attribute.SanDns, out);
   const ips = splitList(attributes, Attribute.SanIp, out);
   const uris = splitList(attributes, Attribute.SanUri, out);
-  for (const [entries, name] of [[dns, Attribute.SanDns], [ips, Attribute.SanIp], [uris, Attribute.SanUri]] as const) {
+  for (const [entries, name] of [
+    [dns, Attribute.SanDns],
+    [ips, Attribute.SanIp],
+    [uris, Attribute.SanUri],
+  ] as const) {
     if (entries.length > MAX_SAN_ENTRIES) entries.length = MAX_SAN_ENTRIES + 1; // checkSans reports "too many"
-    if (name === Attribute.SanIp) for (const e of entries) if (e === "") out.push(violation(ViolationCode.SanIpNotAllowed, "empty IP entry", field(name)));
+    if (name === Attribute.SanIp)
+      for (const e of entries) if (e === "") out.push(violation(ViolationCode.SanIpNotAllowed, "empty IP entry", field(name)));
   }
   checkSans(
     { dns, ips: ips.filter((e) => e !== ""), uris },

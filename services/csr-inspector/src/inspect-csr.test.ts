@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { ViolationCode } from "@k8s-athenz-identity/shared";
 import {
+  type CsrKey,
   derToPem,
   generateCsrKey,
   identitySans,
@@ -9,7 +10,6 @@ import {
   makeCsrWithPkijs,
   pemToDer,
   tamperCsrSignature,
-  type CsrKey,
 } from "../../../test/support/csr.js";
 import { tempDir } from "../../../test/support/tmp.js";
 import { parseCsrPem } from "./csr-parse.js";
@@ -20,9 +20,30 @@ import type { ExpectedIdentityInput, SanPolicyInput } from "./policy.js";
 const UID = "3f1e2d4c-5b6a-4789-9abc-def012345678";
 const PROVIDER = "k8s.cluster1.identityd";
 const SUFFIX = "cluster1.example.com";
-const expected: ExpectedIdentityInput = { provider: PROVIDER, domain: "sports", service: "api", namespace: "sports", instanceId: UID, podIps: ["10.1.2.3", "fd00::1:2"] };
-const policy: SanPolicyInput = { dnsSuffixes: [SUFFIX], allowWildcard: false, spiffeTrustDomain: "", requireClientIpMatch: true, proxyCidrs: [], allowHostname: false };
-const sans = identitySans({ provider: PROVIDER, domain: "sports", service: "api", instanceId: UID, podIps: ["10.1.2.3", "FD00:0::1:2"], dnsSuffix: SUFFIX });
+const expected: ExpectedIdentityInput = {
+  provider: PROVIDER,
+  domain: "sports",
+  service: "api",
+  namespace: "sports",
+  instanceId: UID,
+  podIps: ["10.1.2.3", "fd00::1:2"],
+};
+const policy: SanPolicyInput = {
+  dnsSuffixes: [SUFFIX],
+  allowWildcard: false,
+  spiffeTrustDomain: "",
+  requireClientIpMatch: true,
+  proxyCidrs: [],
+  allowHostname: false,
+};
+const sans = identitySans({
+  provider: PROVIDER,
+  domain: "sports",
+  service: "api",
+  instanceId: UID,
+  podIps: ["10.1.2.3", "FD00:0::1:2"],
+  dnsSuffix: SUFFIX,
+});
 const subject = { cn: "sports.api", ou: [PROVIDER] };
 
 const tmp = tempDir("csr-inspector-test");
@@ -66,7 +87,9 @@ describe("InspectCsr with pkijs CSRs", () => {
   it("refuses a wrong CN, a missing CN, a wrong OU", async () => {
     assert.deepEqual(await codes((await makeCsrWithPkijs({ ...subject, cn: "weather.api", key: ec })).csrPem), [ViolationCode.CsrCommonName]);
     assert.deepEqual(await codes((await makeCsrWithPkijs({ ...subject, cn: "", key: ec })).csrPem), [ViolationCode.CsrCommonName]);
-    assert.deepEqual(await codes((await makeCsrWithPkijs({ ...subject, ou: ["other.provider"], key: ec })).csrPem), [ViolationCode.CsrOrganizationalUnit]);
+    assert.deepEqual(await codes((await makeCsrWithPkijs({ ...subject, ou: ["other.provider"], key: ec })).csrPem), [
+      ViolationCode.CsrOrganizationalUnit,
+    ]);
   });
 
   it("refuses extra SANs and reports every one", async () => {
@@ -118,26 +141,41 @@ describe("InspectCsr with openssl CSRs", () => {
   });
 
   it("refuses a wrong CN and OU and extra SANs together", async () => {
-    const pem = makeCsrWithOpenssl(dir, { cn: "sports.db", ou: ["evil.provider"], ...sans, dns: [...sans.dns, "evil.example.com"], keyFile: ecKey }).csrPem;
+    const pem = makeCsrWithOpenssl(dir, {
+      cn: "sports.db",
+      ou: ["evil.provider"],
+      ...sans,
+      dns: [...sans.dns, "evil.example.com"],
+      keyFile: ecKey,
+    }).csrPem;
     assert.deepEqual(await codes(pem), [ViolationCode.CsrCommonName, ViolationCode.CsrOrganizationalUnit, ViolationCode.SanDnsNotAllowed]);
   });
 
   it("refuses a weak RSA-1024 key", async () => {
     const r = await inspectCsr(expected, makeCsrWithOpenssl(dir, { name: "weak", ...subject, rsaBits: 1024 }).csrPem, policy);
-    assert.deepEqual(r.violations.map((v) => v.code), [ViolationCode.CsrKey]);
+    assert.deepEqual(
+      r.violations.map((v) => v.code),
+      [ViolationCode.CsrKey],
+    );
     assert.equal(r.csr?.keyBits, 1024);
   });
 
   it("refuses an unsupported curve (secp256k1)", async () => {
     const r = await inspectCsr(expected, makeCsrWithOpenssl(dir, { name: "k1", ...subject, key: "ec", curve: "secp256k1" }).csrPem, policy);
-    assert.deepEqual(r.violations.map((v) => v.code), [ViolationCode.CsrKey]);
+    assert.deepEqual(
+      r.violations.map((v) => v.code),
+      [ViolationCode.CsrKey],
+    );
     assert.equal(r.csr?.keyCurve, "secp256k1");
   });
 
   it("accepts P-384 and refuses SHA-1 signatures", async () => {
     assert.deepEqual(await codes(makeCsrWithOpenssl(dir, { name: "p384", ...subject, key: "ec", curve: "P-384" }).csrPem), []);
     const r = await inspectCsr(expected, makeCsrWithOpenssl(dir, { ...subject, keyFile: rsaKey, digest: "sha1" }).csrPem, policy);
-    assert.deepEqual(r.violations.map((v) => v.code), [ViolationCode.CsrSignatureAlgorithm]);
+    assert.deepEqual(
+      r.violations.map((v) => v.code),
+      [ViolationCode.CsrSignatureAlgorithm],
+    );
     assert.equal(r.csr?.signatureAlgorithm, "sha1WithRSAEncryption");
   });
 
@@ -174,7 +212,7 @@ describe("InspectCsr with hostile input", () => {
       [good.replaceAll("CERTIFICATE REQUEST", "CERTIFICATE"), /label/],
       [good.replace("END CERTIFICATE REQUEST", "END PRIVATE KEY"), /labels differ/],
       [good + good, /single PEM/],
-      ["text before\n" + good, /single PEM/],
+      [`text before\n${good}`, /single PEM/],
       [derToPem(der.subarray(0, der.length - 20), "CERTIFICATE REQUEST"), /truncated/],
       [derToPem(new Uint8Array([...der, 0]), "CERTIFICATE REQUEST"), /trailing/],
       [derToPem(new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x00]), "CERTIFICATE REQUEST"), /PKCS#10/],

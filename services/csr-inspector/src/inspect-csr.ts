@@ -5,20 +5,20 @@
  */
 import { create } from "@bufbuild/protobuf";
 import type { Violation } from "@k8s-athenz-identity/api/common";
-import { CsrSummarySchema, type CsrSummary } from "@k8s-athenz-identity/api/csr_inspector";
+import { type CsrSummary, CsrSummarySchema } from "@k8s-athenz-identity/api/csr_inspector";
 import { ViolationCode, violation } from "@k8s-athenz-identity/shared";
-import { parseCsrPem, type ParsedCsr } from "./csr-parse.js";
+import { type ParsedCsr, parseCsrPem } from "./csr-parse.js";
 import { verifyCsrSignature } from "./csr-verify.js";
 import {
   checkKey,
   checkSans,
   checkSignatureAlgorithm,
   compileSanRules,
-  show,
-  signatureAlgorithmName,
   type ExpectedIdentityInput,
   type SanPolicyInput,
   type SanRules,
+  show,
+  signatureAlgorithmName,
 } from "./policy.js";
 
 /** Options of {@link inspectCsr} that are not per request. */
@@ -54,7 +54,9 @@ export function summarizeCsr(csr: ParsedCsr): CsrSummary {
 export async function inspectParsedCsr(csr: ParsedCsr, rules: SanRules, opts: CsrInspectOptions = {}): Promise<Violation[]> {
   const out: Violation[] = [];
   const keyViolation = checkKey(csr.key);
-  const algViolation = checkSignatureAlgorithm({ oid: csr.signatureAlgorithmOid, pssHashOid: csr.pssHashOid }, csr.key, { allowRsaPss: opts.allowRsaPss ?? false });
+  const algViolation = checkSignatureAlgorithm({ oid: csr.signatureAlgorithmOid, pssHashOid: csr.pssHashOid }, csr.key, {
+    allowRsaPss: opts.allowRsaPss ?? false,
+  });
   if (keyViolation) out.push(keyViolation);
   if (algViolation) out.push(algViolation);
   if (!keyViolation && !algViolation && !(await verifyCsrSignature(csr))) {
@@ -70,7 +72,9 @@ export async function inspectParsedCsr(csr: ParsedCsr, rules: SanRules, opts: Cs
   const provider = rules.expected.provider.toLowerCase();
   for (const ou of csr.organizationalUnits) {
     if (ou.toLowerCase() !== provider) {
-      out.push(violation(ViolationCode.CsrOrganizationalUnit, `OU ${show(ou)} is not the provider ${show(rules.expected.provider)}`, "csr.subject.ou"));
+      out.push(
+        violation(ViolationCode.CsrOrganizationalUnit, `OU ${show(ou)} is not the provider ${show(rules.expected.provider)}`, "csr.subject.ou"),
+      );
     }
   }
   for (const oid of csr.nonStringSubjectAttributes) {

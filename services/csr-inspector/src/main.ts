@@ -1,8 +1,8 @@
 #!/usr/bin/env -S node --import tsx
 /** csr-inspector: checks requested SANs, CN and key of a pod's certificate request. */
 import { pathToFileURL } from "node:url";
-import { createMetricsRegistry, runMain, startServiceServer, tlsFromSettings, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
-import { csrInspectorSpec, defaultSanPolicy, type CsrInspectorConfig } from "./config.js";
+import { createMetricsRegistry, type Logger, type RunningServer, runMain, startServiceServer, tlsFromSettings } from "@k8s-athenz-identity/shared";
+import { type CsrInspectorConfig, csrInspectorSpec, defaultSanPolicy } from "./config.js";
 import { csrInspectorRoutes } from "./connect.js";
 
 /** Starts the service (used by main and by tests). It has no dependency, so it is ready once listening. */

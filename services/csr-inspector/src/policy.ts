@@ -5,19 +5,19 @@
 import { BlockList, isIPv4, isIPv6 } from "node:net";
 import type { Violation } from "@k8s-athenz-identity/api/common";
 import {
+  commonName,
   DomainError,
   ErrorCode,
-  NAMESPACE_PATTERN,
-  ViolationCode,
-  commonName,
   instanceIdDnsName,
   instanceIdUri,
   isDomainName,
   isProviderName,
   isServiceName,
+  NAMESPACE_PATTERN,
   serviceDnsName,
   spiffeNamespaceUri,
   spiffeServiceUri,
+  ViolationCode,
   violation,
   wildcardDnsName,
 } from "@k8s-athenz-identity/shared";
@@ -162,7 +162,8 @@ export function compileSanRules(expected: ExpectedIdentityInput, policy: SanPoli
   if (!isServiceName(expected.service)) throw bad("expected.service", "is not an Athenz service name");
   if (!INSTANCE_ID.test(expected.instanceId)) throw bad("expected.instance_id", "is empty or not a pod UID");
   if (expected.namespace !== "" && !NAMESPACE_PATTERN.test(expected.namespace)) throw bad("expected.namespace", "is not a namespace name");
-  if (policy.spiffeTrustDomain !== "" && !DNS_NAME.test(policy.spiffeTrustDomain)) throw bad("policy.spiffe_trust_domain", "is not a trust domain name");
+  if (policy.spiffeTrustDomain !== "" && !DNS_NAME.test(policy.spiffeTrustDomain))
+    throw bad("policy.spiffe_trust_domain", "is not a trust domain name");
   if (expected.podIps.length > MAX_SAN_ENTRIES) throw bad("expected.pod_ips", "has too many entries");
   const podIps = new Set<string>();
   for (const ip of expected.podIps) {
@@ -245,7 +246,13 @@ export function checkDnsName(name: string, rules: SanRules, field: string, out: 
   if (rules.dnsNames.has(lower)) return;
   const id = instanceIdFromDns(lower, rules.suffixes);
   if (id !== undefined && id !== rules.expected.instanceId.toLowerCase()) {
-    out.push(violation(ViolationCode.InstanceIdMismatch, `DNS name ${show(name)} names another instance than the pod (${show(rules.expected.instanceId)})`, field));
+    out.push(
+      violation(
+        ViolationCode.InstanceIdMismatch,
+        `DNS name ${show(name)} names another instance than the pod (${show(rules.expected.instanceId)})`,
+        field,
+      ),
+    );
   } else if (rules.wildcardNames.has(lower)) {
     out.push(violation(ViolationCode.SanDnsNotAllowed, `wildcard DNS name ${show(name)} is not allowed by the policy`, field));
   } else {
@@ -274,16 +281,30 @@ export function checkUri(uri: string, rules: SanRules, field: string, out: Viola
   if (uri.startsWith(INSTANCE_ID_URI_PREFIX)) {
     const parts = uri.slice(INSTANCE_ID_URI_PREFIX.length).split("/");
     if (parts.length === 2 && parts[0] !== rules.expected.provider) {
-      out.push(violation(ViolationCode.ProviderMismatch, `instance id URI ${show(uri)} names provider ${show(parts[0]!)}, not ${show(rules.expected.provider)}`, field));
+      out.push(
+        violation(
+          ViolationCode.ProviderMismatch,
+          `instance id URI ${show(uri)} names provider ${show(parts[0]!)}, not ${show(rules.expected.provider)}`,
+          field,
+        ),
+      );
       return;
     }
     if (parts.length === 2 && parts[1] !== rules.expected.instanceId) {
-      out.push(violation(ViolationCode.InstanceIdMismatch, `instance id URI ${show(uri)} names another instance than the pod (${show(rules.expected.instanceId)})`, field));
+      out.push(
+        violation(
+          ViolationCode.InstanceIdMismatch,
+          `instance id URI ${show(uri)} names another instance than the pod (${show(rules.expected.instanceId)})`,
+          field,
+        ),
+      );
       return;
     }
   }
   if (uri.startsWith("spiffe://") && uri.includes("/ns/") && rules.policy.spiffeTrustDomain === "") {
-    out.push(violation(ViolationCode.SanUriNotAllowed, `URI ${show(uri)}: the SPIFFE namespace form is disabled (no trust domain configured)`, field));
+    out.push(
+      violation(ViolationCode.SanUriNotAllowed, `URI ${show(uri)}: the SPIFFE namespace form is disabled (no trust domain configured)`, field),
+    );
     return;
   }
   out.push(violation(ViolationCode.SanUriNotAllowed, `URI ${show(uri)} is not one of the pod's URIs`, field));
@@ -291,7 +312,11 @@ export function checkUri(uri: string, rules: SanRules, field: string, out: Viola
 
 /** Checks every SAN of every kind and returns all violations, in input order per kind. */
 export function checkSans(sans: SanSet, rules: SanRules, fields: SanFields, out: Violation[] = []): Violation[] {
-  for (const [entries, field] of [[sans.dns, fields.dns], [sans.ips, fields.ips], [sans.uris, fields.uris]] as const) {
+  for (const [entries, field] of [
+    [sans.dns, fields.dns],
+    [sans.ips, fields.ips],
+    [sans.uris, fields.uris],
+  ] as const) {
     if (entries.length > MAX_SAN_ENTRIES) out.push(violation(ViolationCode.SanNotAllowed, `more than ${MAX_SAN_ENTRIES} entries`, field));
   }
   for (const name of sans.dns.slice(0, MAX_SAN_ENTRIES)) checkDnsName(name, rules, fields.dns, out);
@@ -331,7 +356,9 @@ export function checkKey(key: KeyInfo | undefined, field = "csr.public_key"): Vi
     return undefined;
   }
   if (key.algorithm === "EC") {
-    return ALLOWED_CURVES.includes(key.curve) ? undefined : violation(ViolationCode.CsrKey, `EC curve ${show(key.curve)} is not allowed (allowed: ${ALLOWED_CURVES.join(", ")})`, field);
+    return ALLOWED_CURVES.includes(key.curve)
+      ? undefined
+      : violation(ViolationCode.CsrKey, `EC curve ${show(key.curve)} is not allowed (allowed: ${ALLOWED_CURVES.join(", ")})`, field);
   }
   return violation(ViolationCode.CsrKey, `key type ${show(key.algorithm)} is not allowed (RSA or EC only)`, field);
 }

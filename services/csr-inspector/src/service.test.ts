@@ -4,7 +4,15 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ExpectedIdentitySchema, SanPolicySchema } from "@k8s-athenz-identity/api/common";
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
-import { ConfigError, ViolationCode, createLogger, createServiceClient, loadConfig, type RunningServer, type ServiceClient } from "@k8s-athenz-identity/shared";
+import {
+  ConfigError,
+  createLogger,
+  createServiceClient,
+  loadConfig,
+  type RunningServer,
+  type ServiceClient,
+  ViolationCode,
+} from "@k8s-athenz-identity/shared";
 import { generateCsrKey, identitySans, makeCsrWithPkijs } from "../../../test/support/csr.js";
 import { csrInspectorSpec } from "./config.js";
 import { startCsrInspector } from "./main.js";
@@ -12,7 +20,14 @@ import { startCsrInspector } from "./main.js";
 const UID = "3f1e2d4c-5b6a-4789-9abc-def012345678";
 const PROVIDER = "k8s.cluster1.identityd";
 const SUFFIX = "cluster1.example.com";
-const expected = create(ExpectedIdentitySchema, { provider: PROVIDER, domain: "sports", service: "api", namespace: "sports", instanceId: UID, podIps: ["10.1.2.3"] });
+const expected = create(ExpectedIdentitySchema, {
+  provider: PROVIDER,
+  domain: "sports",
+  service: "api",
+  namespace: "sports",
+  instanceId: UID,
+  podIps: ["10.1.2.3"],
+});
 const sans = identitySans({ provider: PROVIDER, domain: "sports", service: "api", instanceId: UID, podIps: ["10.1.2.3"], dnsSuffix: SUFFIX });
 
 describe("csr-inspector service over a real port", () => {
@@ -39,13 +54,19 @@ describe("csr-inspector service over a real port", () => {
     const attributes = { instanceId: UID, clientIP: "10.200.3.4", sanDNS: sans.dns.join(","), sanIP: "10.1.2.3", sanURI: sans.uris.join(",") };
     assert.deepEqual((await svc.client.inspectAttributes({ expected, attributes })).violations, []);
     const bad = await svc.client.inspectAttributes({ expected, attributes: { ...attributes, sanDNS: "evil.example.com", clientIP: "10.9.9.9" } });
-    assert.deepEqual(bad.violations.map((v) => v.code), [ViolationCode.SanDnsNotAllowed, ViolationCode.ClientIpMismatch]);
+    assert.deepEqual(
+      bad.violations.map((v) => v.code),
+      [ViolationCode.SanDnsNotAllowed, ViolationCode.ClientIpMismatch],
+    );
   });
 
   it("InspectAttributes applies the request's policy when present", async () => {
     const policy = create(SanPolicySchema, { dnsSuffixes: ["other.example.com"], requireClientIpMatch: false });
     const res = await svc.client.inspectAttributes({ expected, attributes: { sanDNS: sans.dns.join(",") }, policy });
-    assert.deepEqual(res.violations.map((v) => v.code), [ViolationCode.SanDnsNotAllowed, ViolationCode.SanDnsNotAllowed]);
+    assert.deepEqual(
+      res.violations.map((v) => v.code),
+      [ViolationCode.SanDnsNotAllowed, ViolationCode.SanDnsNotAllowed],
+    );
   });
 
   it("InspectCsr answers violations and the summary", async () => {
@@ -53,10 +74,19 @@ describe("csr-inspector service over a real port", () => {
     const ok = await svc.client.inspectCsr({ expected, csrPem: (await makeCsrWithPkijs({ cn: "sports.api", ou: [PROVIDER], ...sans, key })).csrPem });
     assert.deepEqual(ok.violations, []);
     assert.equal(ok.csr?.keyCurve, "P-256");
-    const bad = await svc.client.inspectCsr({ expected, csrPem: (await makeCsrWithPkijs({ cn: "sports.db", ...sans, key, brokenSignature: true })).csrPem });
-    assert.deepEqual(bad.violations.map((v) => v.code), [ViolationCode.CsrSignature, ViolationCode.CsrCommonName]);
+    const bad = await svc.client.inspectCsr({
+      expected,
+      csrPem: (await makeCsrWithPkijs({ cn: "sports.db", ...sans, key, brokenSignature: true })).csrPem,
+    });
+    assert.deepEqual(
+      bad.violations.map((v) => v.code),
+      [ViolationCode.CsrSignature, ViolationCode.CsrCommonName],
+    );
     const garbage = await svc.client.inspectCsr({ expected, csrPem: "garbage" });
-    assert.deepEqual(garbage.violations.map((v) => v.code), [ViolationCode.CsrMalformed]);
+    assert.deepEqual(
+      garbage.violations.map((v) => v.code),
+      [ViolationCode.CsrMalformed],
+    );
     assert.equal(garbage.csr, undefined);
   });
 
@@ -71,7 +101,13 @@ describe("csr-inspector service over a real port", () => {
   });
 
   it("refuses a bad default policy at start-up, naming the setting", () => {
-    assert.throws(() => loadConfig(csrInspectorSpec, { env: { PROXY_CIDRS: "10.0.0.0/40" } }), (e) => e instanceof ConfigError && /PROXY_CIDRS/.test(e.message));
-    assert.throws(() => loadConfig(csrInspectorSpec, { env: { DNS_SUFFIXES: ".example.com" } }), (e) => e instanceof ConfigError && /DNS_SUFFIXES/.test(e.message));
+    assert.throws(
+      () => loadConfig(csrInspectorSpec, { env: { PROXY_CIDRS: "10.0.0.0/40" } }),
+      (e) => e instanceof ConfigError && /PROXY_CIDRS/.test(e.message),
+    );
+    assert.throws(
+      () => loadConfig(csrInspectorSpec, { env: { DNS_SUFFIXES: ".example.com" } }),
+      (e) => e instanceof ConfigError && /DNS_SUFFIXES/.test(e.message),
+    );
   });
 });

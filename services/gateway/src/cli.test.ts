@@ -11,7 +11,11 @@ async function run(argv: string[], env: Record<string, string> = {}) {
 
 describe("operator CLI", () => {
   it("prints its usage for --help (exit 0) and for no command (a usage error, exit 2)", async () => {
-    for (const [argv, code] of [[["--help"], 0], [["-h"], 0], [[], 2]] as const) {
+    for (const [argv, code] of [
+      [["--help"], 0],
+      [["-h"], 0],
+      [[], 2],
+    ] as const) {
       const r = await run([...argv]);
       assert.equal(r.code, code, argv.join(" "));
       assert.equal(r.out.trim(), USAGE.trim());

@@ -7,11 +7,10 @@
  */
 import { readFileSync } from "node:fs";
 import { toJson } from "@bufbuild/protobuf";
-import { createClient } from "@connectrpc/connect";
+import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { CheckOutcome, ExplainInstanceResponseSchema, IdentityProviderService, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
 import { FindPodResponseSchema, GetPodResponseSchema, GetStatusResponseSchema, PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
-import { ConnectError } from "@connectrpc/connect";
 import { parseConfirmation } from "./copper-argos.js";
 
 export const USAGE = `athenz-identity: operator CLI for the k8s Athenz identity provider
@@ -90,8 +89,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     if (!/^https?:\/\/\S+$/.test(url)) throw new UsageError(`not a URL: ${url}`);
     return createConnectTransport({ baseUrl: url, httpVersion: "2", defaultTimeoutMs: timeout });
   };
-  const gatewayUrl = p.flags.get("gateway-url") ?? io.env["GATEWAY_API_URL"] ?? "http://127.0.0.1:8084";
-  const registryUrl = p.flags.get("pod-registry-url") ?? io.env["POD_REGISTRY_URL"] ?? "http://127.0.0.1:8082";
+  const gatewayUrl = p.flags.get("gateway-url") ?? io.env.GATEWAY_API_URL ?? "http://127.0.0.1:8084";
+  const registryUrl = p.flags.get("pod-registry-url") ?? io.env.POD_REGISTRY_URL ?? "http://127.0.0.1:8082";
   const asJson = p.flags.has("json");
 
   try {
@@ -104,7 +103,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         } catch (e) {
           throw new UsageError(`cannot read ${p.args[0]}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
         }
-        let confirmation;
+        let confirmation: ReturnType<typeof parseConfirmation>;
         try {
           confirmation = parseConfirmation(body);
         } catch (e) {
@@ -112,7 +111,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         }
         const client = createClient(IdentityProviderService, transport(gatewayUrl));
         const res = await client.explainInstance({ confirmation, operation: p.flags.has("refresh") ? Operation.REFRESH : Operation.REGISTER });
-        if (asJson) io.out(JSON.stringify(toJson(ExplainInstanceResponseSchema, res), null, 2) + "\n");
+        if (asJson) io.out(`${JSON.stringify(toJson(ExplainInstanceResponseSchema, res), null, 2)}\n`);
         else {
           const outcome = res.decision?.outcome ?? Outcome.UNSPECIFIED;
           io.out(`decision: ${Outcome[outcome]}\n`);
@@ -128,7 +127,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       case "registry-status": {
         if (p.args.length !== 0) throw new UsageError("registry-status takes no arguments");
         const res = await createClient(PodRegistryService, transport(registryUrl)).getStatus({});
-        io.out(JSON.stringify(toJson(GetStatusResponseSchema, res), null, 2) + "\n");
+        io.out(`${JSON.stringify(toJson(GetStatusResponseSchema, res), null, 2)}\n`);
         return res.status?.fresh ? 0 : 1;
       }
       case "pod": {
@@ -138,11 +137,11 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         const slash = arg.indexOf("/");
         if (slash > 0) {
           const res = await client.findPod({ namespace: arg.slice(0, slash), name: arg.slice(slash + 1) });
-          io.out(JSON.stringify(toJson(FindPodResponseSchema, res), null, 2) + "\n");
+          io.out(`${JSON.stringify(toJson(FindPodResponseSchema, res), null, 2)}\n`);
           return res.pod ? 0 : 1;
         }
         const res = await client.getPod({ uid: arg });
-        io.out(JSON.stringify(toJson(GetPodResponseSchema, res), null, 2) + "\n");
+        io.out(`${JSON.stringify(toJson(GetPodResponseSchema, res), null, 2)}\n`);
         return res.pod ? 0 : 1;
       }
       default:

@@ -1,6 +1,6 @@
 /** The gateway's settings (flags and environment), and the initial policy built from them. */
 import { readFileSync } from "node:fs";
-import { bool, duration, int, list, oneOf, optionalStr, port, serverSettings, str, type ConfigOf } from "@k8s-athenz-identity/shared";
+import { bool, type ConfigOf, duration, int, list, oneOf, optionalStr, port, serverSettings, str } from "@k8s-athenz-identity/shared";
 
 const URL_PATTERN = /^https?:\/\/[^\s/]+(\/[^\s]*)?$/;
 
@@ -13,32 +13,128 @@ export const gatewaySpec = {
     description: "our provider service name, e.g. k8s.cluster1.identityd (the TLS certificate's CN)",
     pattern: /^([a-zA-Z0-9_][a-zA-Z0-9_-]*\.)+[a-zA-Z0-9_][a-zA-Z0-9_-]*$/,
   }),
-  apiAdminPort: port({ env: "API_ADMIN_PORT", flag: "api-admin-port", description: "HTTP/1.1 port for the API server's probes and RPC metrics", default: 9084 }),
-  urlPrefix: str({ env: "URL_PREFIX", flag: "url-prefix", description: "path prefix of the ZTS endpoints (<prefix>/instance, <prefix>/refresh)", default: "", pattern: /^(\/[A-Za-z0-9._~-]+)*$/ }),
-  tokenVerifierUrl: str({ env: "TOKEN_VERIFIER_URL", flag: "token-verifier-url", description: "token-verifier Connect URL", default: "http://token-verifier:8081", pattern: URL_PATTERN }),
-  podRegistryUrl: str({ env: "POD_REGISTRY_URL", flag: "pod-registry-url", description: "pod-registry Connect URL", default: "http://pod-registry:8082", pattern: URL_PATTERN }),
-  csrInspectorUrl: str({ env: "CSR_INSPECTOR_URL", flag: "csr-inspector-url", description: "csr-inspector Connect URL", default: "http://csr-inspector:8083", pattern: URL_PATTERN }),
+  apiAdminPort: port({
+    env: "API_ADMIN_PORT",
+    flag: "api-admin-port",
+    description: "HTTP/1.1 port for the API server's probes and RPC metrics",
+    default: 9084,
+  }),
+  urlPrefix: str({
+    env: "URL_PREFIX",
+    flag: "url-prefix",
+    description: "path prefix of the ZTS endpoints (<prefix>/instance, <prefix>/refresh)",
+    default: "",
+    pattern: /^(\/[A-Za-z0-9._~-]+)*$/,
+  }),
+  tokenVerifierUrl: str({
+    env: "TOKEN_VERIFIER_URL",
+    flag: "token-verifier-url",
+    description: "token-verifier Connect URL",
+    default: "http://token-verifier:8081",
+    pattern: URL_PATTERN,
+  }),
+  podRegistryUrl: str({
+    env: "POD_REGISTRY_URL",
+    flag: "pod-registry-url",
+    description: "pod-registry Connect URL",
+    default: "http://pod-registry:8082",
+    pattern: URL_PATTERN,
+  }),
+  csrInspectorUrl: str({
+    env: "CSR_INSPECTOR_URL",
+    flag: "csr-inspector-url",
+    description: "csr-inspector Connect URL",
+    default: "http://csr-inspector:8083",
+    pattern: URL_PATTERN,
+  }),
   dependencyCaFile: optionalStr({ env: "DEPENDENCY_CA_FILE", flag: "dependency-ca-file", description: "CA bundle for https dependency URLs" }),
-  decisionTimeout: duration({ env: "DECISION_TIMEOUT", flag: "decision-timeout", description: "time budget of one decision (ZTS's read timeout is 30s)", default: 5000, minMs: 50, maxMs: 25_000 }),
-  allowInsecureHttp: bool({ env: "ALLOW_INSECURE_HTTP", flag: "allow-insecure-http", description: "DEVELOPMENT ONLY: serve the ZTS endpoint over plain HTTP without client certificates", default: false }),
-  policyFile: optionalStr({ env: "POLICY_FILE", flag: "policy-file", description: "JSON policy file (overrides the policy settings below; re-read on change)" }),
-  policyReloadInterval: duration({ env: "POLICY_RELOAD_INTERVAL", flag: "policy-reload-interval", description: "how often the policy file is checked for changes", default: 10_000, minMs: 100 }),
+  decisionTimeout: duration({
+    env: "DECISION_TIMEOUT",
+    flag: "decision-timeout",
+    description: "time budget of one decision (ZTS's read timeout is 30s)",
+    default: 5000,
+    minMs: 50,
+    maxMs: 25_000,
+  }),
+  allowInsecureHttp: bool({
+    env: "ALLOW_INSECURE_HTTP",
+    flag: "allow-insecure-http",
+    description: "DEVELOPMENT ONLY: serve the ZTS endpoint over plain HTTP without client certificates",
+    default: false,
+  }),
+  policyFile: optionalStr({
+    env: "POLICY_FILE",
+    flag: "policy-file",
+    description: "JSON policy file (overrides the policy settings below; re-read on change)",
+  }),
+  policyReloadInterval: duration({
+    env: "POLICY_RELOAD_INTERVAL",
+    flag: "policy-reload-interval",
+    description: "how often the policy file is checked for changes",
+    default: 10_000,
+    minMs: 100,
+  }),
   // ---- policy (initial values; the policy can be swapped at run time)
-  allowedZtsCns: list({ env: "ALLOWED_ZTS_CNS", flag: "allowed-zts-cns", description: "comma-separated CNs of ZTS client certificates allowed to call", default: [] }),
-  certExpiryMinutes: int({ env: "CERT_EXPIRY_MINUTES", flag: "cert-expiry-minutes", description: "certExpiryTime returned to ZTS", default: 1440, min: 1, max: 525_600 }),
+  allowedZtsCns: list({
+    env: "ALLOWED_ZTS_CNS",
+    flag: "allowed-zts-cns",
+    description: "comma-separated CNs of ZTS client certificates allowed to call",
+    default: [],
+  }),
+  certExpiryMinutes: int({
+    env: "CERT_EXPIRY_MINUTES",
+    flag: "cert-expiry-minutes",
+    description: "certExpiryTime returned to ZTS",
+    default: 1440,
+    min: 1,
+    max: 525_600,
+  }),
   certRefresh: bool({ env: "CERT_REFRESH", flag: "cert-refresh", description: "certRefresh returned to ZTS", default: true }),
-  certUsage: oneOf({ env: "CERT_USAGE", flag: "cert-usage", description: "certUsage returned to ZTS (empty = both)", default: "", values: ["", "client", "server"] as const }),
+  certUsage: oneOf({
+    env: "CERT_USAGE",
+    flag: "cert-usage",
+    description: "certUsage returned to ZTS (empty = both)",
+    default: "",
+    values: ["", "client", "server"] as const,
+  }),
   dnsSuffixes: list({ env: "DNS_SUFFIXES", flag: "dns-suffixes", description: "DNS suffixes the provider vouches for", default: [] }),
   allowWildcard: bool({ env: "SAN_ALLOW_WILDCARD", flag: "san-allow-wildcard", description: "allow *.<service>.<domain>.<suffix>", default: false }),
-  spiffeTrustDomain: str({ env: "SPIFFE_TRUST_DOMAIN", flag: "spiffe-trust-domain", description: "trust domain of the namespaced SPIFFE URI form; empty disables it", default: "" }),
-  requireClientIpMatch: bool({ env: "REQUIRE_CLIENT_IP_MATCH", flag: "require-client-ip-match", description: "clientIP must be one of the pod's IPs", default: true }),
-  proxyCidrs: list({ env: "PROXY_CIDRS", flag: "proxy-cidrs", description: "CIDRs of proxies between pods and ZTS (accepted as clientIP)", default: [] }),
+  spiffeTrustDomain: str({
+    env: "SPIFFE_TRUST_DOMAIN",
+    flag: "spiffe-trust-domain",
+    description: "trust domain of the namespaced SPIFFE URI form; empty disables it",
+    default: "",
+  }),
+  requireClientIpMatch: bool({
+    env: "REQUIRE_CLIENT_IP_MATCH",
+    flag: "require-client-ip-match",
+    description: "clientIP must be one of the pod's IPs",
+    default: true,
+  }),
+  proxyCidrs: list({
+    env: "PROXY_CIDRS",
+    flag: "proxy-cidrs",
+    description: "CIDRs of proxies between pods and ZTS (accepted as clientIP)",
+    default: [],
+  }),
   allowHostname: bool({ env: "ALLOW_HOSTNAME", flag: "allow-hostname", description: "allow the hostname attribute", default: false }),
   athenzDomain: str({ env: "ATHENZ_DOMAIN", flag: "athenz-domain", description: "one fixed Athenz domain for every namespace", default: "" }),
   athenzPrefix: str({ env: "ATHENZ_PREFIX", flag: "athenz-prefix", description: "prefix of the domain derived from a namespace", default: "" }),
   athenzSuffix: str({ env: "ATHENZ_SUFFIX", flag: "athenz-suffix", description: "suffix of the domain derived from a namespace", default: "" }),
-  serviceAccountForm: oneOf({ env: "SERVICE_ACCOUNT_FORM", flag: "service-account-form", description: "SA name is the service, or <domain>.<service>", default: "service", values: ["service", "domain.service"] as const }),
-  podWait: duration({ env: "POD_WAIT", flag: "pod-wait", description: "how long to wait for a pod the registry has not seen yet", default: 1000, maxMs: 30_000 }),
+  serviceAccountForm: oneOf({
+    env: "SERVICE_ACCOUNT_FORM",
+    flag: "service-account-form",
+    description: "SA name is the service, or <domain>.<service>",
+    default: "service",
+    values: ["service", "domain.service"] as const,
+  }),
+  podWait: duration({
+    env: "POD_WAIT",
+    flag: "pod-wait",
+    description: "how long to wait for a pod the registry has not seen yet",
+    default: 1000,
+    maxMs: 30_000,
+  }),
 };
 
 export type GatewayConfig = ConfigOf<typeof gatewaySpec>;
@@ -74,7 +170,10 @@ export function readPolicy(c: GatewayConfig): Record<string, unknown> {
   const out: Record<string, unknown> = { ...base };
   for (const [k, v] of Object.entries(file as Record<string, unknown>)) {
     const prev = out[k];
-    out[k] = (k === "naming" || k === "san" || k === "cert") && typeof v === "object" && v !== null && !Array.isArray(v) && typeof prev === "object" ? { ...(prev as object), ...v } : v;
+    out[k] =
+      (k === "naming" || k === "san" || k === "cert") && typeof v === "object" && v !== null && !Array.isArray(v) && typeof prev === "object"
+        ? { ...(prev as object), ...v }
+        : v;
   }
   return out;
 }

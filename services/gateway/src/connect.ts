@@ -1,17 +1,17 @@
 /** Connect routes of IdentityProviderService: the same decision as the Copper Argos endpoint. */
 import { create } from "@bufbuild/protobuf";
-import { DurationSchema, type Duration } from "@bufbuild/protobuf/wkt";
+import { type Duration, DurationSchema } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import {
   CheckSchema,
+  type Decision,
   DecisionSchema,
   IdentityProviderService,
-  InstanceConfirmationSchema,
-  type Decision,
   type InstanceConfirmation,
+  InstanceConfirmationSchema,
 } from "@k8s-athenz-identity/api/identity_provider";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared";
-import { Operation, type Confirmation, type DecisionEngine, type DecisionResult } from "./decision.js";
+import { type Confirmation, type DecisionEngine, type DecisionResult, Operation } from "./decision.js";
 import type { GatewayObserver } from "./observe.js";
 
 export interface IdentityProviderRoutesOptions {
@@ -58,7 +58,13 @@ export function identityProviderRoutes(o: IdentityProviderRoutesOptions): (route
         return {
           decision: toDecision(result),
           checks: result.checks.map((ch) =>
-            create(CheckSchema, { name: ch.name, outcome: ch.outcome, violations: ch.violations, detail: ch.detail, latency: durationOf(ch.latencyMs) }),
+            create(CheckSchema, {
+              name: ch.name,
+              outcome: ch.outcome,
+              violations: ch.violations,
+              detail: ch.detail,
+              latency: durationOf(ch.latencyMs),
+            }),
           ),
         };
       },

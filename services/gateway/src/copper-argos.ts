@@ -6,7 +6,7 @@
 import type { ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
 import type { Logger, RawHandler } from "@k8s-athenz-identity/shared";
-import { Operation, Outcome, type Confirmation, type DecisionEngine, type DecisionResult } from "./decision.js";
+import { type Confirmation, type DecisionEngine, type DecisionResult, Operation, Outcome } from "./decision.js";
 import type { GatewayObserver } from "./observe.js";
 import type { PolicyStore } from "./policy.js";
 
@@ -114,7 +114,7 @@ export function parseConfirmation(body: Buffer): Confirmation {
   for (const f of ["provider", "domain", "service", "attestationData"]) {
     if (typeof rec[f] !== "string" || rec[f] === "") throw new BadRequest(400, `${f} is missing or not a string`);
   }
-  const attrsIn = rec["attributes"] ?? {};
+  const attrsIn = rec.attributes ?? {};
   if (typeof attrsIn !== "object" || attrsIn === null || Array.isArray(attrsIn)) throw new BadRequest(400, "attributes is not an object");
   const entries = Object.entries(attrsIn as Record<string, unknown>);
   if (entries.length > MAX_ATTRIBUTES) throw new BadRequest(400, "too many attributes");
@@ -124,7 +124,13 @@ export function parseConfirmation(body: Buffer): Confirmation {
     if (typeof v !== "string") throw new BadRequest(400, `attributes.${k.slice(0, 40)} is not a string`);
     attributes[k] = v;
   }
-  return { provider: rec["provider"] as string, domain: rec["domain"] as string, service: rec["service"] as string, attestationData: rec["attestationData"] as string, attributes };
+  return {
+    provider: rec.provider as string,
+    domain: rec.domain as string,
+    service: rec.service as string,
+    attestationData: rec.attestationData as string,
+    attributes,
+  };
 }
 
 function peerCn(sock: TLSSocket): string {
@@ -172,7 +178,10 @@ export function createCopperArgosHandler(o: CopperArgosHandlerOptions): RawHandl
     const ctx = { endpoint, clientCn };
     let confirmation: Confirmation;
     try {
-      const type = String(req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
+      const type = String(req.headers["content-type"] ?? "")
+        .split(";")[0]!
+        .trim()
+        .toLowerCase();
       if (type !== "application/json") throw new BadRequest(415, "content type must be application/json");
       confirmation = parseConfirmation(await readBody(req, limit));
     } catch (err) {

@@ -6,18 +6,23 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { PodPhase } from "@k8s-athenz-identity/api/common";
 import { GetPodResponseSchema, WaitForPodResponseSchema } from "@k8s-athenz-identity/api/pod_registry";
 import { VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
-import { violation, ViolationCode } from "@k8s-athenz-identity/shared";
-import { CheckOutcome, createDecisionEngine, extractToken, Operation, Outcome, type DecisionResult } from "./decision.js";
+import { ViolationCode, violation } from "@k8s-athenz-identity/shared";
+import { CheckOutcome, createDecisionEngine, type DecisionResult, extractToken, Operation, Outcome } from "./decision.js";
 import { createPolicyStore } from "./policy.js";
-import { basePolicy, confirmation, fakeDeps, freshStatus, podA, tokenA, UID_A, UID_B, type FakeDeps } from "./testing.js";
+import { basePolicy, confirmation, type FakeDeps, fakeDeps, freshStatus, podA, tokenA, UID_A, UID_B } from "./testing.js";
 
 function engine(deps: FakeDeps, policy = createPolicyStore(basePolicy()), budgetMs = 2000) {
   return createDecisionEngine({ policy, deps, budgetMs });
 }
 const codes = (r: DecisionResult) => [...new Set(r.violations.map((v) => v.code))].sort();
-const podAnswer = (pod: ReturnType<typeof podA> | null = podA(), status = freshStatus()) => async () =>
-  create(GetPodResponseSchema, { pod: pod ?? undefined, status });
-const tokenAnswer = (t = tokenA()) => async () => create(VerifyTokenResponseSchema, { token: t, verifiedBy: ["jwks"] });
+const podAnswer =
+  (pod: ReturnType<typeof podA> | null = podA(), status = freshStatus()) =>
+  async () =>
+    create(GetPodResponseSchema, { pod: pod ?? undefined, status });
+const tokenAnswer =
+  (t = tokenA()) =>
+  async () =>
+    create(VerifyTokenResponseSchema, { token: t, verifiedBy: ["jwks"] });
 
 describe("decision", () => {
   it("allows a consistent request and answers only the provider's attributes", async () => {
@@ -38,9 +43,9 @@ describe("decision", () => {
     assert.equal(req.expected?.service, "api");
     assert.equal(req.expected?.namespace, "sports");
     assert.equal(req.expected?.instanceId, UID_A);
-    assert.equal(req.attributes["sanIP"], undefined);
-    assert.equal(req.attributes["clientIP"], undefined);
-    assert.equal(req.attributes["sanDNS"], confirmation().attributes["sanDNS"]);
+    assert.equal(req.attributes.sanIP, undefined);
+    assert.equal(req.attributes.clientIP, undefined);
+    assert.equal(req.attributes.sanDNS, confirmation().attributes.sanDNS);
     assert.deepEqual(req.policy?.dnsSuffixes, ["cluster1.example.com"]);
     assert.equal(req.policy?.requireClientIpMatch, false);
   });
@@ -50,9 +55,21 @@ describe("decision", () => {
     const gate = new Promise<void>((r) => (release = r));
     const started: string[] = [];
     const deps = fakeDeps({
-      token: async () => (started.push("token"), await gate, create(VerifyTokenResponseSchema, { token: tokenA() })),
-      pod: async () => (started.push("pod"), await gate, create(GetPodResponseSchema, { pod: podA(), status: freshStatus() })),
-      inspect: async () => (started.push("inspect"), await gate, []),
+      token: async () => {
+        started.push("token");
+        await gate;
+        return create(VerifyTokenResponseSchema, { token: tokenA() });
+      },
+      pod: async () => {
+        started.push("pod");
+        await gate;
+        return create(GetPodResponseSchema, { pod: podA(), status: freshStatus() });
+      },
+      inspect: async () => {
+        started.push("inspect");
+        await gate;
+        return [];
+      },
     });
     const p = engine(deps).decide(Operation.REGISTER, confirmation());
     await new Promise((r) => setImmediate(r));
@@ -112,7 +129,10 @@ describe("decision", () => {
       fakeDeps({ token: async () => create(VerifyTokenResponseSchema, { violations: [violation(ViolationCode.TokenExpired, "expired")] }) }),
     ).decide(Operation.REGISTER, confirmation());
     assert.deepEqual(codes(tok), [ViolationCode.TokenExpired]);
-    const csr = await engine(fakeDeps({ inspect: async () => [violation(ViolationCode.SanDnsNotAllowed, "extra")] })).decide(Operation.REGISTER, confirmation());
+    const csr = await engine(fakeDeps({ inspect: async () => [violation(ViolationCode.SanDnsNotAllowed, "extra")] })).decide(
+      Operation.REGISTER,
+      confirmation(),
+    );
     assert.deepEqual(codes(csr), [ViolationCode.SanDnsNotAllowed]);
   });
 
@@ -191,7 +211,7 @@ describe("decision", () => {
     }
   });
 
-  it("accepts attestationData as {\"identityToken\": jwt}", async () => {
+  it('accepts attestationData as {"identityToken": jwt}', async () => {
     assert.equal(extractToken('{"identityToken":"a.b.c"}'), "a.b.c");
     assert.equal(extractToken(" a.b.c "), "a.b.c");
     const deps = fakeDeps();
@@ -203,7 +223,7 @@ describe("decision", () => {
   it("reads the policy at every decision", async () => {
     const store = createPolicyStore(basePolicy());
     const e = engine(fakeDeps(), store);
-    assert.equal((await e.decide(Operation.REGISTER, confirmation())).confirmation?.attributes["certExpiryTime"], "1440");
+    assert.equal((await e.decide(Operation.REGISTER, confirmation())).confirmation?.attributes.certExpiryTime, "1440");
     store.set(basePolicy({ cert: { expiryMinutes: 60, refresh: false, usage: "client" } }));
     const r = await e.decide(Operation.REGISTER, confirmation());
     assert.deepEqual(r.confirmation?.attributes, { certExpiryTime: "60", certRefresh: "false", certUsage: "client" });
@@ -229,7 +249,14 @@ describe("decision", () => {
     const r = await engine(fakeDeps()).decide(Operation.REGISTER, confirmation({ domain: "weather" }));
     assert.deepEqual(
       r.checks.map((c) => [c.name, CheckOutcome[c.outcome]]),
-      [["request", "PASS"], ["token", "PASS"], ["identity", "FAIL"], ["pod", "PASS"], ["ips", "PASS"], ["csr", "PASS"]],
+      [
+        ["request", "PASS"],
+        ["token", "PASS"],
+        ["identity", "FAIL"],
+        ["pod", "PASS"],
+        ["ips", "PASS"],
+        ["csr", "PASS"],
+      ],
     );
   });
 });

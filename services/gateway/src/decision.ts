@@ -6,16 +6,16 @@
  * budget over) is an ERROR, never a FAIL. Any FAIL => DENY; otherwise any ERROR => RETRY; else ALLOW.
  */
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { ExpectedIdentitySchema, type Pod, PodPhase, type VerifiedToken, type Violation } from "@k8s-athenz-identity/api/common";
+import type { InspectAttributesResponse } from "@k8s-athenz-identity/api/csr_inspector";
 import { InspectAttributesRequestSchema } from "@k8s-athenz-identity/api/csr_inspector";
-import { ExpectedIdentitySchema, PodPhase, type Pod, type Violation, type VerifiedToken } from "@k8s-athenz-identity/api/common";
 import { CheckOutcome, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
 import type { GetPodResponse, RegistryStatus } from "@k8s-athenz-identity/api/pod_registry";
-import type { InspectAttributesResponse } from "@k8s-athenz-identity/api/csr_inspector";
-import { ConnectError, Code } from "@connectrpc/connect";
-import { isTransient, violation, ViolationCode } from "@k8s-athenz-identity/shared";
-import type { Dependencies } from "./dependencies.js";
+import { isTransient, ViolationCode, violation } from "@k8s-athenz-identity/shared";
 import { isDomainName, isProviderName, isServiceName } from "@k8s-athenz-identity/shared/naming";
-import { certAttributes, isProxyAddress, namespaceForDomain, namingOf, sanPolicyMessage, type Policy, type PolicyStore } from "./policy.js";
+import type { Dependencies } from "./dependencies.js";
+import { certAttributes, isProxyAddress, namespaceForDomain, namingOf, type Policy, type PolicyStore, sanPolicyMessage } from "./policy.js";
 
 export { CheckOutcome, Operation, Outcome };
 
@@ -95,7 +95,10 @@ export function extractToken(attestationData: string): string | undefined {
 
 /** A comma-joined attribute list, trimmed, without empty items. */
 function splitList(v: string | undefined): string[] {
-  return (v ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "");
+  return (v ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
 }
 
 /** Canonical text of an IP address (so "::ffff:0:1" and expanded IPv6 forms compare equal). */
@@ -136,7 +139,7 @@ export function validateConfirmation(policy: Policy, c: Confirmation): { violati
   const token = typeof c.attestationData === "string" ? extractToken(c.attestationData) : undefined;
   if (token === undefined) v.push(violation(ViolationCode.TokenMissing, "attestationData holds no token", "attestationData"));
   else if (token.length > MAX_TOKEN) v.push(violation(ViolationCode.TokenTooLarge, "token is too large", "attestationData"));
-  const instanceId = c.attributes?.["instanceId"];
+  const instanceId = c.attributes?.instanceId;
   if (instanceId === undefined || instanceId === "") {
     v.push(violation(ViolationCode.RequestMalformed, "attributes.instanceId is missing", "attributes.instanceId"));
   } else if (!UUID.test(instanceId)) {
@@ -193,7 +196,13 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
         checks,
         subject,
         latencyMs,
-        confirmation: { provider: policy.provider, domain: c.domain, service: c.service, attestationData: c.attestationData, attributes: certAttributes(policy) },
+        confirmation: {
+          provider: policy.provider,
+          domain: c.domain,
+          service: c.service,
+          attestationData: c.attestationData,
+          attributes: certAttributes(policy),
+        },
       };
     };
 
@@ -221,128 +230,174 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
     }
 
     async function fanOut(signal: AbortSignal): Promise<DecisionResult> {
+      // Everything is started at once. The SAN inspection only needs names known before the token is
+      // verified (the request's domain/service/instanceId); the namespace comes from the domain when the
+      // mapping is one-to-one, and the token is cross-checked against all of them afterwards. IP SANs and
+      // clientIP are checked here against the registry's pod, so the inspector needs no pod IPs.
+      const tokenP = timed("token-verifier", () => o.deps.verifyToken(token, signal));
+      const podP = timed("pod-registry", () => o.deps.getPod(instanceId, signal));
+      const nsHint = namespaceForDomain(policy, c.domain);
+      const inspect = (namespace: string) => {
+        const attributes = { ...c.attributes };
+        delete attributes.sanIP;
+        delete attributes.clientIP;
+        const sanPolicy = sanPolicyMessage(policy);
+        sanPolicy.requireClientIpMatch = false;
+        sanPolicy.proxyCidrs = [];
+        return o.deps.inspectAttributes(
+          create(InspectAttributesRequestSchema, {
+            expected: create(ExpectedIdentitySchema, {
+              provider: policy.provider,
+              domain: c.domain,
+              service: c.service,
+              namespace,
+              instanceId,
+              podIps: [],
+            }),
+            attributes,
+            policy: sanPolicy,
+          }),
+          signal,
+        );
+      };
+      const inspectP: Promise<Settled<InspectAttributesResponse> | undefined> =
+        nsHint !== undefined
+          ? timed("csr-inspector", () => inspect(nsHint))
+          : tokenP.then((t) =>
+              t.ok && t.value.violations.length === 0 && t.value.token ? timed("csr-inspector", () => inspect(t.value.token!.namespace)) : undefined,
+            );
 
-    // Everything is started at once. The SAN inspection only needs names known before the token is
-    // verified (the request's domain/service/instanceId); the namespace comes from the domain when the
-    // mapping is one-to-one, and the token is cross-checked against all of them afterwards. IP SANs and
-    // clientIP are checked here against the registry's pod, so the inspector needs no pod IPs.
-    const tokenP = timed("token-verifier", () => o.deps.verifyToken(token, signal));
-    const podP = timed("pod-registry", () => o.deps.getPod(instanceId, signal));
-    const nsHint = namespaceForDomain(policy, c.domain);
-    const inspect = (namespace: string) => {
-      const attributes = { ...c.attributes };
-      delete attributes["sanIP"];
-      delete attributes["clientIP"];
-      const sanPolicy = sanPolicyMessage(policy);
-      sanPolicy.requireClientIpMatch = false;
-      sanPolicy.proxyCidrs = [];
-      return o.deps.inspectAttributes(
-        create(InspectAttributesRequestSchema, {
-          expected: create(ExpectedIdentitySchema, { provider: policy.provider, domain: c.domain, service: c.service, namespace, instanceId, podIps: [] }),
-          attributes,
-          policy: sanPolicy,
-        }),
-        signal,
-      );
-    };
-    const inspectP: Promise<Settled<InspectAttributesResponse> | undefined> =
-      nsHint !== undefined
-        ? timed("csr-inspector", () => inspect(nsHint))
-        : tokenP.then((t) => (t.ok && t.value.violations.length === 0 && t.value.token ? timed("csr-inspector", () => inspect(t.value.token!.namespace)) : undefined));
+      const [tokenR, podR0, inspectR] = await Promise.all([tokenP, podP, inspectP]);
 
-    const [tokenR, podR0, inspectR] = await Promise.all([tokenP, podP, inspectP]);
-
-    // ---- token
-    let verified: VerifiedToken | undefined;
-    if (!tokenR.ok) checks.push(errorCheck("token", tokenR.error, tokenR.ms));
-    else if (tokenR.value.violations.length > 0) checks.push(check("token", CheckOutcome.FAIL, tokenR.value.violations, "", tokenR.ms));
-    else if (!tokenR.value.token) checks.push(check("token", CheckOutcome.ERROR, [], "verifier answered without a token", tokenR.ms));
-    else {
-      verified = tokenR.value.token;
-      subject.namespace = verified.namespace;
-      subject.pod = verified.podName;
-      checks.push(check("token", CheckOutcome.PASS, [], `verified by ${tokenR.value.verifiedBy.join("+") || "verifier"}${tokenR.value.cached ? " (cached)" : ""}`, tokenR.ms));
-    }
-
-    // ---- identity: the token must name the requested domain, service and instance
-    if (verified) {
-      const v: Violation[] = [];
-      const id = namingOf(policy).identityFor({ namespace: verified.namespace, serviceAccount: verified.serviceAccountName });
-      if (id.kind === "unmapped") v.push(id.violation);
+      // ---- token
+      let verified: VerifiedToken | undefined;
+      if (!tokenR.ok) checks.push(errorCheck("token", tokenR.error, tokenR.ms));
+      else if (tokenR.value.violations.length > 0) checks.push(check("token", CheckOutcome.FAIL, tokenR.value.violations, "", tokenR.ms));
+      else if (!tokenR.value.token) checks.push(check("token", CheckOutcome.ERROR, [], "verifier answered without a token", tokenR.ms));
       else {
-        if (id.domain !== c.domain || (nsHint !== undefined && verified.namespace !== nsHint)) {
-          v.push(violation(ViolationCode.DomainMismatch, "the token's namespace does not map to the requested domain", "domain"));
-        }
-        if (id.service !== c.service) v.push(violation(ViolationCode.ServiceMismatch, "the token's service account does not map to the requested service", "service"));
+        verified = tokenR.value.token;
+        subject.namespace = verified.namespace;
+        subject.pod = verified.podName;
+        checks.push(
+          check(
+            "token",
+            CheckOutcome.PASS,
+            [],
+            `verified by ${tokenR.value.verifiedBy.join("+") || "verifier"}${tokenR.value.cached ? " (cached)" : ""}`,
+            tokenR.ms,
+          ),
+        );
       }
-      if (verified.podUid !== instanceId) v.push(violation(ViolationCode.InstanceIdMismatch, "the token was issued to another pod", "attributes.instanceId"));
-      checks.push(check("identity", v.length ? CheckOutcome.FAIL : CheckOutcome.PASS, v));
-    } else {
-      checks.push(check("identity", CheckOutcome.SKIPPED, [], "no verified token"));
-    }
 
-    // ---- pod (the registry); a pod not seen yet is waited for only when the token names it
-    let podR: Settled<GetPodResponse | { pod?: Pod; status?: RegistryStatus }> = podR0;
-    let waited = false;
-    if (podR.ok && !podR.value.pod && podR.value.status?.fresh && verified?.podUid === instanceId && policy.podWaitMs > 0 && !signal.aborted) {
-      waited = true;
-      const r = await timed("pod-registry", () => o.deps.waitForPod(instanceId, policy.podWaitMs, signal, { namespace: verified.namespace, name: verified.podName }));
-      podR = r.ok ? { ok: true, value: r.value, ms: podR0.ms + r.ms } : { ok: false, error: r.error, ms: podR0.ms + r.ms };
-    }
-    let pod: Pod | undefined;
-    if (!podR.ok) checks.push(errorCheck("pod", podR.error, podR.ms));
-    else {
-      const { status } = podR.value;
-      const found = podR.value.pod;
-      if (!status?.fresh) {
-        checks.push(check("pod", CheckOutcome.ERROR, [], `registry not fresh (synced=${Boolean(status?.synced)}, live=${Boolean(status?.live)})`, podR.ms));
-      } else if (!found) {
-        if (waited) checks.push(check("pod", CheckOutcome.FAIL, [violation(ViolationCode.PodNotFound, "no such pod", "attributes.instanceId")], "", podR.ms));
-        else if (verified) checks.push(check("pod", CheckOutcome.FAIL, [violation(ViolationCode.PodNotFound, "no such pod", "attributes.instanceId")], "not waited: the token names another pod", podR.ms));
-        else checks.push(check("pod", CheckOutcome.SKIPPED, [], "pod not in the registry; not waited without a verified token", podR.ms));
-      } else {
-        subject.namespace ??= found.namespace;
-        subject.pod ??= found.name;
+      // ---- identity: the token must name the requested domain, service and instance
+      if (verified) {
         const v: Violation[] = [];
-        if (found.uid !== instanceId) v.push(violation(ViolationCode.PodMismatch, "the registry's pod has another UID", "attributes.instanceId"));
-        if (verified && (found.namespace !== verified.namespace || found.name !== verified.podName || found.serviceAccountName !== verified.serviceAccountName || found.uid !== verified.podUid)) {
-          v.push(violation(ViolationCode.PodMismatch, "the pod does not match the token (namespace, name, service account or UID)", "attestationData"));
-        }
-        if (found.deletionTimestamp) v.push(violation(ViolationCode.PodTerminating, "the pod is terminating", ""));
-        if (found.phase === PodPhase.SUCCEEDED || found.phase === PodPhase.FAILED) v.push(violation(ViolationCode.PodNotRunning, "the pod has finished", ""));
-        if (v.length) checks.push(check("pod", CheckOutcome.FAIL, v, "", podR.ms));
-        else if (found.podIps.length === 0) checks.push(check("pod", CheckOutcome.ERROR, [], "the pod has no IP yet", podR.ms));
+        const id = namingOf(policy).identityFor({ namespace: verified.namespace, serviceAccount: verified.serviceAccountName });
+        if (id.kind === "unmapped") v.push(id.violation);
         else {
-          pod = found;
-          checks.push(check("pod", CheckOutcome.PASS, [], `phase ${PodPhase[found.phase] ?? found.phase}${waited ? ", after waiting" : ""}`, podR.ms));
+          if (id.domain !== c.domain || (nsHint !== undefined && verified.namespace !== nsHint)) {
+            v.push(violation(ViolationCode.DomainMismatch, "the token's namespace does not map to the requested domain", "domain"));
+          }
+          if (id.service !== c.service)
+            v.push(violation(ViolationCode.ServiceMismatch, "the token's service account does not map to the requested service", "service"));
+        }
+        if (verified.podUid !== instanceId)
+          v.push(violation(ViolationCode.InstanceIdMismatch, "the token was issued to another pod", "attributes.instanceId"));
+        checks.push(check("identity", v.length ? CheckOutcome.FAIL : CheckOutcome.PASS, v));
+      } else {
+        checks.push(check("identity", CheckOutcome.SKIPPED, [], "no verified token"));
+      }
+
+      // ---- pod (the registry); a pod not seen yet is waited for only when the token names it
+      let podR: Settled<GetPodResponse | { pod?: Pod; status?: RegistryStatus }> = podR0;
+      let waited = false;
+      if (podR.ok && !podR.value.pod && podR.value.status?.fresh && verified?.podUid === instanceId && policy.podWaitMs > 0 && !signal.aborted) {
+        waited = true;
+        const r = await timed("pod-registry", () =>
+          o.deps.waitForPod(instanceId, policy.podWaitMs, signal, { namespace: verified.namespace, name: verified.podName }),
+        );
+        podR = r.ok ? { ok: true, value: r.value, ms: podR0.ms + r.ms } : { ok: false, error: r.error, ms: podR0.ms + r.ms };
+      }
+      let pod: Pod | undefined;
+      if (!podR.ok) checks.push(errorCheck("pod", podR.error, podR.ms));
+      else {
+        const { status } = podR.value;
+        const found = podR.value.pod;
+        if (!status?.fresh) {
+          checks.push(
+            check("pod", CheckOutcome.ERROR, [], `registry not fresh (synced=${Boolean(status?.synced)}, live=${Boolean(status?.live)})`, podR.ms),
+          );
+        } else if (!found) {
+          if (waited)
+            checks.push(check("pod", CheckOutcome.FAIL, [violation(ViolationCode.PodNotFound, "no such pod", "attributes.instanceId")], "", podR.ms));
+          else if (verified)
+            checks.push(
+              check(
+                "pod",
+                CheckOutcome.FAIL,
+                [violation(ViolationCode.PodNotFound, "no such pod", "attributes.instanceId")],
+                "not waited: the token names another pod",
+                podR.ms,
+              ),
+            );
+          else checks.push(check("pod", CheckOutcome.SKIPPED, [], "pod not in the registry; not waited without a verified token", podR.ms));
+        } else {
+          subject.namespace ??= found.namespace;
+          subject.pod ??= found.name;
+          const v: Violation[] = [];
+          if (found.uid !== instanceId) v.push(violation(ViolationCode.PodMismatch, "the registry's pod has another UID", "attributes.instanceId"));
+          if (
+            verified &&
+            (found.namespace !== verified.namespace ||
+              found.name !== verified.podName ||
+              found.serviceAccountName !== verified.serviceAccountName ||
+              found.uid !== verified.podUid)
+          ) {
+            v.push(
+              violation(ViolationCode.PodMismatch, "the pod does not match the token (namespace, name, service account or UID)", "attestationData"),
+            );
+          }
+          if (found.deletionTimestamp) v.push(violation(ViolationCode.PodTerminating, "the pod is terminating", ""));
+          if (found.phase === PodPhase.SUCCEEDED || found.phase === PodPhase.FAILED)
+            v.push(violation(ViolationCode.PodNotRunning, "the pod has finished", ""));
+          if (v.length) checks.push(check("pod", CheckOutcome.FAIL, v, "", podR.ms));
+          else if (found.podIps.length === 0) checks.push(check("pod", CheckOutcome.ERROR, [], "the pod has no IP yet", podR.ms));
+          else {
+            pod = found;
+            checks.push(
+              check("pod", CheckOutcome.PASS, [], `phase ${PodPhase[found.phase] ?? found.phase}${waited ? ", after waiting" : ""}`, podR.ms),
+            );
+          }
         }
       }
-    }
 
-    // ---- IPs: IP SANs are the pod's; clientIP is the pod's unless a proxy sits between
-    if (pod) {
-      const podIps = new Set(pod.podIps.map(canonicalIp));
-      const v: Violation[] = [];
-      for (const ip of splitList(c.attributes["sanIP"])) {
-        if (!podIps.has(canonicalIp(ip))) v.push(violation(ViolationCode.SanIpNotAllowed, "an IP SAN is not the pod's IP", "attributes.sanIP"));
-      }
-      if (policy.san.requireClientIpMatch) {
-        const clientIp = (c.attributes["clientIP"] ?? "").trim();
-        if (!podIps.has(canonicalIp(clientIp)) && !isProxyAddress(policy, clientIp)) {
-          v.push(violation(ViolationCode.ClientIpMismatch, "the client address is not the pod's IP", "attributes.clientIP"));
+      // ---- IPs: IP SANs are the pod's; clientIP is the pod's unless a proxy sits between
+      if (pod) {
+        const podIps = new Set(pod.podIps.map(canonicalIp));
+        const v: Violation[] = [];
+        for (const ip of splitList(c.attributes.sanIP)) {
+          if (!podIps.has(canonicalIp(ip))) v.push(violation(ViolationCode.SanIpNotAllowed, "an IP SAN is not the pod's IP", "attributes.sanIP"));
         }
+        if (policy.san.requireClientIpMatch) {
+          const clientIp = (c.attributes.clientIP ?? "").trim();
+          if (!podIps.has(canonicalIp(clientIp)) && !isProxyAddress(policy, clientIp)) {
+            v.push(violation(ViolationCode.ClientIpMismatch, "the client address is not the pod's IP", "attributes.clientIP"));
+          }
+        }
+        checks.push(check("ips", v.length ? CheckOutcome.FAIL : CheckOutcome.PASS, v));
+      } else {
+        checks.push(check("ips", CheckOutcome.SKIPPED, [], "no usable pod"));
       }
-      checks.push(check("ips", v.length ? CheckOutcome.FAIL : CheckOutcome.PASS, v));
-    } else {
-      checks.push(check("ips", CheckOutcome.SKIPPED, [], "no usable pod"));
-    }
 
-    // ---- SANs (csr-inspector)
-    if (!inspectR) checks.push(check("csr", CheckOutcome.SKIPPED, [], "needs the token's namespace; no verified token"));
-    else if (!inspectR.ok) checks.push(errorCheck("csr", inspectR.error, inspectR.ms));
-    else checks.push(check("csr", inspectR.value.violations.length ? CheckOutcome.FAIL : CheckOutcome.PASS, inspectR.value.violations, "", inspectR.ms));
+      // ---- SANs (csr-inspector)
+      if (!inspectR) checks.push(check("csr", CheckOutcome.SKIPPED, [], "needs the token's namespace; no verified token"));
+      else if (!inspectR.ok) checks.push(errorCheck("csr", inspectR.error, inspectR.ms));
+      else
+        checks.push(
+          check("csr", inspectR.value.violations.length ? CheckOutcome.FAIL : CheckOutcome.PASS, inspectR.value.violations, "", inspectR.ms),
+        );
 
-    return finish();
+      return finish();
     }
   }
 

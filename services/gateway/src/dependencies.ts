@@ -4,7 +4,7 @@
  * is the production implementation over the buf-generated Connect clients.
  */
 import type { Client } from "@connectrpc/connect";
-import type { InspectAttributesRequest, InspectAttributesResponse, CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
+import type { CsrInspectorService, InspectAttributesRequest, InspectAttributesResponse } from "@k8s-athenz-identity/api/csr_inspector";
 import type { GetPodResponse, GetStatusResponse, PodRegistryService, WaitForPodResponse } from "@k8s-athenz-identity/api/pod_registry";
 import type { TokenVerifierService, VerifyTokenResponse } from "@k8s-athenz-identity/api/token_verifier";
 

@@ -14,7 +14,7 @@ import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
 import { createCa, issueCert, type Pem } from "../../../test/support/pki.js";
 import { tempDir } from "../../../test/support/tmp.js";
 import { gatewaySpec } from "./config.js";
-import { startGateway, type Gateway } from "./server.js";
+import { type Gateway, startGateway } from "./server.js";
 import { confirmation, fakeDeps, PROVIDER, tokenA, UID_B } from "./testing.js";
 
 interface Answer {
@@ -22,7 +22,13 @@ interface Answer {
   body: string;
 }
 
-function post(url: string, client: Pem | undefined, ca: Pem, body: string | Buffer, headers: Record<string, string> = { "content-type": "application/json" }): Promise<Answer> {
+function post(
+  url: string,
+  client: Pem | undefined,
+  ca: Pem,
+  body: string | Buffer,
+  headers: Record<string, string> = { "content-type": "application/json" },
+): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = https.request(url, { method: "POST", ca: ca.certPem, cert: client?.certPem, key: client?.keyPem, agent: false, headers }, (res) => {
       let data = "";
@@ -99,7 +105,7 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
       },
     });
     gw = await startGateway(config, createLogger({ service: "gateway", destination: logs }), { deps });
-    url = gw.zts.url.replace("127.0.0.1", "localhost") + "/copper";
+    url = `${gw.zts.url.replace("127.0.0.1", "localhost")}/copper`;
   });
   after(async () => {
     await gw?.close();
@@ -166,13 +172,17 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
   it("writes one audit line per decision, never the token", async () => {
     logText = "";
     await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation({ attestationData: "secret.token.value" })));
-    const lines = logText.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l["audit"] === true);
+    const lines = logText
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l.audit === true);
     assert.equal(lines.length, 1);
     const line = lines[0]!;
-    assert.equal(line["outcome"], "allow");
-    assert.equal(line["clientCn"], "zts.athenz.io");
-    assert.equal(line["namespace"], "sports");
-    assert.equal(line["endpoint"], "instance");
+    assert.equal(line.outcome, "allow");
+    assert.equal(line.clientCn, "zts.athenz.io");
+    assert.equal(line.namespace, "sports");
+    assert.equal(line.endpoint, "instance");
     assert.ok(!logText.includes("secret.token.value"));
     const metrics = await gw.registry.metrics();
     const has = (re: RegExp) => assert.ok(re.test(metrics), `metrics lack ${re}`);
@@ -189,7 +199,7 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
     utimesSync(join(tmp.dir, "policy.json"), new Date(), new Date(Date.now() + 5000));
     assert.equal(gw.reloadPolicy(), true);
     const r = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation()));
-    assert.equal((JSON.parse(r.body) as { attributes: Record<string, string> }).attributes["certExpiryTime"], "30");
+    assert.equal((JSON.parse(r.body) as { attributes: Record<string, string> }).attributes.certExpiryTime, "30");
     writeFileSync(join(tmp.dir, "policy.json"), JSON.stringify({ cert: { expiryMinutes: -1 } }));
     utimesSync(join(tmp.dir, "policy.json"), new Date(), new Date(Date.now() + 10_000));
     assert.equal(gw.reloadPolicy(), false);
@@ -206,7 +216,10 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
     const identity = ex.checks.find((c) => c.name === "identity");
     assert.equal(identity?.outcome, CheckOutcome.FAIL);
     assert.equal(identity?.violations[0]?.code, "ERR_DOMAIN_MISMATCH");
-    assert.deepEqual(ex.checks.map((c) => c.name), ["request", "token", "identity", "pod", "ips", "csr"]);
+    assert.deepEqual(
+      ex.checks.map((c) => c.name),
+      ["request", "token", "identity", "pod", "ips", "csr"],
+    );
     await assert.rejects(client.confirmInstance({}), (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
   });
 });

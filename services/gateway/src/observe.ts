@@ -2,9 +2,10 @@
  * Audit log and metrics for decisions: one structured line per decision (never the token) and
  * counters/histograms by endpoint, outcome and reason.
  */
-import { Counter, Histogram, type Registry } from "prom-client";
+
 import { LATENCY_BUCKETS, type Logger } from "@k8s-athenz-identity/shared";
-import { Outcome, type Confirmation, type DecisionResult } from "./decision.js";
+import { Counter, Histogram, type Registry } from "prom-client";
+import { type Confirmation, type DecisionResult, Outcome } from "./decision.js";
 
 /** Where a decision came from. */
 export interface DecisionContext {
@@ -21,7 +22,8 @@ export interface GatewayObserver {
   rejected(ctx: DecisionContext, status: number, reason: string): void;
 }
 
-export const outcomeLabel = (o: Outcome): string => ({ [Outcome.ALLOW]: "allow", [Outcome.DENY]: "deny", [Outcome.RETRY]: "retry" })[o as 1 | 2 | 3] ?? "unknown";
+export const outcomeLabel = (o: Outcome): string =>
+  ({ [Outcome.ALLOW]: "allow", [Outcome.DENY]: "deny", [Outcome.RETRY]: "retry" })[o as 1 | 2 | 3] ?? "unknown";
 
 export function createGatewayObserver(o: { logger: Logger; registry: Registry }): GatewayObserver {
   const decisions = new Counter({
@@ -51,7 +53,12 @@ export function createGatewayObserver(o: { logger: Logger; registry: Registry })
     decision(ctx, c, r) {
       const outcome = outcomeLabel(r.outcome);
       const codes = [...new Set(r.violations.map((v) => v.code))];
-      const reason = r.outcome === Outcome.DENY ? (codes[0] ?? "unknown") : r.outcome === Outcome.RETRY ? `retry:${r.retryReason?.split(":")[0] ?? "unknown"}` : "ok";
+      const reason =
+        r.outcome === Outcome.DENY
+          ? (codes[0] ?? "unknown")
+          : r.outcome === Outcome.RETRY
+            ? `retry:${r.retryReason?.split(":")[0] ?? "unknown"}`
+            : "ok";
       decisions.inc({ endpoint: ctx.endpoint, outcome, reason });
       latency.observe({ endpoint: ctx.endpoint, outcome }, r.latencyMs / 1000);
       const line = {
@@ -60,7 +67,7 @@ export function createGatewayObserver(o: { logger: Logger; registry: Registry })
         provider: c.provider,
         domain: c.domain,
         service: c.service,
-        instanceId: c.attributes?.["instanceId"],
+        instanceId: c.attributes?.instanceId,
         namespace: r.subject.namespace,
         pod: r.subject.pod,
         outcome,

@@ -4,9 +4,10 @@
  * that can be swapped at run time, so every request reads `store.get()` when it runs and nothing
  * captures a value once at start-up.
  */
-import { create } from "@bufbuild/protobuf";
+
 import { BlockList, isIP } from "node:net";
-import { SanPolicySchema, type SanPolicy } from "@k8s-athenz-identity/api/common";
+import { create } from "@bufbuild/protobuf";
+import { type SanPolicy, SanPolicySchema } from "@k8s-athenz-identity/api/common";
 import { createNamingPolicy, isProviderName, type NamingPolicy, type NamingPolicyOptions } from "@k8s-athenz-identity/shared/naming";
 
 const DNS_NAME = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
@@ -100,9 +101,9 @@ export function validatePolicy(input: unknown): Policy {
   const provider = strField(input, "provider", "");
   if (!isProviderName(provider)) throw new PolicyError("provider", "must be an Athenz service name like k8s.cluster1.identityd");
 
-  const namingIn = input["naming"] ?? {};
+  const namingIn = input.naming ?? {};
   if (!isRecord(namingIn)) throw new PolicyError("naming", "must be an object");
-  const form = namingIn["serviceAccountForm"] ?? "service";
+  const form = namingIn.serviceAccountForm ?? "service";
   if (form !== "service" && form !== "domain.service") throw new PolicyError("naming.serviceAccountForm", 'must be "service" or "domain.service"');
   let namingPolicy: NamingPolicy;
   try {
@@ -117,27 +118,28 @@ export function validatePolicy(input: unknown): Policy {
   }
   const naming: NamingOptions = { ...namingPolicy.options };
 
-  const sanIn = input["san"] ?? {};
+  const sanIn = input.san ?? {};
   if (!isRecord(sanIn)) throw new PolicyError("san", "must be an object");
   const dnsSuffixes = listField(sanIn, "dnsSuffixes", "san.").map((s) => s.toLowerCase());
   for (const s of dnsSuffixes) if (!DNS_NAME.test(s)) throw new PolicyError("san.dnsSuffixes", `${JSON.stringify(s)} is not a DNS name`);
   const proxyCidrs = listField(sanIn, "proxyCidrs", "san.");
   for (const c of proxyCidrs) if (!parseCidr(c)) throw new PolicyError("san.proxyCidrs", `${JSON.stringify(c)} is not a CIDR like 10.0.0.0/8`);
   const spiffeTrustDomain = strField(sanIn, "spiffeTrustDomain", "san.", "");
-  if (spiffeTrustDomain !== "" && !DNS_NAME.test(spiffeTrustDomain)) throw new PolicyError("san.spiffeTrustDomain", "must be a DNS-like trust domain");
+  if (spiffeTrustDomain !== "" && !DNS_NAME.test(spiffeTrustDomain))
+    throw new PolicyError("san.spiffeTrustDomain", "must be a DNS-like trust domain");
 
-  const certIn = input["cert"] ?? {};
+  const certIn = input.cert ?? {};
   if (!isRecord(certIn)) throw new PolicyError("cert", "must be an object");
-  const expiryMinutes = certIn["expiryMinutes"] ?? 1440;
+  const expiryMinutes = certIn.expiryMinutes ?? 1440;
   if (typeof expiryMinutes !== "number" || !Number.isInteger(expiryMinutes) || expiryMinutes < 1 || expiryMinutes > 525_600) {
     throw new PolicyError("cert.expiryMinutes", "must be an integer number of minutes between 1 and 525600");
   }
-  const usage = certIn["usage"];
+  const usage = certIn.usage;
   if (usage !== undefined && usage !== "client" && usage !== "server") throw new PolicyError("cert.usage", 'must be "client", "server" or absent');
 
   const allowedZtsCns = listField(input, "allowedZtsCns", "");
   if (allowedZtsCns.length === 0) throw new PolicyError("allowedZtsCns", "must name at least one ZTS client certificate CN");
-  const podWaitMs = input["podWaitMs"] ?? 1000;
+  const podWaitMs = input.podWaitMs ?? 1000;
   if (typeof podWaitMs !== "number" || !Number.isInteger(podWaitMs) || podWaitMs < 0 || podWaitMs > 30_000) {
     throw new PolicyError("podWaitMs", "must be an integer between 0 and 30000");
   }
@@ -257,6 +259,6 @@ export function isProxyAddress(p: Policy, ip: string): boolean {
 /** The attributes of an allow answer: only what the provider decides. */
 export function certAttributes(p: Policy): Record<string, string> {
   const out: Record<string, string> = { certExpiryTime: String(p.cert.expiryMinutes), certRefresh: String(p.cert.refresh) };
-  if (p.cert.usage) out["certUsage"] = p.cert.usage;
+  if (p.cert.usage) out.certUsage = p.cert.usage;
   return out;
 }

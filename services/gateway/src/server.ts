@@ -4,14 +4,21 @@
  */
 import { X509Certificate } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
-import type { Registry } from "prom-client";
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
 import { PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
 import { TokenVerifierService } from "@k8s-athenz-identity/api/token_verifier";
-import { createMetricsRegistry, createServiceClient, startServiceServer, tlsFromSettings, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
-import { readPolicy, type GatewayConfig } from "./config.js";
-import { createCopperArgosHandler } from "./copper-argos.js";
+import {
+  createMetricsRegistry,
+  createServiceClient,
+  type Logger,
+  type RunningServer,
+  startServiceServer,
+  tlsFromSettings,
+} from "@k8s-athenz-identity/shared";
+import type { Registry } from "prom-client";
+import { type GatewayConfig, readPolicy } from "./config.js";
 import { identityProviderRoutes } from "./connect.js";
+import { createCopperArgosHandler } from "./copper-argos.js";
 import { createDecisionEngine, type DecisionEngine } from "./decision.js";
 import { createConnectDependencies, type Dependencies } from "./dependencies.js";
 import { createGatewayObserver } from "./observe.js";
@@ -47,12 +54,15 @@ export async function startGateway(config: GatewayConfig, logger: Logger, opts: 
 
   const tlsFiles = tlsFromSettings(config);
   const tlsOn = tlsFiles !== undefined;
-  if (!tlsOn && !config.allowInsecureHttp) throw new Error("TLS_CERT_FILE and TLS_KEY_FILE are required (ZTS only calls https providers); ALLOW_INSECURE_HTTP is for development only");
-  if (tlsOn && !config.tlsClientCaFile && !config.allowInsecureHttp) throw new Error("TLS_CLIENT_CA_FILE (the Athenz CA bundle for ZTS client certificates) is required");
+  if (!tlsOn && !config.allowInsecureHttp)
+    throw new Error("TLS_CERT_FILE and TLS_KEY_FILE are required (ZTS only calls https providers); ALLOW_INSECURE_HTTP is for development only");
+  if (tlsOn && !config.tlsClientCaFile && !config.allowInsecureHttp)
+    throw new Error("TLS_CLIENT_CA_FILE (the Athenz CA bundle for ZTS client certificates) is required");
   if (tlsOn) {
     const cn = certCn(tlsFiles.certFile);
     // ZTS refuses a provider whose certificate CN is not the provider service name.
-    if (cn !== policy.get().provider) throw new Error(`the TLS certificate's CN ${JSON.stringify(cn)} is not the provider service name ${JSON.stringify(policy.get().provider)}`);
+    if (cn !== policy.get().provider)
+      throw new Error(`the TLS certificate's CN ${JSON.stringify(cn)} is not the provider service name ${JSON.stringify(policy.get().provider)}`);
   }
   const mtls = tlsOn && Boolean(config.tlsClientCaFile);
   if (config.allowInsecureHttp) {
@@ -65,16 +75,37 @@ export async function startGateway(config: GatewayConfig, logger: Logger, opts: 
   const clients = opts.deps
     ? undefined
     : {
-        tokenVerifier: createServiceClient(TokenVerifierService, { baseUrl: config.tokenVerifierUrl, timeoutMs: config.decisionTimeout, caFile: config.dependencyCaFile }),
-        podRegistry: createServiceClient(PodRegistryService, { baseUrl: config.podRegistryUrl, timeoutMs: config.decisionTimeout, caFile: config.dependencyCaFile }),
-        csrInspector: createServiceClient(CsrInspectorService, { baseUrl: config.csrInspectorUrl, timeoutMs: config.decisionTimeout, caFile: config.dependencyCaFile }),
+        tokenVerifier: createServiceClient(TokenVerifierService, {
+          baseUrl: config.tokenVerifierUrl,
+          timeoutMs: config.decisionTimeout,
+          caFile: config.dependencyCaFile,
+        }),
+        podRegistry: createServiceClient(PodRegistryService, {
+          baseUrl: config.podRegistryUrl,
+          timeoutMs: config.decisionTimeout,
+          caFile: config.dependencyCaFile,
+        }),
+        csrInspector: createServiceClient(CsrInspectorService, {
+          baseUrl: config.csrInspectorUrl,
+          timeoutMs: config.decisionTimeout,
+          caFile: config.dependencyCaFile,
+        }),
       };
   const deps =
     opts.deps ??
-    createConnectDependencies({ tokenVerifier: clients!.tokenVerifier.client, podRegistry: clients!.podRegistry.client, csrInspector: clients!.csrInspector.client });
+    createConnectDependencies({
+      tokenVerifier: clients!.tokenVerifier.client,
+      podRegistry: clients!.podRegistry.client,
+      csrInspector: clients!.csrInspector.client,
+    });
 
   const observer = createGatewayObserver({ logger, registry });
-  const engine = createDecisionEngine({ policy, deps, budgetMs: config.decisionTimeout, onDependency: (n, ms, ok) => observer.dependency(n, ms, ok) });
+  const engine = createDecisionEngine({
+    policy,
+    deps,
+    budgetMs: config.decisionTimeout,
+    onDependency: (n, ms, ok) => observer.dependency(n, ms, ok),
+  });
 
   // The policy file is re-read when it changes; an invalid file keeps the current policy.
   let policyStamp = config.policyFile ? statSync(config.policyFile).mtimeMs : 0;
@@ -88,7 +119,10 @@ export async function startGateway(config: GatewayConfig, logger: Logger, opts: 
       logger.info({ policyFile: config.policyFile }, "policy reloaded");
       return true;
     } catch (err) {
-      logger.error({ err: err instanceof Error ? err.message : String(err), policyFile: config.policyFile }, "policy file invalid; keeping the current policy");
+      logger.error(
+        { err: err instanceof Error ? err.message : String(err), policyFile: config.policyFile },
+        "policy file invalid; keeping the current policy",
+      );
       return false;
     }
   };

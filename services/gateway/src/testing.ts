@@ -4,12 +4,19 @@
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { PodPhase, PodSchema, VerifiedTokenSchema, type Pod, type VerifiedToken, type Violation } from "@k8s-athenz-identity/api/common";
+import { type Pod, PodPhase, PodSchema, type VerifiedToken, VerifiedTokenSchema, type Violation } from "@k8s-athenz-identity/api/common";
 import type { InspectAttributesRequest } from "@k8s-athenz-identity/api/csr_inspector";
-import { GetPodResponseSchema, RegistryStatusSchema, WaitForPodResponseSchema, type GetPodResponse, type RegistryStatus, type WaitForPodResponse } from "@k8s-athenz-identity/api/pod_registry";
-import { VerifyTokenResponseSchema, type VerifyTokenResponse } from "@k8s-athenz-identity/api/token_verifier";
-import type { Dependencies } from "./dependencies.js";
+import {
+  type GetPodResponse,
+  GetPodResponseSchema,
+  type RegistryStatus,
+  RegistryStatusSchema,
+  type WaitForPodResponse,
+  WaitForPodResponseSchema,
+} from "@k8s-athenz-identity/api/pod_registry";
+import { type VerifyTokenResponse, VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
 import type { Confirmation } from "./decision.js";
+import type { Dependencies } from "./dependencies.js";
 
 export const PROVIDER = "k8s.cluster1.identityd";
 export const UID_A = "0b0f5d4e-1111-4a2b-9c3d-000000000001";
@@ -79,12 +86,14 @@ export interface FakeDeps extends Dependencies {
 }
 
 /** Fake dependencies: each answer is a function so a test can throw, delay or vary it. */
-export function fakeDeps(o: {
-  token?: (token: string, signal: AbortSignal) => Promise<VerifyTokenResponse>;
-  pod?: (uid: string, signal: AbortSignal) => Promise<GetPodResponse>;
-  wait?: (uid: string, signal: AbortSignal) => Promise<WaitForPodResponse>;
-  inspect?: (req: InspectAttributesRequest, signal: AbortSignal) => Promise<Violation[]>;
-} = {}): FakeDeps {
+export function fakeDeps(
+  o: {
+    token?: (token: string, signal: AbortSignal) => Promise<VerifyTokenResponse>;
+    pod?: (uid: string, signal: AbortSignal) => Promise<GetPodResponse>;
+    wait?: (uid: string, signal: AbortSignal) => Promise<WaitForPodResponse>;
+    inspect?: (req: InspectAttributesRequest, signal: AbortSignal) => Promise<Violation[]>;
+  } = {},
+): FakeDeps {
   const calls: FakeDeps["calls"] = { verifyToken: [], getPod: [], waitForPod: [], inspect: [] };
   return {
     calls,

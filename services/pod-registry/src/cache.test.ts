@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { PodPhase } from "@k8s-athenz-identity/api/common";
 import { PodCache } from "./cache.js";
-import { decodeWire, encodePod, encodeTombstone, isPresent, projectPod, type PodRecord } from "./pod.js";
+import { decodeWire, encodePod, encodeTombstone, isPresent, type PodRecord, projectPod } from "./pod.js";
 import { compareResourceVersions } from "./resource-version.js";
 
 function pod(over: Partial<PodRecord> = {}): PodRecord {
@@ -67,7 +67,13 @@ test("indexes by UID, namespace/name and IP follow updates and deletions", () =>
   c.upsert(pod({ uid: "h2", name: "hostnet-2", podIps: ["192.168.0.1"], resourceVersion: "3" }));
   assert.equal(c.findByName("ns", "web-0")?.uid, "a");
   assert.equal(c.findByIp("fd00::1")[0]?.uid, "a");
-  assert.deepEqual(c.findByIp("192.168.0.1").map((p) => p.uid).sort(), ["h1", "h2"]);
+  assert.deepEqual(
+    c
+      .findByIp("192.168.0.1")
+      .map((p) => p.uid)
+      .sort(),
+    ["h1", "h2"],
+  );
   // IP change
   c.upsert(pod({ uid: "a", name: "web-0", podIps: ["10.0.0.2"], resourceVersion: "4" }));
   assert.deepEqual(c.findByIp("10.0.0.1"), []);
@@ -79,7 +85,10 @@ test("indexes by UID, namespace/name and IP follow updates and deletions", () =>
   c.delete({ uid: "a", namespace: "ns", name: "web-0", resourceVersion: "6" });
   assert.equal(c.findByName("ns", "web-0")?.uid, "b");
   c.delete({ uid: "h1", namespace: "ns", name: "hostnet-1", resourceVersion: "7" });
-  assert.deepEqual(c.findByIp("192.168.0.1").map((p) => p.uid), ["h2"]);
+  assert.deepEqual(
+    c.findByIp("192.168.0.1").map((p) => p.uid),
+    ["h2"],
+  );
   assert.equal(c.size, 2);
 });
 
@@ -119,7 +128,15 @@ test("subscribers see upserts and deletions; a throwing subscriber does not brea
 test("projection keeps only allow-listed labels/annotations; the wire encoding round-trips and rejects garbage", () => {
   const p = projectPod(
     {
-      metadata: { uid: "x", namespace: "ns", name: "n", resourceVersion: "5", creationTimestamp: "2024-01-01T00:00:00Z", labels: { app: "a", secret: "s" }, annotations: { "athenz/domain": "d", other: "o" } },
+      metadata: {
+        uid: "x",
+        namespace: "ns",
+        name: "n",
+        resourceVersion: "5",
+        creationTimestamp: "2024-01-01T00:00:00Z",
+        labels: { app: "a", secret: "s" },
+        annotations: { "athenz/domain": "d", other: "o" },
+      },
       spec: { serviceAccountName: "sa", nodeName: "node" },
       status: { phase: "Running", podIP: "10.1.1.1", podIPs: [{ ip: "10.1.1.1" }, { ip: "fd00::2" }], hostIP: "192.168.1.1" },
     },
@@ -133,7 +150,14 @@ test("projection keeps only allow-listed labels/annotations; the wire encoding r
   assert.deepEqual(back.kind === "pod" && back.pod, p);
   const t = decodeWire(encodeTombstone({ uid: "x", namespace: "ns", name: "n", resourceVersion: "6" }));
   assert.deepEqual(t, { kind: "tombstone", tombstone: { uid: "x", namespace: "ns", name: "n", resourceVersion: "6" } });
-  const bad = [`{"v":2,"u":"x"}`, `{"v":1}`, `{"v":1,"u":"x","ns":"n","n":"n","rv":"1","ips":"10.0.0.1"}`, `{"v":1,"u":"x","ns":5}`, "not json", `{"v":1,"u":"x","ns":"a","n":"b","rv":"1","ph":99}`];
+  const bad = [
+    `{"v":2,"u":"x"}`,
+    `{"v":1}`,
+    `{"v":1,"u":"x","ns":"n","n":"n","rv":"1","ips":"10.0.0.1"}`,
+    `{"v":1,"u":"x","ns":5}`,
+    "not json",
+    `{"v":1,"u":"x","ns":"a","n":"b","rv":"1","ph":99}`,
+  ];
   for (const b of bad) assert.throws(() => decodeWire(new TextEncoder().encode(b)), Error, b);
   assert.throws(() => decodeWire(new Uint8Array(70_000)), /too large/);
 });

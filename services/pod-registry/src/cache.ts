@@ -4,8 +4,9 @@
  * deletion is remembered for a while so that a late, stale update cannot resurrect the pod).
  * No transport and no I/O: usable directly in-process, and fed by the API watch or by NATS.
  */
-import { isNewer } from "./resource-version.js";
+
 import { isSettled, type PodRecord, type PodTombstone } from "./pod.js";
+import { isNewer } from "./resource-version.js";
 
 export type CacheEvent = { type: "upserted"; pod: PodRecord } | { type: "deleted"; pod: PodRecord };
 
@@ -148,7 +149,10 @@ export class PodCache {
     if (timeoutMs <= 0 || signal?.aborted) return Promise.resolve(held);
     return new Promise((resolve) => {
       let set = this.waiters.get(uid);
-      if (!set) this.waiters.set(uid, (set = new Set()));
+      if (!set) {
+        set = new Set();
+        this.waiters.set(uid, set);
+      }
       const finish = (p: PodRecord | undefined) => {
         clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
@@ -225,7 +229,7 @@ export class PodCache {
     // When a recreated pod of the same name is cached, the index already points at it (newer).
     if (!next && this.byName.get(key) === old.uid) this.byName.delete(key);
     for (const ip of old.podIps) {
-      if (next && next.podIps.includes(ip)) continue;
+      if (next?.podIps.includes(ip)) continue;
       const e = this.byIp.get(ip);
       if (e === undefined) continue;
       if (typeof e === "string") {

@@ -5,16 +5,16 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import {
-  GetPodResponseSchema,
   FindPodResponseSchema,
+  GetPodResponseSchema,
   GetStatusResponseSchema,
   PodRegistryService,
+  type RegistryStatus,
   RegistryStatusSchema,
   WaitForPodResponseSchema,
   WatchEventType,
-  WatchPodsResponseSchema,
-  type RegistryStatus,
   type WatchPodsResponse,
+  WatchPodsResponseSchema,
 } from "@k8s-athenz-identity/api/pod_registry";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared";
 import type { CacheEvent } from "./cache.js";
@@ -78,7 +78,11 @@ export function podRegistryRoutes(opts: PodRegistryRoutesOptions) {
           signal: ctx.signal,
           ...(namespace && name ? { namespace, name } : {}),
         });
-        return create(WaitForPodResponseSchema, { pod: r.pod ? toProtoPod(r.pod) : undefined, status: toProtoStatus(registry.status()), fromApiServer: r.fromApiServer });
+        return create(WaitForPodResponseSchema, {
+          pod: r.pod ? toProtoPod(r.pod) : undefined,
+          status: toProtoStatus(registry.status()),
+          fromApiServer: r.fromApiServer,
+        });
       },
       getStatus() {
         return create(GetStatusResponseSchema, { status: toProtoStatus(registry.status()) });
@@ -112,7 +116,10 @@ export function podRegistryRoutes(opts: PodRegistryRoutesOptions) {
               wake = undefined;
               continue;
             }
-            yield create(WatchPodsResponseSchema, { type: e.type === "upserted" ? WatchEventType.UPSERTED : WatchEventType.DELETED, pod: toProtoPod(e.pod) });
+            yield create(WatchPodsResponseSchema, {
+              type: e.type === "upserted" ? WatchEventType.UPSERTED : WatchEventType.DELETED,
+              pod: toProtoPod(e.pod),
+            });
           }
         } finally {
           unsubscribe();

@@ -9,10 +9,11 @@
  * 410 Gone (HTTP status or ERROR event) relists; a clean end re-watches from the last
  * resourceVersion; any other failure re-watches (or relists) after an exponential backoff.
  */
-import { CoreV1Api, Watch, type KubeConfig } from "@kubernetes/client-node";
+
 import type { Logger } from "@k8s-athenz-identity/shared";
+import { CoreV1Api, type KubeConfig, Watch } from "@kubernetes/client-node";
 import { createBackoff, delay } from "./backoff.js";
-import { projectPod, projectTombstone, type KubePodLike, type PodRecord, type PodTombstone, type ProjectionOptions } from "./pod.js";
+import { type KubePodLike, type PodRecord, type PodTombstone, type ProjectionOptions, projectPod, projectTombstone } from "./pod.js";
 
 /** Receives what the watcher learns. */
 export interface PodSink {
@@ -202,7 +203,10 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
         const wait = backoff.next();
         const code = (err as { code?: number; statusCode?: number }).code ?? (err as { statusCode?: number }).statusCode;
         if (code === 410) rv = "";
-        log.warn({ err: err instanceof Error ? err.message : String(err), code, namespace: ns || "(all)", retryInMs: wait }, "pod list/watch failed; retrying");
+        log.warn(
+          { err: err instanceof Error ? err.message : String(err), code, namespace: ns || "(all)", retryInMs: wait },
+          "pod list/watch failed; retrying",
+        );
         await delay(wait, abort.signal);
       }
     }

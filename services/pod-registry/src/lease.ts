@@ -6,8 +6,9 @@
  * so two candidates cannot both win (the loser gets 409 Conflict). A leader that cannot renew
  * within the renew deadline steps down before anyone else may take over.
  */
-import { CoordinationV1Api, V1MicroTime, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
+
 import type { Logger } from "@k8s-athenz-identity/shared";
+import { CoordinationV1Api, type KubeConfig, type V1Lease, V1MicroTime } from "@kubernetes/client-node";
 import { delay } from "./backoff.js";
 
 export interface LeaseElectorOptions {
@@ -160,7 +161,11 @@ export function createLeaseElector(opts: LeaseElectorOptions): LeaseElector {
         // Release: an empty holder lets the next candidate take over without waiting.
         try {
           const spec = current.spec ?? {};
-          await api.replaceNamespacedLease({ name, namespace, body: { ...current, spec: { ...spec, holderIdentity: "", renewTime: new V1MicroTime(now()) } } });
+          await api.replaceNamespacedLease({
+            name,
+            namespace,
+            body: { ...current, spec: { ...spec, holderIdentity: "", renewTime: new V1MicroTime(now()) } },
+          });
         } catch (err) {
           logger.warn({ err: err instanceof Error ? err.message : String(err) }, "could not release the lease");
         }

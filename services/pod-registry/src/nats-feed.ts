@@ -11,10 +11,11 @@
  * Every replica, the leader included, builds its cache from the watch ({@link createNatsSubscriber});
  * only the leader writes ({@link createNatsPublisher}).
  */
+
+import type { Logger } from "@k8s-athenz-identity/shared";
 import type { KV, KvWatchEntry } from "@nats-io/kv";
 import { Kvm } from "@nats-io/kv";
 import { createInbox, type Msg, type NatsConnection } from "@nats-io/transport-node";
-import type { Logger } from "@k8s-athenz-identity/shared";
 import { createBackoff, delay } from "./backoff.js";
 import type { PodCache } from "./cache.js";
 import type { PodSink } from "./kube-watcher.js";
@@ -212,15 +213,18 @@ export function createKvWriter(nc: NatsConnection, kv: KV, timeoutMs = 5000): Kv
     }
   };
   const sub = nc.subscribe(`${inbox}.*`, { callback: onAck });
-  const sweep = setInterval(() => {
-    const limit = performance.now() - timeoutMs;
-    // Insertion order is send order: the expired ones are at the front.
-    for (const [id, w] of waiting) {
-      if (w.at > limit) break;
-      waiting.delete(id);
-      w.reject(new Error("timeout waiting for the JetStream ack"));
-    }
-  }, Math.min(1000, timeoutMs));
+  const sweep = setInterval(
+    () => {
+      const limit = performance.now() - timeoutMs;
+      // Insertion order is send order: the expired ones are at the front.
+      for (const [id, w] of waiting) {
+        if (w.at > limit) break;
+        waiting.delete(id);
+        w.reject(new Error("timeout waiting for the JetStream ack"));
+      }
+    },
+    Math.min(1000, timeoutMs),
+  );
   sweep.unref();
   const write = (key: string, value: Uint8Array) =>
     new Promise<void>((resolve, reject) => {
@@ -346,7 +350,10 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
           settle(uid);
           if (!retryTimer && !stopped) {
             const wait = backoff.next();
-            logger.warn({ err: err instanceof Error ? err.message : String(err), pending: pending.size, retryInMs: wait }, "publishing to NATS failed; will retry");
+            logger.warn(
+              { err: err instanceof Error ? err.message : String(err), pending: pending.size, retryInMs: wait },
+              "publishing to NATS failed; will retry",
+            );
             retryTimer = setTimeout(() => {
               retryTimer = undefined;
               drain();
@@ -410,7 +417,8 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
       }
       // Pods the bucket holds but the API server no longer lists were deleted while nobody watched.
       for (const held of cache.pods(namespace)) {
-        if (!seen.has(held.uid)) enqueue(held.uid, { kind: "del", tombstone: { uid: held.uid, namespace: held.namespace, name: held.name, resourceVersion } });
+        if (!seen.has(held.uid))
+          enqueue(held.uid, { kind: "del", tombstone: { uid: held.uid, namespace: held.namespace, name: held.name, resourceVersion } });
       }
       for (const [uid, p] of [...pending]) {
         if (p.kind === "put" && !seen.has(uid) && (namespace === "" || p.pod.namespace === namespace)) {

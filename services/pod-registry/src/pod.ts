@@ -6,7 +6,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { PodPhase, PodSchema, type Pod } from "@k8s-athenz-identity/api/common";
+import { type Pod, PodPhase, PodSchema } from "@k8s-athenz-identity/api/common";
 
 /** One pod as the registry knows it. Immutable: a change replaces the record. */
 export interface PodRecord {
@@ -93,12 +93,7 @@ export function isPresent(pod: PodRecord): boolean {
  * terminal or terminating (the caller should deny now, not wait).
  */
 export function isSettled(pod: PodRecord): boolean {
-  return (
-    pod.podIps.length > 0 ||
-    pod.deletionTimestampMs !== undefined ||
-    pod.phase === PodPhase.SUCCEEDED ||
-    pod.phase === PodPhase.FAILED
-  );
+  return pod.podIps.length > 0 || pod.deletionTimestampMs !== undefined || pod.phase === PodPhase.SUCCEEDED || pod.phase === PodPhase.FAILED;
 }
 
 function toMs(v: unknown): number | undefined {
@@ -121,7 +116,8 @@ function pick(src: unknown, allow: readonly string[] | undefined, what: string):
     const v = (src as Record<string, unknown>)[k];
     if (typeof v !== "string") continue;
     if (v.length > LIMITS.mapValue) throw new Error(`${what} ${k} is longer than ${LIMITS.mapValue}`);
-    (out ??= {})[k] = v;
+    out ??= {};
+    out[k] = v;
   }
   return out;
 }
@@ -224,7 +220,19 @@ const enc = new TextEncoder();
 const dec = new TextDecoder("utf-8", { fatal: true });
 
 export function encodePod(p: PodRecord): Uint8Array {
-  const w: WireV1 = { v: 1, u: p.uid, ns: p.namespace, n: p.name, rv: p.resourceVersion, sa: p.serviceAccountName, ips: [...p.podIps], hip: p.hostIp, nn: p.nodeName, ph: p.phase, ct: p.creationTimestampMs };
+  const w: WireV1 = {
+    v: 1,
+    u: p.uid,
+    ns: p.namespace,
+    n: p.name,
+    rv: p.resourceVersion,
+    sa: p.serviceAccountName,
+    ips: [...p.podIps],
+    hip: p.hostIp,
+    nn: p.nodeName,
+    ph: p.phase,
+    ct: p.creationTimestampMs,
+  };
   if (p.deletionTimestampMs !== undefined) w.dt = p.deletionTimestampMs;
   if (p.labels) w.l = { ...p.labels };
   if (p.annotations) w.a = { ...p.annotations };

@@ -3,17 +3,18 @@
  * (standalone) or through NATS with one Lease-elected watcher (replicated), with freshness
  * reporting and the bounded wait for fresh pods. No transport here: connect.ts serves it.
  */
-import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import type { KV } from "@nats-io/kv";
+
 import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
 import { DomainError, ErrorCode, type Logger } from "@k8s-athenz-identity/shared";
+import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
+import type { KV } from "@nats-io/kv";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { createBackoff, delay } from "./backoff.js";
-import { PodCache, type CacheEvent } from "./cache.js";
+import { type CacheEvent, PodCache } from "./cache.js";
 import { createPodWatcher, type PodSink, type PodWatcher } from "./kube-watcher.js";
 import { createLeaseElector, type LeaseElector } from "./lease.js";
-import { createNatsPublisher, createNatsSubscriber, openPodBucket, type NatsPublisher, type NatsSubscriber } from "./nats-feed.js";
-import { projectPod, type KubePodLike, type PodRecord, type ProjectionOptions } from "./pod.js";
+import { createNatsPublisher, createNatsSubscriber, type NatsPublisher, type NatsSubscriber, openPodBucket } from "./nats-feed.js";
+import { type KubePodLike, type PodRecord, type ProjectionOptions, projectPod } from "./pod.js";
 
 export interface ReplicationOptions {
   /** NATS server URL(s), e.g. "nats://nats:4222". */
@@ -210,7 +211,14 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       try {
         // noAsyncTraces: otherwise every request (each KV put) constructs two Error objects up
         // front just for their stack traces, which was a third of the leader's CPU when publishing.
-        nc ??= await connect({ servers: rep!.servers, name: `pod-registry/${opts.identity}`, maxReconnectAttempts: -1, reconnectTimeWait: 250, waitOnFirstConnect: true, noAsyncTraces: true });
+        nc ??= await connect({
+          servers: rep!.servers,
+          name: `pod-registry/${opts.identity}`,
+          maxReconnectAttempts: -1,
+          reconnectTimeWait: 250,
+          waitOnFirstConnect: true,
+          noAsyncTraces: true,
+        });
         kv = await openPodBucket(nc, rep!.bucket);
         break;
       } catch (err) {
@@ -274,10 +282,16 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       if (!rep) {
         standalone = newWatcher(cacheSink(cache));
         standalone.start();
-        standalone.synced.then(() => noteSynced(true), () => undefined);
+        standalone.synced.then(
+          () => noteSynced(true),
+          () => undefined,
+        );
       } else {
         connecting = connectNats().then(() => {
-          subscriber?.whenSynced.then(() => noteSynced(true), () => undefined);
+          subscriber?.whenSynced.then(
+            () => noteSynced(true),
+            () => undefined,
+          );
         });
       }
     },

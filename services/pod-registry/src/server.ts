@@ -1,7 +1,8 @@
 /** Wires config, the registry, the Connect server and metrics; no domain logic here. */
+
+import { createMetricsRegistry, type Logger, type RunningServer, startServiceServer, tlsFromSettings } from "@k8s-athenz-identity/shared";
 import { KubeConfig } from "@kubernetes/client-node";
 import { Gauge } from "prom-client";
-import { createMetricsRegistry, startServiceServer, tlsFromSettings, type Logger, type RunningServer } from "@k8s-athenz-identity/shared";
 import type { PodRegistryConfig } from "./config.js";
 import { podRegistryRoutes } from "./connect.js";
 import { createPodRegistry, type PodRegistry } from "./registry.js";
@@ -18,7 +19,11 @@ export function loadKubeConfig(file: string | undefined): KubeConfig {
   return kc;
 }
 
-export async function startPodRegistryServer(config: PodRegistryConfig, logger: Logger, kubeConfig = loadKubeConfig(config.kubeconfig)): Promise<PodRegistryServer> {
+export async function startPodRegistryServer(
+  config: PodRegistryConfig,
+  logger: Logger,
+  kubeConfig = loadKubeConfig(config.kubeconfig),
+): Promise<PodRegistryServer> {
   if (config.waitDefault > config.waitMax) throw new Error("WAIT_DEFAULT must not exceed WAIT_MAX");
   const metrics = createMetricsRegistry("pod-registry");
   const registry = createPodRegistry({
@@ -28,7 +33,10 @@ export async function startPodRegistryServer(config: PodRegistryConfig, logger: 
     projection: { labelAllowList: config.labelAllowList, annotationAllowList: config.annotationAllowList },
     replication: config.natsUrl
       ? {
-          servers: config.natsUrl.split(",").map((s) => s.trim()).filter(Boolean),
+          servers: config.natsUrl
+            .split(",")
+            .map((s) => s.trim())
+            .filter(Boolean),
           bucket: config.natsBucket,
           lease: { name: config.leaseName, namespace: config.leaseNamespace, durationMs: config.leaseDuration },
         }
@@ -40,7 +48,14 @@ export async function startPodRegistryServer(config: PodRegistryConfig, logger: 
     apiFallback: config.apiFallback,
     logger,
   });
-  new Gauge({ name: "pod_registry_pods", help: "pods in the cache", registers: [metrics], collect() { this.set(registry.cache.size); } });
+  new Gauge({
+    name: "pod_registry_pods",
+    help: "pods in the cache",
+    registers: [metrics],
+    collect() {
+      this.set(registry.cache.size);
+    },
+  });
   new Gauge({
     name: "pod_registry_last_event_age_seconds",
     help: "time since the feed's last event or heartbeat",
@@ -50,8 +65,22 @@ export async function startPodRegistryServer(config: PodRegistryConfig, logger: 
       this.set(a === undefined ? -1 : a / 1000);
     },
   });
-  new Gauge({ name: "pod_registry_fresh", help: "1 when the cache is synced and the feed live", registers: [metrics], collect() { this.set(registry.status().fresh ? 1 : 0); } });
-  new Gauge({ name: "pod_registry_leader", help: "1 when this replica holds the Lease", registers: [metrics], collect() { this.set(registry.role === 2 ? 1 : 0); } });
+  new Gauge({
+    name: "pod_registry_fresh",
+    help: "1 when the cache is synced and the feed live",
+    registers: [metrics],
+    collect() {
+      this.set(registry.status().fresh ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: "pod_registry_leader",
+    help: "1 when this replica holds the Lease",
+    registers: [metrics],
+    collect() {
+      this.set(registry.role === 2 ? 1 : 0);
+    },
+  });
   await registry.start();
   let server: RunningServer;
   try {
@@ -66,7 +95,17 @@ export async function startPodRegistryServer(config: PodRegistryConfig, logger: 
       registry: metrics,
       readiness: () => {
         const s = registry.status();
-        return { ready: s.fresh, detail: { synced: s.synced, live: s.live, fresh: s.fresh, pods: s.podCount, lastEventAgeMs: s.lastEventAgeMs ?? null, role: ["unspecified", "standalone", "leader", "follower"][s.role] } };
+        return {
+          ready: s.fresh,
+          detail: {
+            synced: s.synced,
+            live: s.live,
+            fresh: s.fresh,
+            pods: s.podCount,
+            lastEventAgeMs: s.lastEventAgeMs ?? null,
+            role: ["unspecified", "standalone", "leader", "follower"][s.role],
+          },
+        };
       },
       shutdownTimeoutMs: config.shutdownTimeout,
       maxTimeoutMs: Math.max(30_000, config.waitMax + 5000),

@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { PodRegistryService, RegistryRole, WatchEventType } from "@k8s-athenz-identity/api/pod_registry";
 import { createServiceClient, loadConfig, type ServiceClient } from "@k8s-athenz-identity/shared";
-import { startFakeKubeApi, type FakeKubeApi } from "../../../test/support/fake-kube-api.js";
+import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
 import { podRegistrySpec } from "../src/config.js";
-import { startPodRegistryServer, type PodRegistryServer } from "../src/server.js";
+import { type PodRegistryServer, startPodRegistryServer } from "../src/server.js";
 import { quietLogger } from "./helpers.js";
 
 let api: FakeKubeApi;
@@ -18,7 +18,16 @@ before(async () => {
   api = await startFakeKubeApi();
   api.createPod({ namespace: NS, name: "existing", serviceAccountName: "api", labels: { app: "x", drop: "y" } });
   const config = loadConfig(podRegistrySpec, {
-    env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", NAMESPACE: NS, WAIT_DEFAULT: "200ms", WAIT_MAX: "500ms", LABEL_ALLOWLIST: "app", STALE_AFTER: "5s" },
+    env: {
+      HOST: "127.0.0.1",
+      PORT: "0",
+      ADMIN_PORT: "0",
+      NAMESPACE: NS,
+      WAIT_DEFAULT: "200ms",
+      WAIT_MAX: "500ms",
+      LABEL_ALLOWLIST: "app",
+      STALE_AFTER: "5s",
+    },
   });
   server = await startPodRegistryServer(config, quietLogger(), api.kubeConfig());
   await server.registry.synced;
@@ -50,7 +59,11 @@ test("GetPod and FindPod answer from the cache with the freshness status", async
 });
 
 test("invalid requests are rejected with InvalidArgument", async () => {
-  for (const call of [() => svc.client.getPod({ uid: "" }), () => svc.client.getPod({ uid: "x".repeat(500) }), () => svc.client.findPod({ namespace: NS, name: "" })]) {
+  for (const call of [
+    () => svc.client.getPod({ uid: "" }),
+    () => svc.client.getPod({ uid: "x".repeat(500) }),
+    () => svc.client.findPod({ namespace: NS, name: "" }),
+  ]) {
     await assert.rejects(call(), (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
   }
 });

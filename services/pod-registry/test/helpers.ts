@@ -2,7 +2,8 @@
 import { createLogger, type Logger } from "@k8s-athenz-identity/shared";
 import type { PodRegistry } from "../src/registry.js";
 
-export const quietLogger = (): Logger => createLogger({ service: "pod-registry-test", level: process.env.TEST_LOG_LEVEL === "debug" ? "debug" : "silent" });
+export const quietLogger = (): Logger =>
+  createLogger({ service: "pod-registry-test", level: process.env.TEST_LOG_LEVEL === "debug" ? "debug" : "silent" });
 
 /** Resolves when `cond()` holds, checking after every cache change of `registries`; rejects after `timeoutMs`. */
 export function until(registries: PodRegistry[], cond: () => boolean, what: string, timeoutMs = 5000): Promise<void> {

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
-import { startFakeKubeApi, type FakeKubeApi } from "../../../test/support/fake-kube-api.js";
-import { startNatsServer, type NatsServer } from "../../../test/support/nats-server.js";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
+import { type NatsServer, startNatsServer } from "../../../test/support/nats-server.js";
 import { openPodBucket } from "../src/nats-feed.js";
 import { encodePod, encodeTombstone, projectPod } from "../src/pod.js";
 import { createPodRegistry, type PodRegistry } from "../src/registry.js";
@@ -27,7 +27,12 @@ function replica(id: string, bucket: string, namespace: string): PodRegistry {
   return createPodRegistry({
     kubeConfig: api.kubeConfig(),
     namespaces: [namespace],
-    replication: { servers: nats.url, bucket, lease: { name: bucket, namespace: "kube-system", durationMs: LEASE_MS, retryPeriodMs: 100 }, heartbeatIntervalMs: 100 },
+    replication: {
+      servers: nats.url,
+      bucket,
+      lease: { name: bucket, namespace: "kube-system", durationMs: LEASE_MS, retryPeriodMs: 100 },
+      heartbeatIntervalMs: 100,
+    },
     identity: id,
     staleAfterMs: 1000,
     waitDefaultMs: 500,
@@ -47,7 +52,12 @@ async function cluster(bucket: string, ns: string, n: number): Promise<PodRegist
 
 const leaderOf = (rs: PodRegistry[]) => rs.filter((r) => r.role === RegistryRole.LEADER);
 const same = (rs: PodRegistry[], want: string[]) => () => rs.every((r) => JSON.stringify(uids(r)) === JSON.stringify(want));
-const apiUids = (ns: string) => api.pods().filter((p) => p.metadata.namespace === ns).map((p) => p.metadata.uid).sort();
+const apiUids = (ns: string) =>
+  api
+    .pods()
+    .filter((p) => p.metadata.namespace === ns)
+    .map((p) => p.metadata.uid)
+    .sort();
 
 test("three replicas converge through NATS with one watch; deletions reach everyone; a late replica syncs from NATS alone", async () => {
   const ns = "rep-converge";
@@ -57,7 +67,10 @@ test("three replicas converge through NATS with one watch; deletions reach every
   try {
     await until(rs, same(rs, apiUids(ns)), "initial convergence");
     assert.equal(leaderOf(rs).length, 1, "exactly one leader");
-    assert.deepEqual(rs.map((r) => r.status().fresh), [true, true, true]);
+    assert.deepEqual(
+      rs.map((r) => r.status().fresh),
+      [true, true, true],
+    );
     assert.equal(api.counts.watch - watchesBefore, 1, "only the leader watches the API server");
 
     // The victim is one of the pods from before the add (the new pod's UID may sort first).

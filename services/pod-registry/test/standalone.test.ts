@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { PodPhase } from "@k8s-athenz-identity/api/common";
 import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
-import { startFakeKubeApi, type FakeKubeApi } from "../../../test/support/fake-kube-api.js";
+import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
 import { createPodRegistry, type PodRegistry, type PodRegistryOptions } from "../src/registry.js";
 import { eventually, quietLogger, uids, until } from "./helpers.js";
 

@@ -8,8 +8,8 @@ import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
 import { tempDir } from "../../../test/support/tmp.js";
-import { startScriptedProvider, startZtsStandIn, type ScriptedProvider, type ZtsStandIn } from "../../../test/support/zts-stand-in.js";
-import { createAgent, type AgentConfig, type AgentOptions } from "./agent.js";
+import { type ScriptedProvider, startScriptedProvider, startZtsStandIn, type ZtsStandIn } from "../../../test/support/zts-stand-in.js";
+import { type AgentConfig, type AgentOptions, createAgent } from "./agent.js";
 import { startHealthServer } from "./http.js";
 import type { RetryPolicy } from "./scheduler.js";
 import { createZtsClient, type ZtsClient } from "./zts-client.js";
@@ -54,7 +54,10 @@ describe("SIA agent against the ZTS stand-in", () => {
 
   before(async () => {
     provider = await startScriptedProvider({ dir: join(tmp.dir, "provider"), name: PROVIDER });
-    zts = await startZtsStandIn({ dir: join(tmp.dir, "zts"), providers: [{ name: PROVIDER, endpoint: provider.url, dnsSuffixes: [SUFFIX], caPem: provider.caPem }] });
+    zts = await startZtsStandIn({
+      dir: join(tmp.dir, "zts"),
+      providers: [{ name: PROVIDER, endpoint: provider.url, dnsSuffixes: [SUFFIX], caPem: provider.caPem }],
+    });
     tokenFile = join(tmp.dir, "token");
     writeFileSync(tokenFile, "token-1\n");
   });
@@ -121,14 +124,16 @@ describe("SIA agent against the ZTS stand-in", () => {
     );
     assert.equal(readFileSync(join(dir, "ca.cert.pem"), "utf8"), zts.signerCaPem);
     assert.equal(held.notAfter - held.notBefore, 60 * 60_000, "the provider's certExpiryTime");
-    const text = execFileSync("openssl", ["x509", "-noout", "-subject", "-ext", "subjectAltName", "-in", join(dir, "service.cert.pem")], { encoding: "utf8" });
+    const text = execFileSync("openssl", ["x509", "-noout", "-subject", "-ext", "subjectAltName", "-in", join(dir, "service.cert.pem")], {
+      encoding: "utf8",
+    });
     assert.match(text, /subject=OU ?= ?k8s\.cluster1\.identityd, CN ?= ?foo\.bar\.api/);
     assert.match(text, new RegExp(`URI:athenz://instanceid/${PROVIDER}/${UID}`));
     execFileSync("openssl", ["verify", "-CAfile", zts.signerCaFile, join(dir, "service.cert.pem")]);
     const sent = provider.received.at(-1)!;
     assert.equal(sent.path, "/instance");
     assert.equal(sent.confirmation.attestationData, "token-1");
-    assert.equal(sent.confirmation.attributes["instanceId"], UID);
+    assert.equal(sent.confirmation.attributes.instanceId, UID);
   });
 
   it("refresh mode: keeps the certificate from init fresh over mutual TLS; run mode reuses it; health and metrics", async () => {
@@ -157,7 +162,7 @@ describe("SIA agent against the ZTS stand-in", () => {
     assert.notEqual(readFileSync(join(dir, "service.cert.pem"), "utf8"), before);
     const last = provider.received.at(-1)!;
     assert.equal(last.path, "/refresh");
-    assert.equal(last.confirmation.attributes["principal"], "foo.bar.api");
+    assert.equal(last.confirmation.attributes.principal, "foo.bar.api");
     const metrics = (await fetchText("/metrics")).text;
     assert.match(metrics, /sia_certificate_expiry_timestamp_seconds\{service="sia"\} \d+/);
     assert.match(metrics, /sia_refresh_total\{operation="refresh",outcome="success",service="sia"\} [2-9]/);
@@ -191,7 +196,10 @@ describe("SIA agent against the ZTS stand-in", () => {
     const { agent, o } = agentFor(dir);
     await agent.init();
     remember(dir);
-    assert.deepEqual(o.seen.map((x) => x.outcome), ["unavailable", "unavailable", "unavailable", "success"]);
+    assert.deepEqual(
+      o.seen.map((x) => x.outcome),
+      ["unavailable", "unavailable", "unavailable", "success"],
+    );
 
     const denied = agentFor(newDir());
     const before = zts.calls.register;
@@ -209,7 +217,10 @@ describe("SIA agent against the ZTS stand-in", () => {
     zts.failNext(0, 403);
     assert.equal(at, 3);
     const gaps = daemon.o.times.slice(1).map((t, i) => t - daemon.o.times[i]!);
-    assert.ok(gaps.every((g) => g >= 190), `denied retries are spaced out: ${gaps.map(Math.round).join(", ")} ms`);
+    assert.ok(
+      gaps.every((g) => g >= 190),
+      `denied retries are spaced out: ${gaps.map(Math.round).join(", ")} ms`,
+    );
     assert.ok(daemon.agent.healthy(), "the valid certificate is still held");
   });
 

@@ -4,25 +4,25 @@
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { open } from "node:fs/promises";
-import { Counter, Gauge, type Registry } from "prom-client";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
 import { createMetricsRegistry } from "@k8s-athenz-identity/shared/metrics";
 import { commonName } from "@k8s-athenz-identity/shared/naming";
+import { Counter, Gauge, type Registry } from "prom-client";
 import type { SiaConfig } from "./config.js";
-import { createKeyAndCsr, type CsrIdentity } from "./csr.js";
-import { createCredentialStore, type CredentialStore } from "./files.js";
+import { type CsrIdentity, createKeyAndCsr } from "./csr.js";
+import { type CredentialStore, createCredentialStore } from "./files.js";
 import {
-  createRefreshLoop,
-  DEFAULT_RETRY_POLICY,
-  retryDelay,
-  systemClock,
   type AttemptResult,
   type Clock,
+  createRefreshLoop,
+  DEFAULT_RETRY_POLICY,
   type RefreshLoop,
   type RetryPolicy,
+  retryDelay,
+  systemClock,
   type Validity,
 } from "./scheduler.js";
-import { createZtsClient, ZtsError, type FailureKind, type InstanceIdentity, type ZtsClient } from "./zts-client.js";
+import { createZtsClient, type FailureKind, type InstanceIdentity, type ZtsClient, ZtsError } from "./zts-client.js";
 
 /** Largest token file accepted (a bound token is about 1 KiB). */
 const MAX_TOKEN_BYTES = 64 * 1024;
@@ -94,7 +94,7 @@ export interface Agent {
 
 /** Reads the projected token; every call reads the file again (the kubelet rotates it). */
 export async function readToken(path: string): Promise<string> {
-  let fh;
+  let fh: Awaited<ReturnType<typeof open>>;
   try {
     fh = await open(path, "r");
   } catch (err) {
@@ -135,16 +135,32 @@ export function createAgent(opts: AgentOptions): Agent {
   const registry = opts.registry ?? createMetricsRegistry("sia");
   const log = logger.child({ domain: config.domain, service: config.service, instanceId: config.podUid });
 
-  const expiryGauge = new Gauge({ name: "sia_certificate_expiry_timestamp_seconds", help: "notAfter of the held certificate (Unix seconds)", registers: [registry] });
-  const issuedGauge = new Gauge({ name: "sia_certificate_issued_timestamp_seconds", help: "notBefore of the held certificate (Unix seconds)", registers: [registry] });
-  const validGauge = new Gauge({ name: "sia_certificate_valid", help: "1 while the held certificate is within its validity, else 0", registers: [registry] });
+  const expiryGauge = new Gauge({
+    name: "sia_certificate_expiry_timestamp_seconds",
+    help: "notAfter of the held certificate (Unix seconds)",
+    registers: [registry],
+  });
+  const issuedGauge = new Gauge({
+    name: "sia_certificate_issued_timestamp_seconds",
+    help: "notBefore of the held certificate (Unix seconds)",
+    registers: [registry],
+  });
+  const validGauge = new Gauge({
+    name: "sia_certificate_valid",
+    help: "1 while the held certificate is within its validity, else 0",
+    registers: [registry],
+  });
   const attempts = new Counter({
     name: "sia_refresh_total",
     help: "register and refresh attempts by operation and outcome (success, unavailable, denied, rejected, local)",
     labelNames: ["operation", "outcome"] as const,
     registers: [registry],
   });
-  const expiredTotal = new Counter({ name: "sia_certificate_expired_total", help: "times the held certificate expired without a successful refresh", registers: [registry] });
+  const expiredTotal = new Counter({
+    name: "sia_certificate_expired_total",
+    help: "times the held certificate expired without a successful refresh",
+    registers: [registry],
+  });
   validGauge.set(0);
 
   const id: CsrIdentity = {
@@ -183,7 +199,14 @@ export function createAgent(opts: AgentOptions): Agent {
       const attestationData = await readToken(config.saTokenFile);
       const { keyPem, csrPem } = await createKeyAndCsr(id, config.keyType);
       const expiryTime = config.expiryMinutes > 0 ? config.expiryMinutes : undefined;
-      const base = { provider: config.providerService, domain: config.domain, service: config.service, attestationData, csr: csrPem, ...(expiryTime ? { expiryTime } : {}) };
+      const base = {
+        provider: config.providerService,
+        domain: config.domain,
+        service: config.service,
+        attestationData,
+        csr: csrPem,
+        ...(expiryTime ? { expiryTime } : {}),
+      };
       const answer =
         operation === "refresh" && current
           ? await zts.refresh({ ...base, instanceId: config.podUid, keyPem: current.keyPem, certPem: current.certPem })
@@ -265,7 +288,9 @@ export function createAgent(opts: AgentOptions): Agent {
         validGauge.set(1);
         log.info({ serialNumber: current.serialNumber, notAfter: new Date(current.notAfter).toISOString() }, "using the certificate on disk");
       } else if (mode === "refresh") {
-        throw new Error(`no valid certificate for ${principal} at CERT_FILE ${config.certFile} / KEY_FILE ${config.keyFile}: run MODE=init first, or use MODE=run`);
+        throw new Error(
+          `no valid certificate for ${principal} at CERT_FILE ${config.certFile} / KEY_FILE ${config.keyFile}: run MODE=init first, or use MODE=run`,
+        );
       }
       loop = createRefreshLoop({
         clock,
@@ -285,7 +310,16 @@ export function createAgent(opts: AgentOptions): Agent {
         },
         onRetryScheduled: (delayMs, n, result) => {
           const level = result.failure === "denied" || result.failure === "rejected" ? "error" : "warn";
-          log[level]({ err: result.error.message, failure: result.failure, attempt: n, retryInMs: delayMs, notAfter: current ? new Date(current.notAfter).toISOString() : undefined }, "certificate attempt failed; retrying");
+          log[level](
+            {
+              err: result.error.message,
+              failure: result.failure,
+              attempt: n,
+              retryInMs: delayMs,
+              notAfter: current ? new Date(current.notAfter).toISOString() : undefined,
+            },
+            "certificate attempt failed; retrying",
+          );
         },
       });
       loop.start();
@@ -294,7 +328,14 @@ export function createAgent(opts: AgentOptions): Agent {
       await loop?.stop();
       if (o.deleteInstance && current) {
         try {
-          await zts.delete({ provider: config.providerService, domain: config.domain, service: config.service, instanceId: config.podUid, keyPem: current.keyPem, certPem: current.certPem });
+          await zts.delete({
+            provider: config.providerService,
+            domain: config.domain,
+            service: config.service,
+            instanceId: config.podUid,
+            keyPem: current.keyPem,
+            certPem: current.certPem,
+          });
           log.info("instance record deleted at ZTS");
         } catch (err) {
           log.warn({ err: (err as Error).message }, "could not delete the instance record at ZTS");

@@ -15,7 +15,10 @@ const env = {
 };
 
 function failsNaming(e: Record<string, string>, setting: RegExp, argv: string[] = []) {
-  assert.throws(() => loadSiaConfig({ env: e, argv }), (err: unknown) => err instanceof ConfigError && setting.test(err.message));
+  assert.throws(
+    () => loadSiaConfig({ env: e, argv }),
+    (err: unknown) => err instanceof ConfigError && setting.test(err.message),
+  );
 }
 
 describe("SIA config", () => {

@@ -7,16 +7,16 @@ import { isIP } from "node:net";
 import {
   bool,
   ConfigError,
+  type ConfigOf,
+  type ConfigSource,
   duration,
   int,
   loadConfig,
   oneOf,
   optionalStr,
   port,
-  str,
-  type ConfigOf,
-  type ConfigSource,
   type Setting,
+  str,
 } from "@k8s-athenz-identity/shared/config";
 import { createNamingPolicy, isProviderName } from "@k8s-athenz-identity/shared/naming";
 
@@ -60,7 +60,11 @@ export const siaSpec = {
     values: ["init", "refresh", "run"] as const,
   }),
   endpoint: httpsUrl({ env: "ENDPOINT", flag: "endpoint", description: "ZTS API base URL, e.g. https://zts.athenz:4443/zts/v1" }),
-  providerService: str({ env: "PROVIDER_SERVICE", flag: "provider-service", description: "the identity provider's Athenz service, e.g. k8s.cluster1.identityd" }),
+  providerService: str({
+    env: "PROVIDER_SERVICE",
+    flag: "provider-service",
+    description: "the identity provider's Athenz service, e.g. k8s.cluster1.identityd",
+  }),
   dnsSuffix: str({ env: "DNS_SUFFIX", flag: "dns-suffix", description: "DNS suffix of the provider, e.g. cluster1.example.com", pattern: DNS_NAME }),
   namespace: str({ env: "NAMESPACE", flag: "namespace", description: "the pod's namespace (metadata.namespace)" }),
   serviceAccount: str({ env: "SERVICEACCOUNT", flag: "serviceaccount", description: "the pod's service account (spec.serviceAccountName)" }),
@@ -73,11 +77,36 @@ export const siaSpec = {
     description: "projected bound service-account token (audience of the provider), read fresh on every call",
     default: "/var/run/secrets/kubernetes.io/bound-serviceaccount/token",
   }),
-  keyFile: str({ env: "KEY_FILE", flag: "key-file", description: "where the private key is (a stable symlink into the current generation)", default: "/var/run/athenz/service.key.pem" }),
-  certFile: str({ env: "CERT_FILE", flag: "cert-file", description: "where the certificate is (a stable symlink into the current generation)", default: "/var/run/athenz/service.cert.pem" }),
-  caCertFile: str({ env: "CA_CERT_FILE", flag: "ca-cert-file", description: "where the CA bundle that signed the certificate is written", default: "/var/run/athenz/ca.cert.pem" }),
-  serverCaCert: optionalStr({ env: "SERVER_CA_CERT", flag: "server-ca-cert", description: "CA bundle (PEM) to verify ZTS's server certificate; the system roots when unset" }),
-  refreshInterval: duration({ env: "REFRESH_INTERVAL", flag: "refresh-interval", description: "longest time between refreshes (refresh also happens at 2/3 of the lifetime)", default: 24 * 3_600_000, minMs: 100 }),
+  keyFile: str({
+    env: "KEY_FILE",
+    flag: "key-file",
+    description: "where the private key is (a stable symlink into the current generation)",
+    default: "/var/run/athenz/service.key.pem",
+  }),
+  certFile: str({
+    env: "CERT_FILE",
+    flag: "cert-file",
+    description: "where the certificate is (a stable symlink into the current generation)",
+    default: "/var/run/athenz/service.cert.pem",
+  }),
+  caCertFile: str({
+    env: "CA_CERT_FILE",
+    flag: "ca-cert-file",
+    description: "where the CA bundle that signed the certificate is written",
+    default: "/var/run/athenz/ca.cert.pem",
+  }),
+  serverCaCert: optionalStr({
+    env: "SERVER_CA_CERT",
+    flag: "server-ca-cert",
+    description: "CA bundle (PEM) to verify ZTS's server certificate; the system roots when unset",
+  }),
+  refreshInterval: duration({
+    env: "REFRESH_INTERVAL",
+    flag: "refresh-interval",
+    description: "longest time between refreshes (refresh also happens at 2/3 of the lifetime)",
+    default: 24 * 3_600_000,
+    minMs: 100,
+  }),
   athenzDomain: optionalStr({ env: "ATHENZ_DOMAIN", flag: "athenz-domain", description: "one fixed Athenz domain instead of the namespace mapping" }),
   athenzPrefix: optionalStr({ env: "ATHENZ_PREFIX", flag: "athenz-prefix", description: "prepended as is to the namespace-derived domain" }),
   athenzSuffix: optionalStr({ env: "ATHENZ_SUFFIX", flag: "athenz-suffix", description: "appended as is to the namespace-derived domain" }),
@@ -88,16 +117,69 @@ export const siaSpec = {
     default: "service",
     values: ["service", "domain.service"] as const,
   }),
-  delayJitterSeconds: int({ env: "DELAY_JITTER_SECONDS", flag: "delay-jitter-seconds", description: "random delay (0..N s) added to every scheduled refresh", default: 0, min: 0, max: 86_400 }),
-  logLevel: oneOf<"trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent">({ env: "LOG_LEVEL", flag: "log-level", description: "log level", default: "info", values: ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const }),
-  keyType: oneOf<"rsa" | "ec">({ env: "KEY_TYPE", flag: "key-type", description: "key of each certificate: rsa (RSA-2048) or ec (P-256)", default: "rsa", values: ["rsa", "ec"] as const }),
+  delayJitterSeconds: int({
+    env: "DELAY_JITTER_SECONDS",
+    flag: "delay-jitter-seconds",
+    description: "random delay (0..N s) added to every scheduled refresh",
+    default: 0,
+    min: 0,
+    max: 86_400,
+  }),
+  logLevel: oneOf<"trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent">({
+    env: "LOG_LEVEL",
+    flag: "log-level",
+    description: "log level",
+    default: "info",
+    values: ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const,
+  }),
+  keyType: oneOf<"rsa" | "ec">({
+    env: "KEY_TYPE",
+    flag: "key-type",
+    description: "key of each certificate: rsa (RSA-2048) or ec (P-256)",
+    default: "rsa",
+    values: ["rsa", "ec"] as const,
+  }),
   wildcard: bool({ env: "WILDCARD", flag: "wildcard", description: "also ask for *.<service>.<domain-dashed>.<dnsSuffix>", default: false }),
-  expiryMinutes: int({ env: "EXPIRY_TIME", flag: "expiry-time", description: "certificate lifetime asked of ZTS in minutes; 0 leaves it to ZTS and the provider", default: 0, min: 0, max: 525_600 }),
-  metricsPort: port({ env: "METRICS_PORT", flag: "metrics-port", description: "HTTP port for /healthz and /metrics (refresh and run modes); 0 picks a free one", default: 9999 }),
-  metricsHost: str({ env: "METRICS_HOST", flag: "metrics-host", description: "address the /healthz and /metrics port listens on", default: "0.0.0.0" }),
-  initTimeout: duration({ env: "INIT_TIMEOUT", flag: "init-timeout", description: "how long init mode retries a ZTS that answers 504 or cannot be reached", default: 120_000, minMs: 0 }),
-  ztsTimeout: duration({ env: "ZTS_TIMEOUT", flag: "zts-timeout", description: "deadline of one ZTS call (ZTS itself waits up to 30 s for the provider)", default: 45_000, minMs: 100 }),
-  deleteOnShutdown: bool({ env: "DELETE_ON_SHUTDOWN", flag: "delete-on-shutdown", description: "delete the instance record at ZTS on SIGTERM", default: false }),
+  expiryMinutes: int({
+    env: "EXPIRY_TIME",
+    flag: "expiry-time",
+    description: "certificate lifetime asked of ZTS in minutes; 0 leaves it to ZTS and the provider",
+    default: 0,
+    min: 0,
+    max: 525_600,
+  }),
+  metricsPort: port({
+    env: "METRICS_PORT",
+    flag: "metrics-port",
+    description: "HTTP port for /healthz and /metrics (refresh and run modes); 0 picks a free one",
+    default: 9999,
+  }),
+  metricsHost: str({
+    env: "METRICS_HOST",
+    flag: "metrics-host",
+    description: "address the /healthz and /metrics port listens on",
+    default: "0.0.0.0",
+  }),
+  initTimeout: duration({
+    env: "INIT_TIMEOUT",
+    flag: "init-timeout",
+    description: "how long init mode retries a ZTS that answers 504 or cannot be reached",
+    default: 120_000,
+    minMs: 0,
+  }),
+  ztsTimeout: duration({
+    env: "ZTS_TIMEOUT",
+    flag: "zts-timeout",
+    description: "deadline of one ZTS call (ZTS itself waits up to 30 s for the provider)",
+    default: 45_000,
+    minMs: 100,
+  }),
+  deleteOnShutdown: bool({
+    env: "DELETE_ON_SHUTDOWN",
+    flag: "delete-on-shutdown",
+    description: "delete the instance record at ZTS on SIGTERM",
+    default: false,
+  }),
 } satisfies Record<string, Setting<unknown>>;
 
 export type SiaSettings = ConfigOf<typeof siaSpec>;
@@ -122,9 +204,12 @@ export function loadSiaConfig(source: ConfigSource): SiaConfig {
 /** Checks cross-setting rules and maps namespace and service account to the Athenz identity. */
 export function resolveSiaConfig(settings: SiaSettings): SiaConfig {
   if (!isProviderName(settings.providerService)) {
-    throw new ConfigError("--provider-service/PROVIDER_SERVICE", `${JSON.stringify(settings.providerService)} is not an Athenz service name like k8s.cluster1.identityd`);
+    throw new ConfigError(
+      "--provider-service/PROVIDER_SERVICE",
+      `${JSON.stringify(settings.providerService)} is not an Athenz service name like k8s.cluster1.identityd`,
+    );
   }
-  let policy;
+  let policy: ReturnType<typeof createNamingPolicy>;
   try {
     policy = createNamingPolicy({
       fixedDomain: settings.athenzDomain,

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createPrivateKey } from "node:crypto";
 import { describe, it } from "node:test";
-import { createKeyAndCsr, ipBytes, sansFor, type CsrIdentity } from "./csr.js";
+import { type CsrIdentity, createKeyAndCsr, ipBytes, sansFor } from "./csr.js";
 
 const id: CsrIdentity = {
   domain: "foo.bar",
@@ -38,7 +38,10 @@ describe("key and CSR", () => {
   }
 
   it("leaves the wildcard out unless asked", () => {
-    assert.deepEqual(sansFor({ ...id, wildcard: false }).dns, ["api.foo-bar.cluster1.example.com", `${id.instanceId}.instanceid.athenz.cluster1.example.com`]);
+    assert.deepEqual(sansFor({ ...id, wildcard: false }).dns, [
+      "api.foo-bar.cluster1.example.com",
+      `${id.instanceId}.instanceid.athenz.cluster1.example.com`,
+    ]);
   });
 
   it("encodes IPv4 and IPv6 addresses", () => {

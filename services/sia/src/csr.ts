@@ -5,22 +5,18 @@
  */
 import { webcrypto } from "node:crypto";
 import { isIPv4, isIPv6 } from "node:net";
+import { commonName, instanceIdDnsName, instanceIdUri, serviceDnsName, spiffeServiceUri, wildcardDnsName } from "@k8s-athenz-identity/shared/naming";
 import * as asn1js from "asn1js";
 import * as pkijs from "pkijs";
-import {
-  commonName,
-  instanceIdDnsName,
-  instanceIdUri,
-  serviceDnsName,
-  spiffeServiceUri,
-  wildcardDnsName,
-} from "@k8s-athenz-identity/shared/naming";
 
 /** Key types: RSA-2048 (default, what ZTS and every SIA accept) or EC P-256. */
 export type KeyType = "rsa" | "ec";
 
 /** The pkijs crypto engine on Node's WebCrypto, passed explicitly rather than installed globally. */
-const engine = new pkijs.CryptoEngine({ name: "node-webcrypto", crypto: webcrypto as unknown as ConstructorParameters<typeof pkijs.CryptoEngine>[0]["crypto"] });
+const engine = new pkijs.CryptoEngine({
+  name: "node-webcrypto",
+  crypto: webcrypto as unknown as ConstructorParameters<typeof pkijs.CryptoEngine>[0]["crypto"],
+});
 
 /** What the CSR asks for. */
 export interface CsrIdentity {
@@ -119,7 +115,7 @@ export function ipBytes(ip: string): ArrayBuffer {
   const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
   if (v4) {
     const b = v4[1]!.split(".").map(Number) as [number, number, number, number];
-    text = text.slice(0, v4.index) + `${((b[0] << 8) | b[1]).toString(16)}:${((b[2] << 8) | b[3]).toString(16)}`;
+    text = `${text.slice(0, v4.index)}${((b[0] << 8) | b[1]).toString(16)}:${((b[2] << 8) | b[3]).toString(16)}`;
   }
   const [head = "", tail] = text.split("::") as [string, string | undefined];
   const h = head === "" ? [] : head.split(":");
@@ -136,6 +132,9 @@ export function ipBytes(ip: string): ArrayBuffer {
 
 /** PEM armour of DER bytes. */
 export function toPem(der: ArrayBuffer, label: string): string {
-  const b64 = Buffer.from(der).toString("base64").replace(/(.{64})/g, "$1\n").replace(/\n$/, "");
+  const b64 = Buffer.from(der)
+    .toString("base64")
+    .replace(/(.{64})/g, "$1\n")
+    .replace(/\n$/, "");
   return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
 }

@@ -19,7 +19,7 @@
  * the next switch, so a path resolved just before a switch stays readable.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, open, readFile, readdir, readlink, rename, rm, symlink, unlink } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, readlink, rename, rm, symlink, unlink } from "node:fs/promises";
 import { basename, dirname, join, relative, resolve } from "node:path";
 
 export interface Credentials {

@@ -6,14 +6,17 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { tempDir } from "../../../test/support/tmp.js";
-import { startScriptedProvider, startZtsStandIn, type ScriptedProvider, type ZtsStandIn } from "../../../test/support/zts-stand-in.js";
+import { type ScriptedProvider, startScriptedProvider, startZtsStandIn, type ZtsStandIn } from "../../../test/support/zts-stand-in.js";
 
 const MAIN = fileURLToPath(new URL("./main.ts", import.meta.url));
 const PROVIDER = "k8s.cluster1.identityd";
 
 function runSia(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", MAIN], { env: { PATH: process.env["PATH"] ?? "", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
+      env: { PATH: process.env.PATH ?? "", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
@@ -29,7 +32,10 @@ describe("sia main", () => {
   let env: Record<string, string>;
   before(async () => {
     provider = await startScriptedProvider({ dir: join(tmp.dir, "provider"), name: PROVIDER });
-    zts = await startZtsStandIn({ dir: join(tmp.dir, "zts"), providers: [{ name: PROVIDER, endpoint: provider.url, dnsSuffixes: ["c1.example.com"], caPem: provider.caPem }] });
+    zts = await startZtsStandIn({
+      dir: join(tmp.dir, "zts"),
+      providers: [{ name: PROVIDER, endpoint: provider.url, dnsSuffixes: ["c1.example.com"], caPem: provider.caPem }],
+    });
     writeFileSync(join(tmp.dir, "token"), "tok");
     env = {
       MODE: "init",
@@ -56,7 +62,7 @@ describe("sia main", () => {
   it("MODE=init writes the files and exits 0", async () => {
     const res = await runSia(env);
     assert.equal(res.code, 0, res.stderr + res.stdout);
-    const cert = new X509Certificate(readFileSync(env["CERT_FILE"]!, "utf8"));
+    const cert = new X509Certificate(readFileSync(env.CERT_FILE!, "utf8"));
     assert.match(cert.subject, /CN=sports\.api/);
     assert.match(res.stdout, /init done/);
   });

@@ -23,11 +23,21 @@ await runMain({
       try {
         serverCaPem = readFileSync(config.serverCaCert, "utf8");
       } catch (err) {
-        throw new ConfigError("--server-ca-cert/SERVER_CA_CERT", `cannot read ${config.serverCaCert}: ${(err as NodeJS.ErrnoException).code ?? "error"}`);
+        throw new ConfigError(
+          "--server-ca-cert/SERVER_CA_CERT",
+          `cannot read ${config.serverCaCert}: ${(err as NodeJS.ErrnoException).code ?? "error"}`,
+        );
       }
     }
     logger.info(
-      { mode: config.mode, domain: config.domain, service: config.service, provider: config.providerService, pod: config.podName, keyType: config.keyType },
+      {
+        mode: config.mode,
+        domain: config.domain,
+        service: config.service,
+        provider: config.providerService,
+        pod: config.podName,
+        keyType: config.keyType,
+      },
       "starting",
     );
     const agent = createAgent({ config: { ...config, serverCaPem }, logger });

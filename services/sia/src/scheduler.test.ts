@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { createRefreshLoop, DEFAULT_RETRY_POLICY, refreshDelay, retryDelay, type AttemptResult, type Clock, type Validity } from "./scheduler.js";
+import { type AttemptResult, type Clock, createRefreshLoop, DEFAULT_RETRY_POLICY, refreshDelay, retryDelay, type Validity } from "./scheduler.js";
 
 /** A clock whose time only moves when the test says so. */
 function fakeClock(start = 1_000_000) {
@@ -42,7 +42,10 @@ describe("refresh timing", () => {
     assert.equal(refreshDelay(cert, 0, 24 * HOUR, 0, noJitter), 2 * HOUR);
     assert.equal(refreshDelay(cert, HOUR, 24 * HOUR, 0, noJitter), HOUR);
     assert.equal(refreshDelay(cert, 0, 30 * 60_000, 0, noJitter), 30 * 60_000);
-    assert.equal(refreshDelay(cert, 0, 24 * HOUR, 10_000, () => 0.5), 2 * HOUR + 5_000);
+    assert.equal(
+      refreshDelay(cert, 0, 24 * HOUR, 10_000, () => 0.5),
+      2 * HOUR + 5_000,
+    );
     assert.equal(refreshDelay(cert, 2.5 * HOUR, 24 * HOUR, 0, noJitter), 0, "overdue: now");
   });
 
@@ -91,7 +94,10 @@ describe("refresh loop", () => {
     await advance(1);
     assert.deepEqual(attempts, [20 * 60_000]);
     await advance(10_000);
-    assert.deepEqual(attempts.map((t) => t - 20 * 60_000), [0, 1_000, 3_000, 7_000]);
+    assert.deepEqual(
+      attempts.map((t) => t - 20 * 60_000),
+      [0, 1_000, 3_000, 7_000],
+    );
     assert.equal(loop.failures, 0);
     const tOk = 20 * 60_000 + 7_000;
     await advance(tOk + 20 * 60_000 - clock.now() - 1);

@@ -54,7 +54,14 @@ export function refreshDelay(cert: Validity, now: number, refreshIntervalMs: num
  * Delay (ms) before retry number `attempt` (1 = the first retry) after a failure of `kind`. With
  * `cert` (a certificate still held), the delay is capped at a quarter of its remaining lifetime.
  */
-export function retryDelay(attempt: number, kind: FailureKind, now: number, cert: Validity | undefined, policy: RetryPolicy, random: () => number): number {
+export function retryDelay(
+  attempt: number,
+  kind: FailureKind,
+  now: number,
+  cert: Validity | undefined,
+  policy: RetryPolicy,
+  random: () => number,
+): number {
   const base = kind === "unavailable" ? policy.unavailableBaseMs : kind === "denied" ? policy.deniedBaseMs : policy.otherBaseMs;
   const exp = Math.min(policy.maxBackoffMs, base * 2 ** Math.min(30, Math.max(0, attempt - 1)));
   // "Equal jitter": at least half the backoff, so retries of many pods spread without collapsing to 0.

@@ -146,16 +146,22 @@ export function createZtsClient(opts: ZtsClientOptions): ZtsClient {
 
   return {
     async register(r) {
-      const body: Record<string, unknown> = { provider: r.provider, domain: r.domain, service: r.service, attestationData: r.attestationData, csr: r.csr };
-      if (r.expiryTime) body["expiryTime"] = r.expiryTime;
-      if (r.hostname) body["hostname"] = r.hostname;
+      const body: Record<string, unknown> = {
+        provider: r.provider,
+        domain: r.domain,
+        service: r.service,
+        attestationData: r.attestationData,
+        csr: r.csr,
+      };
+      if (r.expiryTime) body.expiryTime = r.expiryTime;
+      if (r.hostname) body.hostname = r.hostname;
       const res = await call("POST", "/instance", body);
       if (res.status !== 201 && res.status !== 200) throw failure("register", res.status, res.text);
       return identity("register", res.text);
     },
     async refresh(r) {
       const body: Record<string, unknown> = { attestationData: r.attestationData, csr: r.csr };
-      if (r.expiryTime) body["expiryTime"] = r.expiryTime;
+      if (r.expiryTime) body.expiryTime = r.expiryTime;
       const res = await call("POST", instancePath(r), body, r);
       if (res.status !== 200) throw failure("refresh", res.status, res.text);
       return identity("refresh", res.text);

@@ -4,7 +4,7 @@
  * runs on a payload whose signature someone has vouched for (jose locally, or the API server).
  */
 import type { Violation } from "@k8s-athenz-identity/api/common";
-import { violation, ViolationCode } from "@k8s-athenz-identity/shared/violations";
+import { ViolationCode, violation } from "@k8s-athenz-identity/shared/violations";
 
 /** The identity a verified token proves. Field names follow the `VerifiedToken` message. */
 export interface VerifiedIdentity {
@@ -47,9 +47,7 @@ export interface TokenHeader {
   kid?: string | undefined;
 }
 
-export type PrecheckResult =
-  | { ok: true; header: TokenHeader | undefined; payloadSegment: string }
-  | { ok: false; violations: Violation[] };
+export type PrecheckResult = { ok: true; header: TokenHeader | undefined; payloadSegment: string } | { ok: false; violations: Violation[] };
 
 /** Kubernetes headers are ~100 bytes; a bigger one is an attempt to make us parse junk. */
 const MAX_HEADER_SEGMENT = 4096;
@@ -57,7 +55,7 @@ const JWS_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 /** Bounds attacker-controlled text before it goes into a violation message. */
 function quote(value: unknown): string {
-  const s = typeof value === "string" ? value : JSON.stringify(value) ?? String(value);
+  const s = typeof value === "string" ? value : (JSON.stringify(value) ?? String(value));
   const printable = s.replace(/[^\x20-\x7e]/g, "?");
   return JSON.stringify(printable.length > 40 ? `${printable.slice(0, 40)}...` : printable);
 }
@@ -76,7 +74,8 @@ function decodeJsonObject(segment: string): Record<string, unknown> | undefined 
  * three-part base64url shape, the header JSON and the algorithm allow-list.
  */
 export function precheckToken(token: unknown, o: PrecheckOptions): PrecheckResult {
-  if (typeof token !== "string" || token.length === 0) return { ok: false, violations: [violation(ViolationCode.TokenMissing, "no token was given", "token")] };
+  if (typeof token !== "string" || token.length === 0)
+    return { ok: false, violations: [violation(ViolationCode.TokenMissing, "no token was given", "token")] };
   if (token.length > o.maxTokenBytes) {
     return { ok: false, violations: [violation(ViolationCode.TokenTooLarge, `token is longer than ${o.maxTokenBytes} bytes`, "token")] };
   }
@@ -149,12 +148,15 @@ export function checkClaims(payload: Record<string, unknown>, policy: ClaimsPoli
 
   const iss = payload.iss;
   if (typeof iss !== "string") v.push(violation(ViolationCode.TokenIssuer, "token has no issuer", "token.iss"));
-  else if (policy.issuer !== undefined && iss !== policy.issuer) v.push(violation(ViolationCode.TokenIssuer, `issuer ${quote(iss)} is not the trusted issuer`, "token.iss"));
+  else if (policy.issuer !== undefined && iss !== policy.issuer)
+    v.push(violation(ViolationCode.TokenIssuer, `issuer ${quote(iss)} is not the trusted issuer`, "token.iss"));
 
   const audRaw = payload.aud;
-  const audiences = typeof audRaw === "string" ? [audRaw] : Array.isArray(audRaw) && audRaw.every((a) => typeof a === "string") ? (audRaw as string[]) : undefined;
+  const audiences =
+    typeof audRaw === "string" ? [audRaw] : Array.isArray(audRaw) && audRaw.every((a) => typeof a === "string") ? (audRaw as string[]) : undefined;
   if (!audiences) v.push(violation(ViolationCode.TokenAudience, "token has no audience", "token.aud"));
-  else if (!audiences.includes(policy.audience)) v.push(violation(ViolationCode.TokenAudience, `token is not meant for audience ${quote(policy.audience)}`, "token.aud"));
+  else if (!audiences.includes(policy.audience))
+    v.push(violation(ViolationCode.TokenAudience, `token is not meant for audience ${quote(policy.audience)}`, "token.aud"));
 
   const num = (name: string): number | undefined | null => {
     const x = payload[name];
@@ -170,7 +172,8 @@ export function checkClaims(payload: Record<string, unknown>, policy: ClaimsPoli
   const iat = num("iat");
   const skew = policy.clockSkewMs;
   if (exp === undefined) claims("token has no expiry", "token.exp");
-  else if (exp !== null && nowMs > exp * 1000 + skew) v.push(violation(ViolationCode.TokenExpired, `token expired at ${new Date(exp * 1000).toISOString()}`, "token.exp"));
+  else if (exp !== null && nowMs > exp * 1000 + skew)
+    v.push(violation(ViolationCode.TokenExpired, `token expired at ${new Date(exp * 1000).toISOString()}`, "token.exp"));
   if (typeof nbf === "number" && nowMs + skew < nbf * 1000) {
     v.push(violation(ViolationCode.TokenNotYetValid, `token is not valid before ${new Date(nbf * 1000).toISOString()}`, "token.nbf"));
   }
@@ -204,7 +207,11 @@ export function checkClaims(payload: Record<string, unknown>, policy: ClaimsPoli
     sa = ref("serviceaccount", DNS_SUBDOMAIN);
     if (k8s.node !== undefined) {
       const n = k8s.node;
-      if (isObject(n) && (n.name === undefined || (typeof n.name === "string" && DNS_SUBDOMAIN.test(n.name))) && (n.uid === undefined || (typeof n.uid === "string" && UID.test(n.uid)))) {
+      if (
+        isObject(n) &&
+        (n.name === undefined || (typeof n.name === "string" && DNS_SUBDOMAIN.test(n.name))) &&
+        (n.uid === undefined || (typeof n.uid === "string" && UID.test(n.uid)))
+      ) {
         node = { name: n.name as string | undefined, uid: n.uid as string | undefined };
       } else claims("kubernetes.io.node is invalid", "token.kubernetes.io.node");
     }

@@ -1,16 +1,16 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { TokenVerifierService } from "@k8s-athenz-identity/api/token_verifier";
 import { createServiceClient, type ServiceClient } from "@k8s-athenz-identity/shared/client";
 import { ERROR_CODE_HEADER } from "@k8s-athenz-identity/shared/errors";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
 import { createMetricsRegistry } from "@k8s-athenz-identity/shared/metrics";
-import { startServiceServer, type RunningServer } from "@k8s-athenz-identity/shared/server";
+import { type RunningServer, startServiceServer } from "@k8s-athenz-identity/shared/server";
 import { createSigningKey, mintBoundToken, type TestSigningKey } from "../../../test/support/jwt.js";
-import { startTokenReviewStandIn, writeKubeconfig, type TokenReviewStandIn } from "../../../test/support/tokenreview-stand-in.js";
 import { tempDir } from "../../../test/support/tmp.js";
+import { startTokenReviewStandIn, type TokenReviewStandIn, writeKubeconfig } from "../../../test/support/tokenreview-stand-in.js";
 import { tokenVerifierRoutes } from "./connect.js";
 import { createTokenVerifier, type TokenVerifier } from "./verifier.js";
 
@@ -83,15 +83,27 @@ describe("TokenVerifierService over a real port", () => {
   test("a refused token is an answer with violations, not an error", async () => {
     const res = await client.client.verifyToken({ token: "not-a-jwt" });
     assert.equal(res.token, undefined);
-    assert.deepEqual(res.violations.map((v) => v.code), ["ERR_TOKEN_MALFORMED"]);
+    assert.deepEqual(
+      res.violations.map((v) => v.code),
+      ["ERR_TOKEN_MALFORMED"],
+    );
     const big = await client.client.verifyToken({ token: "a".repeat(20_000) });
-    assert.deepEqual(big.violations.map((v) => v.code), ["ERR_TOKEN_TOO_LARGE"]);
+    assert.deepEqual(
+      big.violations.map((v) => v.code),
+      ["ERR_TOKEN_TOO_LARGE"],
+    );
     const empty = await client.client.verifyToken({ token: "" });
-    assert.deepEqual(empty.violations.map((v) => v.code), ["ERR_TOKEN_MISSING"]);
+    assert.deepEqual(
+      empty.violations.map((v) => v.code),
+      ["ERR_TOKEN_MISSING"],
+    );
     api.deletedPods.add("0c5f7a4e-8d1b-4c3a-9e2f-1a2b3c4d5e6f");
     try {
       const revoked = await client.client.verifyToken({ token: await mintBoundToken(rsa, { issuer }) });
-      assert.deepEqual(revoked.violations.map((v) => v.code), ["ERR_TOKEN_REVOKED"]);
+      assert.deepEqual(
+        revoked.violations.map((v) => v.code),
+        ["ERR_TOKEN_REVOKED"],
+      );
     } finally {
       api.deletedPods.clear();
     }

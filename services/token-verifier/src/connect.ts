@@ -2,8 +2,8 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { VerifiedTokenSchema, type VerifiedToken } from "@k8s-athenz-identity/api/common";
-import { TokenVerifierService, VerifyTokenResponseSchema, type VerifyTokenResponse } from "@k8s-athenz-identity/api/token_verifier";
+import { type VerifiedToken, VerifiedTokenSchema } from "@k8s-athenz-identity/api/common";
+import { TokenVerifierService, type VerifyTokenResponse, VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
 import type { TokenVerifier, VerifiedIdentity, VerifyResult } from "./verifier.js";
 
 /** The `VerifiedToken` message of an identity. */

@@ -16,14 +16,19 @@ import { createHash, createPublicKey, type KeyObject } from "node:crypto";
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as https from "node:https";
-import { createLocalJWKSet, errors as joseErrors, type CryptoKey, type FlattenedJWSInput, type JSONWebKeySet, type JWK, type JWSHeaderParameters } from "jose";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
+import {
+  type CryptoKey,
+  createLocalJWKSet,
+  type FlattenedJWSInput,
+  type JSONWebKeySet,
+  type JWK,
+  type JWSHeaderParameters,
+  errors as joseErrors,
+} from "jose";
 
-export type KeySourceSpec =
-  | { kind: "discovery"; issuer: string }
-  | { kind: "url"; url: string }
-  | { kind: "file"; path: string };
+export type KeySourceSpec = { kind: "discovery"; issuer: string } | { kind: "url"; url: string } | { kind: "file"; path: string };
 
 export interface KeySourceOptions {
   source: KeySourceSpec;
@@ -65,9 +70,11 @@ const USABLE_KTY = new Set(["RSA", "EC"]);
 
 /** Keeps signature keys of usable types; drops symmetric ("oct") and encryption keys. */
 function usableKeys(doc: unknown): JWK[] {
-  if (typeof doc !== "object" || doc === null || !Array.isArray((doc as { keys?: unknown }).keys)) throw new Error("document is not a JWKS (no keys array)");
-  return ((doc as { keys: unknown[] }).keys).filter(
-    (k): k is JWK => typeof k === "object" && k !== null && USABLE_KTY.has((k as JWK).kty ?? "") && ((k as JWK).use === undefined || (k as JWK).use === "sig"),
+  if (typeof doc !== "object" || doc === null || !Array.isArray((doc as { keys?: unknown }).keys))
+    throw new Error("document is not a JWKS (no keys array)");
+  return (doc as { keys: unknown[] }).keys.filter(
+    (k): k is JWK =>
+      typeof k === "object" && k !== null && USABLE_KTY.has((k as JWK).kty ?? "") && ((k as JWK).use === undefined || (k as JWK).use === "sig"),
   );
 }
 
@@ -76,7 +83,9 @@ function usableKeys(doc: unknown): JWK[] {
  * keys read from PEM match the `kid` of the tokens the API server signs with them.
  */
 export function kubernetesKeyId(key: KeyObject): string {
-  return createHash("sha256").update(key.export({ format: "der", type: "spki" })).digest("base64url");
+  return createHash("sha256")
+    .update(key.export({ format: "der", type: "spki" }))
+    .digest("base64url");
 }
 
 /** Reads a JWKS JSON file, or every PEM public key / certificate in a PEM file (kid as the API server computes it). */
@@ -108,31 +117,35 @@ function getJson(url: URL, o: GetOptions): Promise<unknown> {
     }
     const headers: Record<string, string> = { accept: "application/json, application/jwk-set+json" };
     if (o.bearerToken) headers.authorization = `Bearer ${o.bearerToken}`;
-    const req = mod.request(url, { method: "GET", headers, ...(url.protocol === "https:" && o.ca ? { ca: o.ca } : {}), timeout: o.timeoutMs }, (res) => {
-      if (res.statusCode !== 200) {
-        res.resume();
-        reject(new Error(`GET ${url.origin}${url.pathname} answered ${res.statusCode}`));
-        return;
-      }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on("data", (c: Buffer) => {
-        size += c.length;
-        if (size > o.maxBytes) {
-          req.destroy(new Error(`GET ${url.origin}${url.pathname}: document larger than ${o.maxBytes} bytes`));
+    const req = mod.request(
+      url,
+      { method: "GET", headers, ...(url.protocol === "https:" && o.ca ? { ca: o.ca } : {}), timeout: o.timeoutMs },
+      (res) => {
+        if (res.statusCode !== 200) {
+          res.resume();
+          reject(new Error(`GET ${url.origin}${url.pathname} answered ${res.statusCode}`));
           return;
         }
-        chunks.push(c);
-      });
-      res.on("end", () => {
-        try {
-          resolve(JSON.parse(Buffer.concat(chunks).toString("utf8")));
-        } catch {
-          reject(new Error(`GET ${url.origin}${url.pathname}: not JSON`));
-        }
-      });
-      res.on("error", reject);
-    });
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on("data", (c: Buffer) => {
+          size += c.length;
+          if (size > o.maxBytes) {
+            req.destroy(new Error(`GET ${url.origin}${url.pathname}: document larger than ${o.maxBytes} bytes`));
+            return;
+          }
+          chunks.push(c);
+        });
+        res.on("end", () => {
+          try {
+            resolve(JSON.parse(Buffer.concat(chunks).toString("utf8")));
+          } catch {
+            reject(new Error(`GET ${url.origin}${url.pathname}: not JSON`));
+          }
+        });
+        res.on("error", reject);
+      },
+    );
     req.on("timeout", () => req.destroy(new Error(`GET ${url.origin}${url.pathname} timed out after ${o.timeoutMs}ms`)));
     req.on("error", reject);
     // The whole exchange is bounded, not only idle time between packets.
@@ -200,7 +213,10 @@ export function createKeySource(o: KeySourceOptions): KeySource {
       } catch (err) {
         lastAttemptFailed = true;
         o.onRefresh?.("error", keyCount);
-        o.logger.warn({ err: err instanceof Error ? err.message : String(err), source: o.source.kind, haveKeys: local !== undefined }, "could not load token verification keys");
+        o.logger.warn(
+          { err: err instanceof Error ? err.message : String(err), source: o.source.kind, haveKeys: local !== undefined },
+          "could not load token verification keys",
+        );
         throw new DomainError(ErrorCode.Unavailable, "token verification keys are unavailable", { cause: err });
       } finally {
         inflight = undefined;

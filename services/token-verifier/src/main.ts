@@ -14,7 +14,8 @@ await runMain({
   spec: tokenVerifierSpec,
   async start(config, logger) {
     if (config.mode !== "tokenreview" && !config.issuer) throw new ConfigError("--issuer/TOKEN_ISSUER", `is required in mode ${config.mode}`);
-    if ((config.tlsCertFile === undefined) !== (config.tlsKeyFile === undefined)) throw new ConfigError("--tls-cert-file/--tls-key-file", "set both or neither");
+    if ((config.tlsCertFile === undefined) !== (config.tlsKeyFile === undefined))
+      throw new ConfigError("--tls-cert-file/--tls-key-file", "set both or neither");
     const registry = createMetricsRegistry("token-verifier");
     const verifier = createTokenVerifier({
       mode: config.mode,

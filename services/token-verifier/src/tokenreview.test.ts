@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, test } from "node:test";
-import { Registry } from "prom-client";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
+import { Registry } from "prom-client";
 import { createSigningKey, mintBoundToken, type TestSigningKey } from "../../../test/support/jwt.js";
-import { startTokenReviewStandIn, writeKubeconfig, type TokenReviewStandIn } from "../../../test/support/tokenreview-stand-in.js";
 import { tempDir } from "../../../test/support/tmp.js";
+import { startTokenReviewStandIn, type TokenReviewStandIn, writeKubeconfig } from "../../../test/support/tokenreview-stand-in.js";
 import { createReviewCache, type ReviewOutcome } from "./tokenreview.js";
 import { createTokenVerifier, type TokenVerifier, type VerifyResult } from "./verifier.js";
 
@@ -20,7 +20,15 @@ describe("token verifier, tokenreview and both modes", () => {
   const tmp = tempDir("tokenreview-test");
   const verifiers: TokenVerifier[] = [];
   const make = (o: Partial<Parameters<typeof createTokenVerifier>[0]> & { mode: "tokenreview" | "both" }) => {
-    const v = createTokenVerifier({ issuer, kubeconfigPath: kubeconfig, jwksUrl: `${api.url}/openid/v1/jwks`, caFile: api.caFile, bearerTokenFile: api.callerTokenFile, warmUp: false, ...o });
+    const v = createTokenVerifier({
+      issuer,
+      kubeconfigPath: kubeconfig,
+      jwksUrl: `${api.url}/openid/v1/jwks`,
+      caFile: api.caFile,
+      bearerTokenFile: api.callerTokenFile,
+      warmUp: false,
+      ...o,
+    });
     verifiers.push(v);
     return v;
   };
@@ -62,7 +70,10 @@ describe("token verifier, tokenreview and both modes", () => {
     assert.equal(v.ready(), false);
     await v.whenReady();
     assert.ok(v.ready());
-    assert.ok(api.reviews.some((r) => !r.authenticated), "the probe was a real review");
+    assert.ok(
+      api.reviews.some((r) => !r.authenticated),
+      "the probe was a real review",
+    );
   });
 
   test("a token of a deleted pod is refused in tokenreview and both modes (signature alone cannot see it)", async () => {
@@ -73,7 +84,14 @@ describe("token verifier, tokenreview and both modes", () => {
       assert.deepEqual(codes(r), ["ERR_TOKEN_REVOKED"], mode);
       assert.ok(r.kind === "invalid" && !r.violations[0]!.message.includes(token.split(".")[1]!));
     }
-    const jwksOnly = createTokenVerifier({ mode: "jwks", issuer, jwksUrl: `${api.url}/openid/v1/jwks`, caFile: api.caFile, bearerTokenFile: api.callerTokenFile, warmUp: false });
+    const jwksOnly = createTokenVerifier({
+      mode: "jwks",
+      issuer,
+      jwksUrl: `${api.url}/openid/v1/jwks`,
+      caFile: api.caFile,
+      bearerTokenFile: api.callerTokenFile,
+      warmUp: false,
+    });
     verifiers.push(jwksOnly);
     assert.equal((await jwksOnly.verify(token)).kind, "valid");
   });
@@ -152,15 +170,37 @@ describe("token verifier, tokenreview and both modes", () => {
     const token = await mintBoundToken(rsa, { issuer });
     for (const failure of ["unauthorized", "forbidden"] as const) {
       api.failure = failure;
-      await assert.rejects(make({ mode: "tokenreview" }).verify(token), (e: unknown) => isUnavailable(e) && /refused the token verifier/.test((e as Error).message), failure);
+      await assert.rejects(
+        make({ mode: "tokenreview" }).verify(token),
+        (e: unknown) => isUnavailable(e) && /refused the token verifier/.test((e as Error).message),
+        failure,
+      );
     }
   });
 
   test("the review and the token must agree (a lying or confused API server is refused)", async () => {
     const cases: [string, (s: Record<string, unknown>) => Record<string, unknown>, string, string][] = [
-      ["another user", (s) => ({ ...s, user: { ...(s.user as object), username: "system:serviceaccount:kube-system:admin" } }), "ERR_TOKEN_CLAIMS", "token.sub"],
-      ["another pod uid", (s) => ({ ...s, user: { ...(s.user as object), extra: { "authentication.kubernetes.io/pod-uid": ["11111111-2222-3333-4444-555555555555"] } } }), "ERR_TOKEN_CLAIMS", "token.kubernetes.io.pod.uid"],
-      ["another credential id", (s) => ({ ...s, user: { ...(s.user as object), extra: { "authentication.kubernetes.io/credential-id": ["JTI=other"] } } }), "ERR_TOKEN_CLAIMS", "token.jti"],
+      [
+        "another user",
+        (s) => ({ ...s, user: { ...(s.user as object), username: "system:serviceaccount:kube-system:admin" } }),
+        "ERR_TOKEN_CLAIMS",
+        "token.sub",
+      ],
+      [
+        "another pod uid",
+        (s) => ({
+          ...s,
+          user: { ...(s.user as object), extra: { "authentication.kubernetes.io/pod-uid": ["11111111-2222-3333-4444-555555555555"] } },
+        }),
+        "ERR_TOKEN_CLAIMS",
+        "token.kubernetes.io.pod.uid",
+      ],
+      [
+        "another credential id",
+        (s) => ({ ...s, user: { ...(s.user as object), extra: { "authentication.kubernetes.io/credential-id": ["JTI=other"] } } }),
+        "ERR_TOKEN_CLAIMS",
+        "token.jti",
+      ],
       ["audience not confirmed", (s) => ({ ...s, audiences: ["https://kubernetes.default.svc"] }), "ERR_TOKEN_AUDIENCE", "token.aud"],
     ];
     for (const mode of ["tokenreview", "both"] as const) {
@@ -182,7 +222,9 @@ describe("token verifier, tokenreview and both modes", () => {
     const base = api.calls.tokenReview;
     const t = Math.floor(Date.now() / 1000);
     assert.deepEqual(codes(await v.verify(await mintBoundToken(rsa, { issuer, iat: t - 7200, exp: t - 3600 }))), ["ERR_TOKEN_EXPIRED"]);
-    assert.deepEqual(codes(await v.verify(await mintBoundToken(rsa, { issuer, sub: "system:serviceaccount:kube-system:admin" }))), ["ERR_TOKEN_CLAIMS"]);
+    assert.deepEqual(codes(await v.verify(await mintBoundToken(rsa, { issuer, sub: "system:serviceaccount:kube-system:admin" }))), [
+      "ERR_TOKEN_CLAIMS",
+    ]);
     assert.equal(api.calls.tokenReview, base);
   });
 });

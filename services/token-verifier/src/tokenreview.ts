@@ -5,9 +5,9 @@
  * Only answers are cached (authenticated or a definite "not authenticated"), never failures.
  */
 import { createHash } from "node:crypto";
-import { AuthenticationV1Api, KubeConfig, Observable, type V1TokenReview } from "@kubernetes/client-node";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
+import { AuthenticationV1Api, KubeConfig, Observable, type V1TokenReview } from "@kubernetes/client-node";
 
 /** What the API server said about a token. */
 export type ReviewOutcome =
@@ -117,10 +117,20 @@ export function createTokenReviewClient(o: TokenReviewClientOptions): TokenRevie
         const status = statusOf(err);
         if (status === 401 || status === 403) {
           // Our own credentials or RBAC are broken: an operator problem, never the pod's fault.
-          o.logger.error({ status, server }, "the API server refused our TokenReview call; check the verifier's credentials and RBAC (system:auth-delegator)");
+          o.logger.error(
+            { status, server },
+            "the API server refused our TokenReview call; check the verifier's credentials and RBAC (system:auth-delegator)",
+          );
           throw new DomainError(ErrorCode.Unavailable, "the API server refused the token verifier's TokenReview call");
         }
-        const why = status !== undefined ? `HTTP ${status}` : signal.aborted ? `no answer within ${o.timeoutMs}ms` : err instanceof Error ? err.message : String(err);
+        const why =
+          status !== undefined
+            ? `HTTP ${status}`
+            : signal.aborted
+              ? `no answer within ${o.timeoutMs}ms`
+              : err instanceof Error
+                ? err.message
+                : String(err);
         o.logger.warn({ server, reason: why }, "TokenReview call failed");
         throw new DomainError(ErrorCode.Unavailable, "the API server could not review the token", { cause: why });
       }

@@ -2,11 +2,21 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { SignJWT } from "jose";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
-import { b64json, boundTokenPayload, createSigningKey, jwksOf, mintBoundToken, startOidcServer, unsignedToken, type OidcServer, type TestSigningKey } from "../../../test/support/jwt.js";
-import { startTokenReviewStandIn, type TokenReviewStandIn } from "../../../test/support/tokenreview-stand-in.js";
+import { SignJWT } from "jose";
+import {
+  b64json,
+  boundTokenPayload,
+  createSigningKey,
+  jwksOf,
+  mintBoundToken,
+  type OidcServer,
+  startOidcServer,
+  type TestSigningKey,
+  unsignedToken,
+} from "../../../test/support/jwt.js";
 import { tempDir } from "../../../test/support/tmp.js";
+import { startTokenReviewStandIn, type TokenReviewStandIn } from "../../../test/support/tokenreview-stand-in.js";
 import { createTokenVerifier, type TokenVerifier, type VerifyResult } from "./verifier.js";
 
 function codes(r: VerifyResult): string[] {
@@ -78,7 +88,11 @@ describe("token verifier, jwks mode", () => {
       ["huge header within size limit", `${b64json({ alg: "RS256", pad: "x".repeat(6000) })}.${p}.${s}`, "ERR_TOKEN_MALFORMED"],
       ["over the size limit", `${h}.${p}${"A".repeat(17_000)}.${s}`, "ERR_TOKEN_TOO_LARGE"],
       ["payload not JSON", `${h}.${Buffer.from("{").toString("base64url")}.${s}`, "ERR_TOKEN_SIGNATURE"],
-      ["payload tampered", `${h}.${b64json({ ...boundTokenPayload({ issuer: oidc.issuer, iat: sec() }), sub: "system:serviceaccount:kube-system:admin" })}.${s}`, "ERR_TOKEN_SIGNATURE"],
+      [
+        "payload tampered",
+        `${h}.${b64json({ ...boundTokenPayload({ issuer: oidc.issuer, iat: sec() }), sub: "system:serviceaccount:kube-system:admin" })}.${s}`,
+        "ERR_TOKEN_SIGNATURE",
+      ],
     ];
     for (const [name, token, code] of cases) {
       const r = await verifier.verify(token);
@@ -144,28 +158,104 @@ describe("token verifier, jwks mode", () => {
     const t = sec();
     assert.deepEqual(codes(await verifier.verify(await mintBoundToken(rsa, { issuer: `${oidc.issuer}/`, iat: t }))), ["ERR_TOKEN_ISSUER"]);
     assert.deepEqual(codes(await verifier.verify(await mintBoundToken(rsa, { issuer: "https://evil.example", iat: t }))), ["ERR_TOKEN_ISSUER"]);
-    assert.deepEqual(codes(await verifier.verify(await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, audience: ["https://kubernetes.default.svc"] }))), ["ERR_TOKEN_AUDIENCE"]);
-    assert.equal((await verifier.verify(await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, audience: ["vault", "athenz-identityd"] }))).kind, "valid");
-    assert.deepEqual(codes(await verifier.verify(await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, patch: (p) => { p.aud = undefined; } }))), ["ERR_TOKEN_AUDIENCE"]);
+    assert.deepEqual(
+      codes(await verifier.verify(await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, audience: ["https://kubernetes.default.svc"] }))),
+      ["ERR_TOKEN_AUDIENCE"],
+    );
+    assert.equal(
+      (await verifier.verify(await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, audience: ["vault", "athenz-identityd"] }))).kind,
+      "valid",
+    );
+    assert.deepEqual(
+      codes(
+        await verifier.verify(
+          await mintBoundToken(rsa, {
+            issuer: oidc.issuer,
+            iat: t,
+            patch: (p) => {
+              p.aud = undefined;
+            },
+          }),
+        ),
+      ),
+      ["ERR_TOKEN_AUDIENCE"],
+    );
   });
 
   test("missing Kubernetes claims and a subject that names someone else are refused", async () => {
     const t = sec();
     const cases: [string, (p: Record<string, unknown>) => void, string][] = [
-      ["no kubernetes.io", (p) => { p["kubernetes.io"] = undefined; }, "token.kubernetes.io"],
-      ["no pod (legacy-style token)", (p) => { delete (p["kubernetes.io"] as Record<string, unknown>).pod; }, "token.kubernetes.io.pod"],
-      ["no pod uid", (p) => { delete ((p["kubernetes.io"] as Record<string, Record<string, unknown>>).pod!).uid; }, "token.kubernetes.io.pod"],
-      ["no service-account uid", (p) => { delete ((p["kubernetes.io"] as Record<string, Record<string, unknown>>).serviceaccount!).uid; }, "token.kubernetes.io.serviceaccount"],
-      ["no namespace", (p) => { delete (p["kubernetes.io"] as Record<string, unknown>).namespace; }, "token.kubernetes.io.namespace"],
-      ["sub of another namespace", (p) => { p.sub = "system:serviceaccount:kube-system:api"; }, "token.sub"],
-      ["sub of another SA", (p) => { p.sub = "system:serviceaccount:sports:admin"; }, "token.sub"],
-      ["exp not a number", (p) => { p.exp = "soon"; }, "token.exp"],
-      ["no exp", (p) => { p.exp = undefined; }, "token.exp"],
+      [
+        "no kubernetes.io",
+        (p) => {
+          p["kubernetes.io"] = undefined;
+        },
+        "token.kubernetes.io",
+      ],
+      [
+        "no pod (legacy-style token)",
+        (p) => {
+          delete (p["kubernetes.io"] as Record<string, unknown>).pod;
+        },
+        "token.kubernetes.io.pod",
+      ],
+      [
+        "no pod uid",
+        (p) => {
+          delete (p["kubernetes.io"] as Record<string, Record<string, unknown>>).pod!.uid;
+        },
+        "token.kubernetes.io.pod",
+      ],
+      [
+        "no service-account uid",
+        (p) => {
+          delete (p["kubernetes.io"] as Record<string, Record<string, unknown>>).serviceaccount!.uid;
+        },
+        "token.kubernetes.io.serviceaccount",
+      ],
+      [
+        "no namespace",
+        (p) => {
+          delete (p["kubernetes.io"] as Record<string, unknown>).namespace;
+        },
+        "token.kubernetes.io.namespace",
+      ],
+      [
+        "sub of another namespace",
+        (p) => {
+          p.sub = "system:serviceaccount:kube-system:api";
+        },
+        "token.sub",
+      ],
+      [
+        "sub of another SA",
+        (p) => {
+          p.sub = "system:serviceaccount:sports:admin";
+        },
+        "token.sub",
+      ],
+      [
+        "exp not a number",
+        (p) => {
+          p.exp = "soon";
+        },
+        "token.exp",
+      ],
+      [
+        "no exp",
+        (p) => {
+          p.exp = undefined;
+        },
+        "token.exp",
+      ],
     ];
     for (const [name, patch, field] of cases) {
       const r = await verifier.verify(await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, patch }));
       assert.ok(r.kind === "invalid", name);
-      assert.ok(r.violations.some((v) => v.code === "ERR_TOKEN_CLAIMS" && v.field === field), `${name}: ${JSON.stringify(r.violations)}`);
+      assert.ok(
+        r.violations.some((v) => v.code === "ERR_TOKEN_CLAIMS" && v.field === field),
+        `${name}: ${JSON.stringify(r.violations)}`,
+      );
     }
     const noNode = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, pod: { nodeName: null, nodeUid: null }, jti: null });
     const r = await verifier.verify(noNode);
@@ -180,7 +270,9 @@ describe("token verifier, jwks mode", () => {
     assert.deepEqual(codes(first), ["ERR_TOKEN_SIGNATURE"]);
     assert.equal(oidc.hits.jwks, base + 1, "one refresh for the unknown kid");
     const burst = await Promise.all(
-      Array.from({ length: 50 }, async (_, i) => verifier.verify(await mintBoundToken(stranger, { issuer: oidc.issuer, iat: sec(), header: { kid: `forged-${i}` } }))),
+      Array.from({ length: 50 }, async (_, i) =>
+        verifier.verify(await mintBoundToken(stranger, { issuer: oidc.issuer, iat: sec(), header: { kid: `forged-${i}` } })),
+      ),
     );
     for (const r of burst) assert.deepEqual(codes(r), ["ERR_TOKEN_SIGNATURE"]);
     assert.equal(oidc.hits.jwks, base + 1, "no fetch during the cooldown");
@@ -200,7 +292,10 @@ describe("token verifier, jwks mode", () => {
     oidc.failing = true;
     const v = createTokenVerifier({ mode: "jwks", issuer: oidc.issuer, now, warmUp: false });
     try {
-      await assert.rejects(v.verify(await mintBoundToken(rsa, { issuer: oidc.issuer, iat: sec() })), (e: unknown) => e instanceof DomainError && e.code === ErrorCode.Unavailable);
+      await assert.rejects(
+        v.verify(await mintBoundToken(rsa, { issuer: oidc.issuer, iat: sec() })),
+        (e: unknown) => e instanceof DomainError && e.code === ErrorCode.Unavailable,
+      );
       assert.equal(v.ready(), false);
     } finally {
       oidc.failing = false;
@@ -217,7 +312,10 @@ describe("token verifier, jwks mode", () => {
       clock += 2_000;
       assert.equal((await v.verify(await mintBoundToken(ec, { issuer: oidc.issuer, iat: sec() }))).kind, "valid");
       const stranger = await createSigningKey("ES256");
-      await assert.rejects(v.verify(await mintBoundToken(stranger, { issuer: oidc.issuer, iat: sec() })), (e: unknown) => e instanceof DomainError && e.code === ErrorCode.Unavailable);
+      await assert.rejects(
+        v.verify(await mintBoundToken(stranger, { issuer: oidc.issuer, iat: sec() })),
+        (e: unknown) => e instanceof DomainError && e.code === ErrorCode.Unavailable,
+      );
     } finally {
       oidc.failing = false;
       await v.close();
@@ -241,7 +339,11 @@ describe("token verifier, jwks mode", () => {
     }
     const v = createTokenVerifier({ mode: "jwks", issuer: oidc.issuer, jwksFile: pemFile, now });
     try {
-      assert.equal((await v.verify(await mintBoundToken(ec, { issuer: oidc.issuer, iat: sec() }))).kind, "valid", "PEM keys have no kid; the EC one is chosen by type");
+      assert.equal(
+        (await v.verify(await mintBoundToken(ec, { issuer: oidc.issuer, iat: sec() }))).kind,
+        "valid",
+        "PEM keys have no kid; the EC one is chosen by type",
+      );
     } finally {
       await v.close();
     }
@@ -265,7 +367,13 @@ describe("token verifier, API server's /openid/v1/jwks with CA file and bearer t
   after(() => api.close());
 
   test("fetches keys over TLS with the bearer token and verifies", async () => {
-    const v = createTokenVerifier({ mode: "jwks", issuer, jwksUrl: `${api.url}/openid/v1/jwks`, caFile: api.caFile, bearerTokenFile: api.callerTokenFile });
+    const v = createTokenVerifier({
+      mode: "jwks",
+      issuer,
+      jwksUrl: `${api.url}/openid/v1/jwks`,
+      caFile: api.caFile,
+      bearerTokenFile: api.callerTokenFile,
+    });
     try {
       const r = await v.verify(await mintBoundToken(rsa, { issuer }));
       assert.equal(r.kind, "valid", JSON.stringify(r));
@@ -279,16 +387,28 @@ describe("token verifier, API server's /openid/v1/jwks with CA file and bearer t
   test("without the bearer token the API server refuses and the verifier cannot decide", async () => {
     const v = createTokenVerifier({ mode: "jwks", issuer, jwksUrl: `${api.url}/openid/v1/jwks`, caFile: api.caFile, warmUp: false });
     try {
-      await assert.rejects(v.verify(await mintBoundToken(rsa, { issuer })), (e: unknown) => e instanceof DomainError && e.code === ErrorCode.Unavailable);
+      await assert.rejects(
+        v.verify(await mintBoundToken(rsa, { issuer })),
+        (e: unknown) => e instanceof DomainError && e.code === ErrorCode.Unavailable,
+      );
     } finally {
       await v.close();
     }
   });
 
   test("without the CA file the TLS handshake fails: Unavailable", async () => {
-    const v = createTokenVerifier({ mode: "jwks", issuer, jwksUrl: `${api.url}/openid/v1/jwks`, bearerTokenFile: api.callerTokenFile, warmUp: false });
+    const v = createTokenVerifier({
+      mode: "jwks",
+      issuer,
+      jwksUrl: `${api.url}/openid/v1/jwks`,
+      bearerTokenFile: api.callerTokenFile,
+      warmUp: false,
+    });
     try {
-      await assert.rejects(v.verify(await mintBoundToken(rsa, { issuer })), (e: unknown) => e instanceof DomainError && e.code === ErrorCode.Unavailable);
+      await assert.rejects(
+        v.verify(await mintBoundToken(rsa, { issuer })),
+        (e: unknown) => e instanceof DomainError && e.code === ErrorCode.Unavailable,
+      );
     } finally {
       await v.close();
     }

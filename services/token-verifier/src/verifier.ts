@@ -8,14 +8,15 @@
  * A refused token is `{kind: "invalid", violations}`; a verifier that cannot decide (keys or API
  * server unreachable) throws a DomainError (Unavailable), which callers must never turn into a deny.
  */
-import { compactVerify, errors as joseErrors, type CryptoKey } from "jose";
-import type { KubeConfig } from "@kubernetes/client-node";
-import { Registry } from "prom-client";
+
 import type { Violation } from "@k8s-athenz-identity/api/common";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
 import { createLogger, type Logger } from "@k8s-athenz-identity/shared/logger";
-import { violation, ViolationCode } from "@k8s-athenz-identity/shared/violations";
-import { checkClaims, decodePayload, precheckToken, SUPPORTED_ALGORITHMS, type ClaimsPolicy, type VerifiedIdentity } from "./claims.js";
+import { ViolationCode, violation } from "@k8s-athenz-identity/shared/violations";
+import type { KubeConfig } from "@kubernetes/client-node";
+import { type CryptoKey, compactVerify, errors as joseErrors } from "jose";
+import { Registry } from "prom-client";
+import { type ClaimsPolicy, checkClaims, decodePayload, precheckToken, SUPPORTED_ALGORITHMS, type VerifiedIdentity } from "./claims.js";
 import { createKeySource, type KeySource, type KeySourceSpec } from "./jwks.js";
 import { createVerifierMetrics } from "./metrics.js";
 import { createReviewCache, createTokenReviewClient, type ReviewCache, type ReviewOutcome, type TokenReviewClient } from "./tokenreview.js";
@@ -113,13 +114,19 @@ const EXTRA = {
  * Compares the API server's answer with the token's claims and completes the identity with what
  * only the review carries. In "both" mode this is where the two sources must agree.
  */
-export function reconcileReview(outcome: ReviewOutcome, identity: VerifiedIdentity, audience: string): { identity?: VerifiedIdentity; violations: Violation[] } {
+export function reconcileReview(
+  outcome: ReviewOutcome,
+  identity: VerifiedIdentity,
+  audience: string,
+): { identity?: VerifiedIdentity; violations: Violation[] } {
   if (!outcome.authenticated) {
     return { violations: [violation(ViolationCode.TokenRevoked, `the API server refused the token: ${outcome.error}`, "token")] };
   }
   const v: Violation[] = [];
-  const mismatch = (what: string, field: string) => v.push(violation(ViolationCode.TokenClaims, `TokenReview ${what} does not match the token`, field));
-  if (!outcome.audiences.includes(audience)) v.push(violation(ViolationCode.TokenAudience, "the API server did not confirm our audience", "token.aud"));
+  const mismatch = (what: string, field: string) =>
+    v.push(violation(ViolationCode.TokenClaims, `TokenReview ${what} does not match the token`, field));
+  if (!outcome.audiences.includes(audience))
+    v.push(violation(ViolationCode.TokenAudience, "the API server did not confirm our audience", "token.aud"));
   if (outcome.username !== identity.subject) mismatch("username", "token.sub");
   if (outcome.uid !== "" && outcome.uid !== identity.serviceAccountUid) mismatch("user uid", "token.kubernetes.io.serviceaccount.uid");
   const one = (key: string): string | undefined => outcome.extra[key]?.[0];
@@ -130,7 +137,8 @@ export function reconcileReview(outcome: ReviewOutcome, identity: VerifiedIdenti
   const credential = one(EXTRA.credentialId)?.replace(/^JTI=/, "");
   if (podName !== undefined && podName !== identity.podName) mismatch("pod name", "token.kubernetes.io.pod.name");
   if (podUid !== undefined && podUid !== identity.podUid) mismatch("pod uid", "token.kubernetes.io.pod.uid");
-  if (nodeName !== undefined && identity.nodeName !== undefined && nodeName !== identity.nodeName) mismatch("node name", "token.kubernetes.io.node.name");
+  if (nodeName !== undefined && identity.nodeName !== undefined && nodeName !== identity.nodeName)
+    mismatch("node name", "token.kubernetes.io.node.name");
   if (nodeUid !== undefined && identity.nodeUid !== undefined && nodeUid !== identity.nodeUid) mismatch("node uid", "token.kubernetes.io.node.uid");
   if (credential !== undefined && identity.credentialId !== undefined && credential !== identity.credentialId) mismatch("credential id", "token.jti");
   if (v.length > 0) return { violations: v };
@@ -161,7 +169,8 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
   const audience = options.audience ?? DEFAULT_AUDIENCE;
   const algorithms = [...(options.algorithms ?? DEFAULT_ALGORITHMS)];
   for (const a of algorithms) {
-    if (!(SUPPORTED_ALGORITHMS as readonly string[]).includes(a)) throw new Error(`token verifier: algorithm ${a} is not allowed (only ${SUPPORTED_ALGORITHMS.join(", ")})`);
+    if (!(SUPPORTED_ALGORITHMS as readonly string[]).includes(a))
+      throw new Error(`token verifier: algorithm ${a} is not allowed (only ${SUPPORTED_ALGORITHMS.join(", ")})`);
   }
   if (algorithms.length === 0) throw new Error("token verifier: algorithms must not be empty");
   if (useJwks && !options.issuer) throw new Error(`token verifier: issuer is required in ${mode} mode`);
@@ -255,7 +264,12 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
     run();
   };
   if (options.warmUp ?? true) {
-    if (keys) retry("jwks", () => keys.refresh(), () => keys.ready());
+    if (keys)
+      retry(
+        "jwks",
+        () => keys.refresh(),
+        () => keys.ready(),
+      );
     if (reviewClient) {
       const client = reviewClient;
       // A review of a non-token is answered "not authenticated": it proves reachability and our RBAC.
