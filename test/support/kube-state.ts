@@ -12,7 +12,8 @@
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { promisify } from "node:util";
-import { CoreV1Api, KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import { loadKubeConfig } from "@k8s-athenz-identity/shared/kube";
+import { CoreV1Api, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
 import { clusterBinaries, type KubeCluster } from "./kube-cluster.js";
 
 const repoRoot = new URL("../..", import.meta.url).pathname;
@@ -27,13 +28,6 @@ export const PRODUCT_NAMESPACE = "athenz-identity";
 export type ProductAccount = "pod-registry" | "token-verifier" | "gateway" | "csr-inspector";
 /** The one Lease pod-registry's Role lets it get/update (k8s/rbac.yaml resourceNames). */
 export const PRODUCT_LEASE = "pod-registry";
-
-/** A KubeConfig loaded from a kubeconfig file (e.g. `cluster.kubeconfigPath`). */
-export function loadKubeConfig(path: string): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromFile(path);
-  return kc;
-}
 
 export interface CreatePodOptions {
   namespace: string;
@@ -233,3 +227,6 @@ export function createKubeState(kubeconfigPath: string): KubeState {
     },
   };
 }
+
+/** A KubeConfig loaded from a kubeconfig file (e.g. `cluster.kubeconfigPath`): the product's own loader. */
+export { loadKubeConfig };

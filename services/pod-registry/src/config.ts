@@ -1,3 +1,4 @@
+import { kubeconfigSetting } from "@k8s-athenz-identity/shared/kube";
 /** pod-registry settings: one typed, validated object from flags and environment. */
 
 import { hostname } from "node:os";
@@ -7,7 +8,7 @@ const K8S_NAME = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
 
 export const podRegistrySpec = {
   ...serverSettings({ port: 8082, adminPort: 9082 }),
-  kubeconfig: optionalStr({ env: "KUBECONFIG", flag: "kubeconfig", description: "kubeconfig file; absent: in-cluster config (then ~/.kube/config)" }),
+  kubeconfig: kubeconfigSetting(),
   namespaces: list({
     env: "NAMESPACE",
     flag: "namespace",

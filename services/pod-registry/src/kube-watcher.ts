@@ -11,8 +11,8 @@
  */
 
 import type { Logger } from "@k8s-athenz-identity/shared";
+import { createBackoff, delay } from "@k8s-athenz-identity/shared/backoff";
 import { CoreV1Api, type KubeConfig, Watch } from "@kubernetes/client-node";
-import { createBackoff, delay } from "./backoff.js";
 import { type KubePodLike, type PodRecord, type PodTombstone, type ProjectionOptions, projectPod, projectTombstone } from "./pod.js";
 
 /** Receives what the watcher learns. */

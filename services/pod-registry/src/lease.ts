@@ -8,8 +8,8 @@
  */
 
 import type { Logger } from "@k8s-athenz-identity/shared";
+import { delay } from "@k8s-athenz-identity/shared/backoff";
 import { CoordinationV1Api, type KubeConfig, type V1Lease, V1MicroTime } from "@kubernetes/client-node";
-import { delay } from "./backoff.js";
 
 export interface LeaseElectorOptions {
   kubeConfig: KubeConfig;

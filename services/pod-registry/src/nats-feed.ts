@@ -13,10 +13,10 @@
  */
 
 import type { Logger } from "@k8s-athenz-identity/shared";
+import { createBackoff, delay } from "@k8s-athenz-identity/shared/backoff";
 import type { KV, KvWatchEntry } from "@nats-io/kv";
 import { Kvm } from "@nats-io/kv";
 import { createInbox, type Msg, type NatsConnection } from "@nats-io/transport-node";
-import { createBackoff, delay } from "./backoff.js";
 import type { PodCache } from "./cache.js";
 import type { PodSink } from "./kube-watcher.js";
 import { decodeWire, encodePod, encodeTombstone, type PodRecord, type PodTombstone } from "./pod.js";

@@ -6,10 +6,10 @@
 
 import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
 import { DomainError, ErrorCode, type Logger } from "@k8s-athenz-identity/shared";
+import { createBackoff, delay } from "@k8s-athenz-identity/shared/backoff";
 import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
 import type { KV } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { createBackoff, delay } from "./backoff.js";
 import { type CacheEvent, PodCache } from "./cache.js";
 import { createPodWatcher, type PodSink, type PodWatcher } from "./kube-watcher.js";
 import { createLeaseElector, type LeaseElector } from "./lease.js";

@@ -1,7 +1,7 @@
 /** Wires config, the registry, the Connect server and metrics; no domain logic here. */
 
 import { createMetricsRegistry, type Logger, type RunningServer, startServiceServer, tlsFromSettings } from "@k8s-athenz-identity/shared";
-import { KubeConfig } from "@kubernetes/client-node";
+import { loadKubeConfig } from "@k8s-athenz-identity/shared/kube";
 import { Gauge } from "prom-client";
 import type { PodRegistryConfig } from "./config.js";
 import { podRegistryRoutes } from "./connect.js";
@@ -9,14 +9,6 @@ import { createPodRegistry, type PodRegistry } from "./registry.js";
 
 export interface PodRegistryServer extends RunningServer {
   registry: PodRegistry;
-}
-
-/** Loads a kubeconfig: the given file, else in-cluster, else the default locations. */
-export function loadKubeConfig(file: string | undefined): KubeConfig {
-  const kc = new KubeConfig();
-  if (file) kc.loadFromFile(file);
-  else kc.loadFromDefault();
-  return kc;
 }
 
 export async function startPodRegistryServer(

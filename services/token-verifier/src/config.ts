@@ -1,5 +1,6 @@
 /** Settings of the token-verifier service (flags and environment), declared once with their defaults. */
 import { type ConfigOf, duration, int, list, oneOf, optionalStr, serverSettings, str } from "@k8s-athenz-identity/shared/config";
+import { kubeconfigSetting } from "@k8s-athenz-identity/shared/kube";
 import { SUPPORTED_ALGORITHMS } from "./claims.js";
 
 const ALG = new RegExp(`^(${SUPPORTED_ALGORITHMS.join("|")})$`);
@@ -59,11 +60,7 @@ export const tokenVerifierSpec = {
     minMs: 1_000,
   }),
   jwksTimeout: duration({ env: "JWKS_TIMEOUT", flag: "jwks-timeout", description: "deadline per key fetch", default: 5_000, minMs: 100 }),
-  kubeconfig: optionalStr({
-    env: "KUBECONFIG_PATH",
-    flag: "kubeconfig",
-    description: "kubeconfig for TokenReview (default: KUBECONFIG, ~/.kube/config, then in-cluster)",
-  }),
+  kubeconfig: kubeconfigSetting(),
   reviewTimeout: duration({
     env: "TOKENREVIEW_TIMEOUT",
     flag: "tokenreview-timeout",

@@ -6,8 +6,9 @@
  */
 import { createHash } from "node:crypto";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
+import { loadKubeConfig } from "@k8s-athenz-identity/shared/kube";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
-import { AuthenticationV1Api, KubeConfig, Observable, type V1TokenReview } from "@kubernetes/client-node";
+import { AuthenticationV1Api, type KubeConfig, Observable, type V1TokenReview } from "@kubernetes/client-node";
 
 /** What the API server said about a token. */
 export type ReviewOutcome =
@@ -43,14 +44,6 @@ export interface TokenReviewClient {
   review(token: string): Promise<ReviewOutcome>;
   /** The API server's URL (no credentials). */
   readonly server: string;
-}
-
-function loadKubeConfig(o: TokenReviewClientOptions): KubeConfig {
-  if (o.kubeConfig) return o.kubeConfig;
-  const kc = new KubeConfig();
-  if (o.kubeconfigPath) kc.loadFromFile(o.kubeconfigPath);
-  else kc.loadFromDefault();
-  return kc;
 }
 
 function boundedError(text: unknown, token: string): string {
@@ -89,7 +82,7 @@ export function parseReview(answer: V1TokenReview, token: string): ReviewOutcome
 
 /** A TokenReview client over @kubernetes/client-node, with a deadline and failures mapped to Unavailable. */
 export function createTokenReviewClient(o: TokenReviewClientOptions): TokenReviewClient {
-  const kc = loadKubeConfig(o);
+  const kc = o.kubeConfig ?? loadKubeConfig(o.kubeconfigPath);
   const server = kc.getCurrentCluster()?.server ?? "";
   const api = kc.makeApiClient(AuthenticationV1Api);
   return {

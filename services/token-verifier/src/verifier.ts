@@ -10,6 +10,7 @@
  */
 
 import type { Violation } from "@k8s-athenz-identity/api/common";
+import { createBackoff } from "@k8s-athenz-identity/shared/backoff";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
 import { createLogger, type Logger } from "@k8s-athenz-identity/shared/logger";
 import { ViolationCode, violation } from "@k8s-athenz-identity/shared/violations";
@@ -246,19 +247,19 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
   let closed = false;
   const timers = new Set<NodeJS.Timeout>();
   const retry = (name: string, attempt: () => Promise<void>, done: () => boolean) => {
-    let delay = 500;
+    const backoff = createBackoff({ initialMs: 500, maxMs: 30_000 });
     const run = () => {
       if (closed || done()) return;
       attempt().catch((err: unknown) => {
         if (closed) return;
-        logger.debug({ err: err instanceof Error ? err.message : String(err), step: name, retryInMs: delay }, "warm-up step failed; retrying");
+        const delay = backoff.next();
+        logger.debug({ err, step: name, retryInMs: delay }, "warm-up step failed; retrying");
         const t = setTimeout(() => {
           timers.delete(t);
           run();
         }, delay);
         t.unref();
         timers.add(t);
-        delay = Math.min(delay * 2, 30_000);
       });
     };
     run();
