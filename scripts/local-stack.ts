@@ -272,7 +272,7 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
 interface SiaRun {
   code: number | null;
   ms: number;
-  lines: Array<{ level?: string; msg?: string; err?: string }>;
+  lines: Array<{ level?: string; msg?: string; err?: { message?: string } | string }>;
 }
 
 /** Runs the real SIA entrypoint (MODE=init), as the pod's init container would. */
@@ -406,7 +406,9 @@ async function main(): Promise<void> {
   for (const l of sia.lines) {
     const level = l.level ?? "info";
     const tint = level === "error" || level === "fatal" ? red : level === "warn" ? yellow : dim;
-    out(`    ${tint(`sia │ ${l.msg ?? ""}${l.err ? `: ${l.err}` : ""}`)}`);
+    // Errors are logged as { err } (type, message, stack): the message is enough on screen.
+    const err = typeof l.err === "object" ? l.err.message : l.err;
+    out(`    ${tint(`sia │ ${l.msg ?? ""}${err ? `: ${err}` : ""}`)}`);
   }
   row("exit", sia.code === 0 ? green(`0 in ${secs(sia.ms)}`) : red(`${sia.code} after ${secs(sia.ms)}`));
 

@@ -19,6 +19,7 @@ const REDACT = [
   "authorization",
   "*.authorization",
   "headers.authorization",
+  "*.headers.authorization",
 ];
 
 export interface LoggerOptions {
@@ -29,7 +30,10 @@ export interface LoggerOptions {
   destination?: NodeJS.WritableStream;
 }
 
-/** JSON logs (one object per line) with secrets redacted. */
+/**
+ * JSON logs (one object per line) with secrets redacted. Errors go under `err` (`log.error({ err },
+ * "...")`): pino's serializer keeps their type, message, stack and cause, and redaction applies.
+ */
 export function createLogger(opts: LoggerOptions): Logger {
   return pino(
     {

@@ -44,7 +44,7 @@ export async function runMain<S extends Record<string, Setting<unknown>>>(opts: 
       process.exitCode = 2;
       return;
     }
-    logger.fatal({ err: err instanceof Error ? err.message : String(err) }, "start-up failed");
+    logger.fatal({ err }, "start-up failed");
     logger.flush();
     process.exitCode = 1;
     return;

@@ -110,7 +110,8 @@ function errorInterceptor(logger: Logger): Interceptor {
       } else if (!(err instanceof DomainError)) {
         logger.error({ err, method: req.method.name }, "unexpected error in handler");
       } else if (err.cause !== undefined) {
-        logger.warn({ code: err.code, cause: String(err.cause), method: req.method.name }, err.message);
+        // The cause (message and stack) goes to the log only; the caller gets the domain message.
+        logger.warn({ err, code: err.code, method: req.method.name }, err.message);
       }
       throw ce;
     }
@@ -210,7 +211,7 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
       logger.info({ certFile: opts.tls.certFile }, "reloaded TLS certificate");
       return true;
     } catch (err) {
-      logger.warn({ err: String(err), certFile: opts.tls.certFile }, "TLS files unreadable or inconsistent; keeping the current certificate");
+      logger.warn({ err, certFile: opts.tls.certFile }, "TLS files unreadable or inconsistent; keeping the current certificate");
       return false;
     }
   };

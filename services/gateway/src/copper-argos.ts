@@ -207,7 +207,7 @@ export function createCopperArgosHandler(o: CopperArgosHandlerOptions): RawHandl
 
   return (req, res) => {
     handle(req, res).catch((err: unknown) => {
-      o.logger.error({ err: err instanceof Error ? err.message : String(err) }, "copper argos handler failed");
+      o.logger.error({ err }, "copper argos handler failed");
       if (!res.headersSent) send(res, 500, { code: 500, message: "internal error" });
       else res.end();
     });

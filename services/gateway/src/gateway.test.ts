@@ -156,6 +156,11 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
     const pod = await post(`${url}/instance`, notAllowed, athenzCa, body);
     assert.equal(pod.status, 403);
     assert.match(pod.body, /client not allowed/);
+    // The metric counts refusals by status; the reason text (free) stays in the audit line.
+    const metrics = await gw.registry.metrics();
+    assert.match(metrics, /gateway_decisions_total\{endpoint="instance",outcome="rejected",reason="http_401"[^}]*\} 2/);
+    assert.match(metrics, /gateway_decisions_total\{endpoint="instance",outcome="rejected",reason="http_403"[^}]*\} 1/);
+    assert.doesNotMatch(metrics, /reason="client/);
   });
 
   it("rejects oversized, non-JSON, mistyped and incomplete bodies", async () => {

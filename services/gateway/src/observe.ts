@@ -3,7 +3,7 @@
  * counters/histograms by endpoint, outcome and reason.
  */
 
-import { LATENCY_BUCKETS, type Logger } from "@k8s-athenz-identity/shared";
+import { LATENCY_BUCKETS, type Logger, ViolationCode } from "@k8s-athenz-identity/shared";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { type Confirmation, type DecisionResult, Outcome } from "./decision.js";
 
@@ -22,13 +22,33 @@ export interface GatewayObserver {
   rejected(ctx: DecisionContext, status: number, reason: string): void;
 }
 
+/** Every deny-reason code we know: a code from elsewhere (a dependency's answer) is labelled "other". */
+const KNOWN_CODES: ReadonlySet<string> = new Set(Object.values(ViolationCode));
+/** The decision engine's check names (decision.ts); anything else is labelled "other". */
+const CHECK_NAMES: ReadonlySet<string> = new Set(["request", "token", "identity", "pod", "ips", "csr"]);
+/** The endpoints a decision or a refusal comes from (see {@link DecisionContext}). */
+const ENDPOINTS: ReadonlySet<string> = new Set(["instance", "refresh", "confirm", "refresh-api", "explain", "other"]);
+
+/**
+ * Metric labels come from closed sets only: a label value that can be anything (a dependency's code,
+ * an error text, an attribute name) would let a caller create unbounded time series.
+ */
+const closed = (set: ReadonlySet<string>, v: string | undefined): string => (v !== undefined && set.has(v) ? v : "other");
+
+/** The reason label of a decision: "ok", the first deny code, or "retry:<check>". */
+export function reasonLabel(r: DecisionResult): string {
+  if (r.outcome === Outcome.DENY) return closed(KNOWN_CODES, r.violations[0]?.code);
+  if (r.outcome === Outcome.RETRY) return `retry:${closed(CHECK_NAMES, r.retryReason?.split(":")[0])}`;
+  return "ok";
+}
+
 export const outcomeLabel = (o: Outcome): string =>
   ({ [Outcome.ALLOW]: "allow", [Outcome.DENY]: "deny", [Outcome.RETRY]: "retry" })[o as 1 | 2 | 3] ?? "unknown";
 
 export function createGatewayObserver(o: { logger: Logger; registry: Registry }): GatewayObserver {
   const decisions = new Counter({
     name: "gateway_decisions_total",
-    help: "Decisions by endpoint, outcome and reason (first violation code, retry check, or ok)",
+    help: "Decisions by endpoint, outcome and reason (first violation code, retry:<check>, http_<status> when rejected, or ok)",
     labelNames: ["endpoint", "outcome", "reason"] as const,
     registers: [o.registry],
   });
@@ -53,20 +73,16 @@ export function createGatewayObserver(o: { logger: Logger; registry: Registry })
     decision(ctx, c, r) {
       const outcome = outcomeLabel(r.outcome);
       const codes = [...new Set(r.violations.map((v) => v.code))];
-      const reason =
-        r.outcome === Outcome.DENY
-          ? (codes[0] ?? "unknown")
-          : r.outcome === Outcome.RETRY
-            ? `retry:${r.retryReason?.split(":")[0] ?? "unknown"}`
-            : "ok";
-      decisions.inc({ endpoint: ctx.endpoint, outcome, reason });
-      latency.observe({ endpoint: ctx.endpoint, outcome }, r.latencyMs / 1000);
+      const endpoint = closed(ENDPOINTS, ctx.endpoint);
+      decisions.inc({ endpoint, outcome, reason: reasonLabel(r) });
+      latency.observe({ endpoint, outcome }, r.latencyMs / 1000);
       const line = {
         audit: true,
         endpoint: ctx.endpoint,
         provider: c.provider,
-        domain: c.domain,
-        service: c.service,
+        // Not "domain"/"service": the logger's base already carries `service` (the gateway's own name).
+        athenzDomain: c.domain,
+        athenzService: c.service,
         instanceId: c.attributes?.instanceId,
         namespace: r.subject.namespace,
         pod: r.subject.pod,
@@ -80,7 +96,8 @@ export function createGatewayObserver(o: { logger: Logger; registry: Registry })
       else o.logger.info(line, "decision");
     },
     rejected(ctx, status, reason) {
-      decisions.inc({ endpoint: ctx.endpoint, outcome: "rejected", reason });
+      // The reason text stays in the audit line; the metric gets the HTTP status (400, 401, 403, 413, 415).
+      decisions.inc({ endpoint: closed(ENDPOINTS, ctx.endpoint), outcome: "rejected", reason: `http_${Math.trunc(status)}` });
       o.logger.info({ audit: true, endpoint: ctx.endpoint, outcome: "rejected", status, reason, clientCn: ctx.clientCn }, "request rejected");
     },
   };

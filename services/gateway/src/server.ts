@@ -119,10 +119,7 @@ export async function startGateway(config: GatewayConfig, logger: Logger, opts: 
       logger.info({ policyFile: config.policyFile }, "policy reloaded");
       return true;
     } catch (err) {
-      logger.error(
-        { err: err instanceof Error ? err.message : String(err), policyFile: config.policyFile },
-        "policy file invalid; keeping the current policy",
-      );
+      logger.error({ err, policyFile: config.policyFile }, "policy file invalid; keeping the current policy");
       return false;
     }
   };

@@ -91,7 +91,7 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
         try {
           pods.push(projectPod(item as KubePodLike, opts.projection));
         } catch (err) {
-          log.warn({ err: String(err), namespace: item.metadata?.namespace, name: item.metadata?.name }, "skipping unusable pod");
+          log.warn({ err, namespace: item.metadata?.namespace, name: item.metadata?.name }, "skipping unusable pod");
         }
       }
       rv = page.metadata?.resourceVersion ?? rv;
@@ -136,7 +136,7 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
               return;
           }
         } catch (err) {
-          log.warn({ err: String(err), type }, "skipping unusable watch event");
+          log.warn({ err, type }, "skipping unusable watch event");
         }
         const next = o.metadata?.resourceVersion;
         if (next) last = next;
@@ -203,10 +203,7 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
         const wait = backoff.next();
         const code = (err as { code?: number; statusCode?: number }).code ?? (err as { statusCode?: number }).statusCode;
         if (code === 410) rv = "";
-        log.warn(
-          { err: err instanceof Error ? err.message : String(err), code, namespace: ns || "(all)", retryInMs: wait },
-          "pod list/watch failed; retrying",
-        );
+        log.warn({ err, code, namespace: ns || "(all)", retryInMs: wait }, "pod list/watch failed; retrying");
         await delay(wait, abort.signal);
       }
     }

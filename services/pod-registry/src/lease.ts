@@ -72,7 +72,7 @@ export function createLeaseElector(opts: LeaseElectorOptions): LeaseElector {
       if (v) opts.onStartedLeading();
       else opts.onStoppedLeading();
     } catch (err) {
-      logger.error({ err: String(err) }, "leadership callback failed");
+      logger.error({ err }, "leadership callback failed");
     }
   };
 
@@ -143,7 +143,7 @@ export function createLeaseElector(opts: LeaseElectorOptions): LeaseElector {
           setLeader(false);
         }
       } catch (err) {
-        logger.warn({ err: err instanceof Error ? err.message : String(err), lease: `${namespace}/${name}` }, "lease renewal failed");
+        logger.warn({ err, lease: `${namespace}/${name}` }, "lease renewal failed");
       }
       if (leader && now() - lastRenewMs > renewDeadlineMs) setLeader(false);
       await delay(leader ? retryMs : retryMs, abort.signal);
@@ -167,7 +167,7 @@ export function createLeaseElector(opts: LeaseElectorOptions): LeaseElector {
             body: { ...current, spec: { ...spec, holderIdentity: "", renewTime: new V1MicroTime(now()) } },
           });
         } catch (err) {
-          logger.warn({ err: err instanceof Error ? err.message : String(err) }, "could not release the lease");
+          logger.warn({ err }, "could not release the lease");
         }
       }
       setLeader(false);

@@ -107,7 +107,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
         else rejected++;
       } catch (err) {
         rejected++;
-        logger.warn({ key: key.slice(0, 128), err: String(err) }, "rejected malformed bucket entry");
+        logger.warn({ key: key.slice(0, 128), err }, "rejected malformed bucket entry");
       }
     } else {
       // DEL/PURGE: the leader dropped an expired tombstone (or an operator removed the key).
@@ -146,7 +146,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
       } catch (err) {
         if (closed) break;
         const wait = backoff.next();
-        logger.warn({ err: err instanceof Error ? err.message : String(err), retryInMs: wait }, "NATS bucket watch failed; retrying");
+        logger.warn({ err, retryInMs: wait }, "NATS bucket watch failed; retrying");
         await delay(wait);
       }
     }
@@ -350,10 +350,7 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
           settle(uid);
           if (!retryTimer && !stopped) {
             const wait = backoff.next();
-            logger.warn(
-              { err: err instanceof Error ? err.message : String(err), pending: pending.size, retryInMs: wait },
-              "publishing to NATS failed; will retry",
-            );
+            logger.warn({ err, pending: pending.size, retryInMs: wait }, "publishing to NATS failed; will retry");
             retryTimer = setTimeout(() => {
               retryTimer = undefined;
               drain();
@@ -372,13 +369,13 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
   const heartbeat = () => {
     if (stopped || !opts.healthy()) return;
     const hb: Heartbeat = { h: identity, t: Date.now(), s: synced };
-    kv.put(HEARTBEAT_KEY, JSON.stringify(hb)).catch((err: unknown) => logger.debug({ err: String(err) }, "heartbeat failed"));
+    kv.put(HEARTBEAT_KEY, JSON.stringify(hb)).catch((err: unknown) => logger.debug({ err }, "heartbeat failed"));
   };
 
   const gc = () => {
     for (const uid of cache.expiredTombstones(tombstoneTtlMs)) {
       if (pending.has(uid) || inFlight.has(uid)) continue;
-      kv.purge(uid).catch((err: unknown) => logger.debug({ err: String(err) }, "tombstone purge failed"));
+      kv.purge(uid).catch((err: unknown) => logger.debug({ err }, "tombstone purge failed"));
     }
   };
 

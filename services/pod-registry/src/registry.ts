@@ -223,7 +223,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
         break;
       } catch (err) {
         const wait = backoff.next();
-        log.warn({ err: err instanceof Error ? err.message : String(err), retryInMs: wait }, "NATS not usable yet; retrying");
+        log.warn({ err, retryInMs: wait }, "NATS not usable yet; retrying");
         await delay(wait);
       }
     }
@@ -241,10 +241,10 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       logger: log,
       now,
       onStartedLeading: () => {
-        startLeading().catch((err: unknown) => log.error({ err: String(err) }, "could not start leading"));
+        startLeading().catch((err: unknown) => log.error({ err }, "could not start leading"));
       },
       onStoppedLeading: () => {
-        stopLeading().catch((err: unknown) => log.error({ err: String(err) }, "could not stop leading"));
+        stopLeading().catch((err: unknown) => log.error({ err }, "could not stop leading"));
       },
     });
     elector.start();

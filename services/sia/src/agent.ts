@@ -133,7 +133,7 @@ export function createAgent(opts: AgentOptions): Agent {
   const zts = opts.zts ?? createZtsClient({ endpoint: config.endpoint, caPem: config.serverCaPem, timeoutMs: config.ztsTimeout });
   const store = opts.store ?? createCredentialStore({ keyFile: config.keyFile, certFile: config.certFile, caCertFile: config.caCertFile });
   const registry = opts.registry ?? createMetricsRegistry("sia");
-  const log = logger.child({ domain: config.domain, service: config.service, instanceId: config.podUid });
+  const log = logger.child({ athenzDomain: config.domain, athenzService: config.service, instanceId: config.podUid });
 
   const expiryGauge = new Gauge({
     name: "sia_certificate_expiry_timestamp_seconds",
@@ -267,15 +267,15 @@ export function createAgent(opts: AgentOptions): Agent {
         } catch (err) {
           const e = err as ZtsError;
           if (e.kind === "denied" || e.kind === "rejected") {
-            log.error({ err: e.message, status: e.status }, "register denied; not retrying");
+            log.error({ err: e, status: e.status }, "register denied; not retrying");
             throw e;
           }
           const delay = retryDelay(n, e.kind, clock.now(), undefined, policy, random);
           if (clock.now() + delay > deadline) {
-            log.error({ err: e.message, attempts: n }, "register failed; INIT_TIMEOUT reached");
+            log.error({ err: e, attempts: n }, "register failed; INIT_TIMEOUT reached");
             throw e;
           }
-          log.warn({ err: e.message, attempt: n, retryInMs: delay }, "register failed; retrying");
+          log.warn({ err: e, attempt: n, retryInMs: delay }, "register failed; retrying");
           await sleep(delay);
         }
       }
@@ -312,7 +312,7 @@ export function createAgent(opts: AgentOptions): Agent {
           const level = result.failure === "denied" || result.failure === "rejected" ? "error" : "warn";
           log[level](
             {
-              err: result.error.message,
+              err: result.error,
               failure: result.failure,
               attempt: n,
               retryInMs: delayMs,
@@ -338,7 +338,7 @@ export function createAgent(opts: AgentOptions): Agent {
           });
           log.info("instance record deleted at ZTS");
         } catch (err) {
-          log.warn({ err: (err as Error).message }, "could not delete the instance record at ZTS");
+          log.warn({ err }, "could not delete the instance record at ZTS");
         }
       }
     },

@@ -32,8 +32,9 @@ await runMain({
     logger.info(
       {
         mode: config.mode,
-        domain: config.domain,
-        service: config.service,
+        // Not "domain"/"service": the logger's base already carries `service` (the SIA's own name).
+        athenzDomain: config.domain,
+        athenzService: config.service,
         provider: config.providerService,
         pod: config.podName,
         keyType: config.keyType,

@@ -213,10 +213,7 @@ export function createKeySource(o: KeySourceOptions): KeySource {
       } catch (err) {
         lastAttemptFailed = true;
         o.onRefresh?.("error", keyCount);
-        o.logger.warn(
-          { err: err instanceof Error ? err.message : String(err), source: o.source.kind, haveKeys: local !== undefined },
-          "could not load token verification keys",
-        );
+        o.logger.warn({ err, source: o.source.kind, haveKeys: local !== undefined }, "could not load token verification keys");
         throw new DomainError(ErrorCode.Unavailable, "token verification keys are unavailable", { cause: err });
       } finally {
         inflight = undefined;

@@ -116,21 +116,20 @@ export function createTokenReviewClient(o: TokenReviewClientOptions): TokenRevie
           );
           throw new DomainError(ErrorCode.Unavailable, "the API server refused the token verifier's TokenReview call");
         }
-        const why =
+        // An HTTP error carries the answer's body and headers: logged by status only, never dumped.
+        const cause =
           status !== undefined
-            ? `HTTP ${status}`
+            ? new Error(`the API server answered HTTP ${status}`)
             : signal.aborted
-              ? `no answer within ${o.timeoutMs}ms`
-              : err instanceof Error
-                ? err.message
-                : String(err);
-        o.logger.warn({ server, reason: why }, "TokenReview call failed");
-        throw new DomainError(ErrorCode.Unavailable, "the API server could not review the token", { cause: why });
+              ? new Error(`no answer within ${o.timeoutMs}ms`, { cause: err })
+              : err;
+        o.logger.warn({ err: cause, server, status }, "TokenReview call failed");
+        throw new DomainError(ErrorCode.Unavailable, "the API server could not review the token", { cause });
       }
       try {
         return parseReview(answer, token);
       } catch (err) {
-        o.logger.warn({ server, reason: String(err) }, "unreadable TokenReview answer");
+        o.logger.warn({ err, server }, "unreadable TokenReview answer");
         throw new DomainError(ErrorCode.Unavailable, "the API server gave an unreadable TokenReview answer");
       }
     },

@@ -317,7 +317,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
         // JWSInvalid, JOSENotSupported (e.g. unknown crit header), JWKInvalid for this token's key choice.
         return { violations: [violation(ViolationCode.TokenMalformed, "token is not a valid JWS", "token")] };
       } else {
-        logger.error({ err: err instanceof Error ? err.message : String(err) }, "unexpected error verifying a token signature");
+        logger.error({ err }, "unexpected error verifying a token signature");
         throw new DomainError(ErrorCode.Internal, "token verification failed unexpectedly", { cause: err });
       }
     }
