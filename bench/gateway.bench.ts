@@ -22,19 +22,22 @@ import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { InspectAttributesResponseSchema } from "@k8s-athenz-identity/api/csr_inspector";
 import { GetPodResponseSchema, WaitForPodResponseSchema } from "@k8s-athenz-identity/api/pod_registry";
-import { createLogger, createMetricsRegistry, type Logger, loadConfig } from "@k8s-athenz-identity/shared";
+import { createLogger, type Logger, loadConfig } from "@k8s-athenz-identity/shared";
 import { pino } from "pino";
 import { inspectAttributes } from "../services/csr-inspector/src/inspect-attributes.js";
 import { gatewaySpec } from "../services/gateway/src/config.js";
 import { type Confirmation, createDecisionEngine, Operation, Outcome } from "../services/gateway/src/decision.js";
 import type { Dependencies } from "../services/gateway/src/dependencies.js";
-import { startGateway } from "../services/gateway/src/server.js";
+import { startGateway } from "../services/gateway/src/service.js";
 import { podRegistrySpec } from "../services/pod-registry/src/config.js";
 import { toProtoStatus } from "../services/pod-registry/src/connect.js";
 import { toProtoPod } from "../services/pod-registry/src/pod.js";
-import { type PodRegistryServer, startPodRegistryServer } from "../services/pod-registry/src/server.js";
+import type { PodRegistry } from "../services/pod-registry/src/registry.js";
+import { startPodRegistry } from "../services/pod-registry/src/service.js";
+import { tokenVerifierSpec } from "../services/token-verifier/src/config.js";
 import { toResponse } from "../services/token-verifier/src/connect.js";
-import { createTokenVerifier, type TokenVerifier } from "../services/token-verifier/src/verifier.js";
+import { startTokenVerifier } from "../services/token-verifier/src/service.js";
+import type { TokenVerifier } from "../services/token-verifier/src/verifier.js";
 import { callAsZts, confirmationFor, DNS_SUFFIX, PROVIDER, ZTS_CN } from "../test/e2e/stack.js";
 import { startFakeKubeApi } from "../test/support/fake-kube-api.js";
 import { createSigningKey, jwksOf, mintBoundToken } from "../test/support/jwt.js";
@@ -103,8 +106,7 @@ async function measure(call: () => Promise<void>, concurrency: number, ms: numbe
 
 const total = (r: Run) => r.clientCpuUs + r.servicesCpuUs;
 
-function inProcessDeps(verifier: TokenVerifier, pr: PodRegistryServer): Dependencies {
-  const reg = pr.registry;
+function inProcessDeps(verifier: TokenVerifier, reg: PodRegistry): Dependencies {
   return {
     verifyToken: async (token) => toResponse(await verifier.verify(token)),
     getPod: async (uid) => {
@@ -186,26 +188,19 @@ try {
     destination: pino.destination({ dest: logFile("in-process"), sync: false }) as unknown as NodeJS.WritableStream,
   });
   const quiet = createLogger({ service: "bench", level: "silent" });
-  const verifier = createTokenVerifier({
-    mode: "jwks",
-    issuer: ISSUER,
-    jwksFile,
-    logger: quiet,
-    registry: createMetricsRegistry("token-verifier", { defaultMetrics: false }),
+  const local0 = { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", SHUTDOWN_TIMEOUT: "1s" };
+  const tvLocal = await startTokenVerifier(
+    loadConfig(tokenVerifierSpec, { env: { ...local0, VERIFIER_MODE: "jwks", TOKEN_ISSUER: ISSUER, JWKS_FILE: jwksFile } }),
+    { logger: quiet },
+  );
+  await tvLocal.verifier.whenReady();
+  const prLocal = await startPodRegistry(loadConfig(podRegistrySpec, { env: local0 }), { logger: quiet, kubeConfig: kube.kubeConfig() });
+  await prLocal.registry.synced;
+  const deps = inProcessDeps(tvLocal.verifier, prLocal.registry);
+  const local = await startGateway(loadConfig(gatewaySpec, { env: { ...gatewayEnv, ...local0, API_PORT: "0", API_ADMIN_PORT: "0" } }), {
+    logger: baselineLogger,
+    dependencies: deps,
   });
-  await verifier.whenReady?.();
-  const registry = await startPodRegistryServer(
-    loadConfig(podRegistrySpec, { env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", SHUTDOWN_TIMEOUT: "1s" } }),
-    quiet,
-    kube.kubeConfig(),
-  );
-  await registry.registry.synced;
-  const deps = inProcessDeps(verifier, registry);
-  const local = await startGateway(
-    loadConfig(gatewaySpec, { env: { ...gatewayEnv, HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", API_PORT: "0", API_ADMIN_PORT: "0" } }),
-    baselineLogger,
-    { deps },
-  );
   const localUrl = `${local.zts.url}/zts-provider/instance`;
   const engine = createDecisionEngine({ policy: local.policy, deps, budgetMs: 5000 });
   let n = 0;
@@ -219,8 +214,8 @@ try {
   a1.destroy();
   const localNew = await measure(ztsCall(localUrl), NEWCONN_CONCURRENCY, 2500);
   await local.close();
-  await registry.close();
-  await verifier.close();
+  await prLocal.close();
+  await tvLocal.close();
   baselineLogger.flush();
 
   // ---- the deployment shape: one child process per service

@@ -5,7 +5,7 @@
  *
  * Deployment shape: a real nats-server, and one process each for the fake API server (which also
  * generates the events), the leader and three followers (bench/pod-registry.worker.ts; replicas
- * are wired by startPodRegistryServer as in production). Propagation is (time a follower applied
+ * are started by startPodRegistry as in production). Propagation is (time a follower applied
  * the change) - (time the API server emitted it), from an absolute timestamp the API server puts
  * in an allow-listed annotation. Set BENCH_CPU_PROF=<dir> to profile the child processes.
  */

@@ -5,7 +5,7 @@
  * - `api`: the fake API server with the bench's pods, and the event generator. Each change carries
  *   its emit time (performance.timeOrigin + performance.now(), an absolute clock comparable across
  *   processes of one machine) in an allow-listed annotation.
- * - `replica <id>`: one pod-registry replica wired as in production (startPodRegistryServer: config
+ * - `replica <id>`: one pod-registry replica wired as in production (startPodRegistry: config
  *   from the environment, the NATS feed, the Lease, the Connect server). It records, per applied
  *   change, (apply time) - (emit time).
  *
@@ -18,7 +18,7 @@ import { fileURLToPath } from "node:url";
 import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
 import { KubeConfig } from "@kubernetes/client-node";
 import { podRegistrySpec } from "../services/pod-registry/src/config.js";
-import { startPodRegistryServer } from "../services/pod-registry/src/server.js";
+import { startPodRegistry } from "../services/pod-registry/src/service.js";
 import { type FakeKubeApi, startFakeKubeApi } from "../test/support/fake-kube-api.js";
 
 export const EMITTED_AT = "bench.athenz.io/emitted-at";
@@ -130,7 +130,7 @@ async function runReplica(id: string): Promise<void> {
   let n = 0;
   const startedAt = absNow();
   const t0 = performance.now();
-  const server = await startPodRegistryServer(config, logger, kubeConfigFor(apiUrl));
+  const server = await startPodRegistry(config, { logger, kubeConfig: kubeConfigFor(apiUrl) });
   server.registry.subscribe((e) => {
     if (e.type !== "upserted") return;
     const at = e.pod.annotations?.[EMITTED_AT];

@@ -209,14 +209,14 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
       gatewayEnv,
       cluster: {
         kubeConfig: M.loadKubeConfig(registryKubeconfig),
-        verifier: {
-          mode: "both",
-          issuer: cluster.issuer,
-          audience: M.ATHENZ_AUDIENCE,
-          jwksUrl: `${cluster.url}/openid/v1/jwks`,
-          caFile: cluster.caFile,
-          bearerTokenFile,
-          kubeconfigPath: verifierKubeconfig,
+        verifierEnv: {
+          VERIFIER_MODE: "both",
+          TOKEN_ISSUER: cluster.issuer,
+          TOKEN_AUDIENCE: M.ATHENZ_AUDIENCE,
+          JWKS_URL: `${cluster.url}/openid/v1/jwks`,
+          JWKS_CA_FILE: cluster.caFile,
+          JWKS_BEARER_TOKEN_FILE: bearerTokenFile,
+          KUBECONFIG: verifierKubeconfig,
         },
       },
     }),

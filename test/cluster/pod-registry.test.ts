@@ -14,11 +14,12 @@ import { after, before, describe, it } from "node:test";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { PodPhase } from "@k8s-athenz-identity/api/common";
 import { PodRegistryService, RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
-import { createMetricsRegistry, createServiceClient, type RunningServer, type ServiceClient, startServiceServer } from "@k8s-athenz-identity/shared";
+import { createServiceClient, loadConfig, type ServiceClient } from "@k8s-athenz-identity/shared";
 import { CoordinationV1Api, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
-import { podRegistryRoutes } from "../../services/pod-registry/src/connect.js";
+import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
 import { isPresent } from "../../services/pod-registry/src/pod.js";
 import { createPodRegistry, type PodRegistry, type PodRegistryOptions } from "../../services/pod-registry/src/registry.js";
+import { startPodRegistry } from "../../services/pod-registry/src/service.js";
 import { eventually, quietLogger, until } from "../../services/pod-registry/test/helpers.js";
 import { type KubeCluster, startKubeCluster } from "../support/kube-cluster.js";
 import { createKubeState, type KubeState, loadKubeConfig, PRODUCT_LEASE, PRODUCT_NAMESPACE } from "../support/kube-state.js";
@@ -71,35 +72,36 @@ describe("standalone pod registry on the real API server, served over Connect", 
   const NS = "reg-standalone";
   const watched = { [WATCHED_LABEL]: "yes" };
   let registry: PodRegistry;
-  let server: RunningServer;
+  let server: Awaited<ReturnType<typeof startPodRegistry>>;
   let svc: ServiceClient<typeof PodRegistryService>;
 
   before(async () => {
     await state.ensureServiceAccount(NS, SA);
     // Only labelled pods are listed and watched; API_FALLBACK is on for the WaitForPod test.
-    registry = createPodRegistry(
-      registryOptions({ identity: "standalone", namespaces: [NS], labelSelector: `${WATCHED_LABEL}=yes`, apiFallback: true }),
-    );
-    await registry.start();
-    await withTimeout(registry.synced, 15_000, "standalone registry synced");
-    // The same wiring as services/pod-registry/src/server.ts, with short watch backoff for the restart.
-    server = await startServiceServer({
-      name: "pod-registry",
-      routes: podRegistryRoutes({ registry }),
-      host: "127.0.0.1",
-      port: 0,
-      adminPort: 0,
-      logger: quietLogger(),
-      registry: createMetricsRegistry("pod-registry", { defaultMetrics: false }),
-      readiness: () => ({ ready: registry.status().fresh }),
-      shutdownTimeoutMs: 1000,
+    const config = loadConfig(podRegistrySpec, {
+      env: {
+        HOST: "127.0.0.1",
+        PORT: "0",
+        ADMIN_PORT: "0",
+        NAMESPACE: NS,
+        LABEL_SELECTOR: `${WATCHED_LABEL}=yes`,
+        API_FALLBACK: "true",
+        POD_NAME: "standalone",
+        STALE_AFTER: "1s",
+        WAIT_DEFAULT: "200ms",
+        WAIT_MAX: "5s",
+        SHUTDOWN_TIMEOUT: "1s",
+      },
     });
+    // As the service runs, with a short watch backoff for the restart below.
+    server = await startPodRegistry(config, { logger: quietLogger(), kubeConfig: productKc, watchBackoff: { initialMs: 100, maxMs: 500 } });
+    registry = server.registry;
+    await registry.synced;
     svc = createServiceClient(PodRegistryService, { baseUrl: server.url, timeoutMs: 10_000 });
   });
   after(async () => {
     svc?.close();
     await server?.close();
-    await registry?.close();
   });
 
   it("sees a pod created, its IPs and phase set through pods/status, and its deletion; Connect answers from that", async () => {

@@ -38,14 +38,14 @@ describe("the provider on the real API server: ZTS -> gateway -> token-verifier 
     s = await startServices({
       cluster: {
         kubeConfig: loadKubeConfig(registryKubeconfig),
-        verifier: {
-          mode: "both",
-          issuer: cluster.issuer,
-          audience: ATHENZ_AUDIENCE,
-          jwksUrl: `${cluster.url}/openid/v1/jwks`,
-          caFile: cluster.caFile,
-          bearerTokenFile,
-          kubeconfigPath: verifierKubeconfig,
+        verifierEnv: {
+          VERIFIER_MODE: "both",
+          TOKEN_ISSUER: cluster.issuer,
+          TOKEN_AUDIENCE: ATHENZ_AUDIENCE,
+          JWKS_URL: `${cluster.url}/openid/v1/jwks`,
+          JWKS_CA_FILE: cluster.caFile,
+          JWKS_BEARER_TOKEN_FILE: bearerTokenFile,
+          KUBECONFIG: verifierKubeconfig,
         },
       },
     });

@@ -20,8 +20,8 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
 import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
 import { gatewaySpec } from "../../services/gateway/src/config.js";
-import { type Gateway, startGateway } from "../../services/gateway/src/server.js";
-import { confirmation, fakeDeps, PROVIDER, tokenA, UID_A } from "../../services/gateway/src/testing.js";
+import { type RunningGateway, startGateway } from "../../services/gateway/src/service.js";
+import { confirmation, fakeDeps, PROVIDER, tokenA, UID_A } from "../../services/gateway/test/fixtures.js";
 import { confirmationFor, PROVIDER as STACK_PROVIDER, type Stack, startStack, ZTS_CN } from "../e2e/stack.js";
 import { createCa, issueCert, type Pem } from "../support/pki.js";
 import { tempDir } from "../support/tmp.js";
@@ -184,7 +184,7 @@ describe("InstanceHttpProvider against a minimal protocol provider", () => {
 });
 
 describe("InstanceHttpProvider against the gateway", () => {
-  let gateway: Gateway;
+  let gateway: RunningGateway;
   let endpoint: string;
 
   before(async () => {
@@ -217,7 +217,7 @@ describe("InstanceHttpProvider against the gateway", () => {
         LOG_LEVEL: "silent",
       },
     });
-    gateway = await startGateway(config, createLogger({ service: "gateway", level: "silent" }), { deps });
+    gateway = await startGateway(config, { logger: createLogger({ service: "gateway", level: "silent" }), dependencies: deps });
     endpoint = `https://127.0.0.1:${gateway.zts.port}/zts-callback`;
   });
   after(async () => {

@@ -1,8 +1,9 @@
 /**
- * The SIA end to end: agent -> ZTS stand-in -> the real gateway -> token-verifier / pod-registry /
- * csr-inspector, all on real ports with real TLS (the ZTS stand-in calls the gateway with its own
- * client certificate, which the gateway trusts as it would trust ZTS). Init, refresh and run modes,
- * the certificate read back by node:crypto and by `openssl x509`, and denied pods.
+ * The SIA end to end: the SIA (started by `startSia` from its settings, as its main does) -> ZTS
+ * stand-in -> the real gateway -> token-verifier / pod-registry / csr-inspector, all on real ports
+ * with real TLS (the ZTS stand-in calls the gateway with its own client certificate, which the gateway
+ * trusts as it would trust ZTS). Init, refresh and run modes, the certificate read back by
+ * node:crypto and by `openssl x509`, and denied pods. Each test brings its own pod.
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -10,9 +11,12 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { loadConfig } from "@k8s-athenz-identity/shared/config";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
-import { type AgentConfig, type AgentOptions, createAgent } from "../../services/sia/src/agent.js";
+import type { AgentOptions } from "../../services/sia/src/agent.js";
+import { siaSpec } from "../../services/sia/src/config.js";
 import type { RetryPolicy } from "../../services/sia/src/scheduler.js";
+import { type RunningSia, type SiaDeps, startSia } from "../../services/sia/src/service.js";
 import { ZtsError } from "../../services/sia/src/zts-client.js";
 import type { PodJson } from "../support/fake-kube-api.js";
 import { tempDir } from "../support/tmp.js";
@@ -70,41 +74,49 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
     return { pod, dir, tokenFile };
   };
 
-  const configFor = (pod: PodJson, dir: string, tokenFile: string, over: Partial<AgentConfig> = {}): AgentConfig => ({
-    endpoint: `${zts.url}/zts/v1`,
-    providerService: PROVIDER,
-    dnsSuffix: DNS_SUFFIX,
-    domain: "sports",
-    service: "api",
-    podIp: pod.status.podIP!,
-    podUid: pod.metadata.uid,
-    saTokenFile: tokenFile,
-    keyFile: join(dir, "service.key.pem"),
-    certFile: join(dir, "service.cert.pem"),
-    caCertFile: join(dir, "ca.cert.pem"),
-    refreshInterval: 24 * 3_600_000,
-    delayJitterSeconds: 0,
-    keyType: "rsa",
-    wildcard: false,
-    expiryMinutes: 0,
-    initTimeout: 3_000,
-    ztsTimeout: 5_000,
-    serverCaPem: zts.caPem,
+  /** The SIA's settings for a pod, as its pod spec would give them. */
+  const siaEnv = (pod: PodJson, dir: string, tokenFile: string, over: Record<string, string> = {}): Record<string, string> => ({
+    MODE: "init",
+    ENDPOINT: `${zts.url}/zts/v1`,
+    SERVER_CA_CERT: zts.caFile,
+    PROVIDER_SERVICE: PROVIDER,
+    DNS_SUFFIX,
+    NAMESPACE: pod.metadata.namespace,
+    SERVICEACCOUNT: pod.spec.serviceAccountName,
+    POD_IP: pod.status.podIP!,
+    POD_UID: pod.metadata.uid,
+    SA_TOKEN_FILE: tokenFile,
+    KEY_FILE: join(dir, "service.key.pem"),
+    CERT_FILE: join(dir, "service.cert.pem"),
+    CA_CERT_FILE: join(dir, "ca.cert.pem"),
+    INIT_TIMEOUT: "3s",
+    ZTS_TIMEOUT: "5s",
+    METRICS_HOST: "127.0.0.1",
+    METRICS_PORT: "0",
     ...over,
   });
+  const started: RunningSia[] = [];
+  after(() => Promise.all(started.map((h) => h.close())));
+  const sia = async (env: Record<string, string>, deps: SiaDeps = {}): Promise<RunningSia> => {
+    const h = await startSia(loadConfig(siaSpec, { env }), { logger: siaLogger, retryPolicy: FAST, ...deps });
+    started.push(h);
+    return h;
+  };
+  /** Init mode to the end: the identity written, or the ZtsError it ended with. */
+  const init = async (env: Record<string, string>) => {
+    const h = await sia({ ...env, MODE: "init" });
+    await h.finished;
+    return h.agent.current!;
+  };
 
   const expectedSans = (pod: PodJson) =>
     `DNS:api.sports.${DNS_SUFFIX}, DNS:${pod.metadata.uid}.instanceid.athenz.${DNS_SUFFIX}, IP Address:${pod.status.podIP}, ` +
     `URI:spiffe://sports/sa/api, URI:athenz://instanceid/${PROVIDER}/${pod.metadata.uid}`;
 
-  let initPod: { pod: PodJson; dir: string; tokenFile: string };
-
   it("init: registers through ZTS and the gateway; subject and SANs read back by node:crypto and openssl", async () => {
-    initPod = await podWithToken();
-    const { pod, dir, tokenFile } = initPod;
+    const { pod, dir, tokenFile } = await podWithToken();
     const before = { register: zts.calls.register, provider: zts.calls.provider };
-    const agent = createAgent({ config: configFor(pod, dir, tokenFile), logger: siaLogger, retryPolicy: FAST });
-    const held = await agent.init();
+    const held = await init(siaEnv(pod, dir, tokenFile));
     assert.equal(zts.calls.register, before.register + 1);
     assert.equal(zts.calls.provider, before.provider + 1);
 
@@ -136,22 +148,17 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
   });
 
   it("refresh: picks up the certificate from init and refreshes it over mutual TLS through the gateway", async () => {
-    const { pod, dir, tokenFile } = initPod;
+    const { pod, dir, tokenFile } = await podWithToken();
+    await init(siaEnv(pod, dir, tokenFile));
     const old = new X509Certificate(readFileSync(join(dir, "service.cert.pem")));
     const o = outcomes();
-    const agent = createAgent({
-      config: configFor(pod, dir, tokenFile, { refreshInterval: 200 }),
-      logger: siaLogger,
-      retryPolicy: FAST,
-      onOutcome: o.on,
-    });
-    await agent.start("refresh");
+    const h = await sia(siaEnv(pod, dir, tokenFile, { MODE: "refresh", REFRESH_INTERVAL: "200ms" }), { onOutcome: o.on });
     try {
-      assert.equal(agent.current?.serialNumber, old.serialNumber, "starts from the certificate on disk");
+      assert.equal(h.agent.current?.serialNumber, old.serialNumber, "starts from the certificate on disk");
       await o.until((e) => e.operation === "refresh");
       assert.deepEqual(o.seen[0], { operation: "refresh", outcome: "success" });
     } finally {
-      await agent.close();
+      await h.close();
     }
     const fresh = new X509Certificate(readFileSync(join(dir, "service.cert.pem")));
     assert.notEqual(fresh.serialNumber, old.serialNumber);
@@ -170,14 +177,8 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
   it("run: registers when there is no certificate, then keeps refreshing", async () => {
     const { pod, dir, tokenFile } = await podWithToken();
     const o = outcomes();
-    const agent = createAgent({
-      config: configFor(pod, dir, tokenFile, { refreshInterval: 150, keyType: "ec" }),
-      logger: siaLogger,
-      retryPolicy: FAST,
-      onOutcome: o.on,
-    });
-    assert.equal(agent.healthy(), false);
-    await agent.start("run");
+    const h = await sia(siaEnv(pod, dir, tokenFile, { MODE: "run", REFRESH_INTERVAL: "150ms", KEY_TYPE: "ec" }), { onOutcome: o.on });
+    const agent = h.agent;
     try {
       await o.until((e) => e.operation === "refresh" && e.outcome === "success", 2);
       const seen = o.seen.map((e) => `${e.operation}:${e.outcome}`);
@@ -190,8 +191,10 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
         JSON.stringify({ seen, audit }),
       );
       assert.equal(agent.healthy(), true);
+      // What the kubelet's startup probe sees.
+      assert.equal((await fetch(`http://127.0.0.1:${h.healthPort}/healthz`)).status, 200);
     } finally {
-      await agent.close();
+      await h.close();
     }
     const cert = new X509Certificate(readFileSync(join(dir, "service.cert.pem")));
     assert.equal(cert.subject, `OU=${PROVIDER}\nCN=sports.api`);
@@ -200,8 +203,7 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
   });
 
   const expectDenied = async (pod: PodJson, dir: string, tokenFile: string, code: string) => {
-    const agent = createAgent({ config: configFor(pod, dir, tokenFile), logger: siaLogger, retryPolicy: FAST });
-    const err = await agent.init().then(
+    const err = await init(siaEnv(pod, dir, tokenFile)).then(
       () => assert.fail("init should have been denied"),
       (e: unknown) => e,
     );

@@ -1,6 +1,7 @@
 /**
  * The four services on real ports, in this process: token-verifier, pod-registry, csr-inspector,
- * and the gateway with its ZTS endpoint on mutual TLS.
+ * and the gateway with its ZTS endpoint on mutual TLS. Each is started by its own `start<Name>` from
+ * its settings (the same function its executable runs), never wired here by hand.
  *
  * - {@link startStack}: on a simulated cluster (the fake API server and a test OIDC signer); used by
  *   the end-to-end tests and the gateway bench.
@@ -11,16 +12,16 @@
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import { PassThrough } from "node:stream";
-import { createLogger, createMetricsRegistry, type Logger, loadConfig, type RunningServer, startServiceServer } from "@k8s-athenz-identity/shared";
+import { createLogger, type Logger, loadConfig } from "@k8s-athenz-identity/shared";
 import type { KubeConfig } from "@kubernetes/client-node";
 import { csrInspectorSpec } from "../../services/csr-inspector/src/config.js";
-import { startCsrInspector } from "../../services/csr-inspector/src/main.js";
+import { type RunningCsrInspector, startCsrInspector } from "../../services/csr-inspector/src/service.js";
 import { gatewaySpec } from "../../services/gateway/src/config.js";
-import { type Gateway, startGateway } from "../../services/gateway/src/server.js";
+import { type RunningGateway, startGateway } from "../../services/gateway/src/service.js";
 import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
-import { type PodRegistryServer, startPodRegistryServer } from "../../services/pod-registry/src/server.js";
-import { tokenVerifierRoutes } from "../../services/token-verifier/src/connect.js";
-import { createTokenVerifier, type TokenVerifier, type TokenVerifierOptions } from "../../services/token-verifier/src/verifier.js";
+import { type RunningPodRegistry, startPodRegistry } from "../../services/pod-registry/src/service.js";
+import { tokenVerifierSpec } from "../../services/token-verifier/src/config.js";
+import { type RunningTokenVerifier, startTokenVerifier } from "../../services/token-verifier/src/service.js";
 import { type FakeKubeApi, type PodJson, type PodSpecInput, startFakeKubeApi } from "../support/fake-kube-api.js";
 import { createSigningKey, type MintOptions, mintBoundToken, type OidcServer, startOidcServer, type TestSigningKey } from "../support/jwt.js";
 import { createCa, issueCert, type Pem } from "../support/pki.js";
@@ -32,10 +33,10 @@ export const ZTS_CN = "zts.athenz.io";
 
 /** The four services, whatever cluster they watch. */
 export interface Services {
-  tokenVerifier: { server: RunningServer; verifier: TokenVerifier };
-  podRegistry: PodRegistryServer;
-  csrInspector: RunningServer;
-  gateway: Gateway;
+  tokenVerifier: RunningTokenVerifier;
+  podRegistry: RunningPodRegistry;
+  csrInspector: RunningCsrInspector;
+  gateway: RunningGateway;
   /** `<gateway https url><prefix>` */
   endpoint: string;
   pki: { athenzCa: Pem; otherCa: Pem; server: Pem; zts: Pem; notAllowed: Pem; untrusted: Pem };
@@ -44,7 +45,7 @@ export interface Services {
   /** Resolves once the registry's cache satisfies `cond` (checked on every cache event). */
   registryReaches(cond: () => boolean): Promise<void>;
   /** Starts another gateway on the same PKI with some settings changed (e.g. a dead dependency URL). */
-  startGateway(env?: Record<string, string>): Promise<Gateway>;
+  startGateway(env?: Record<string, string>): Promise<RunningGateway>;
   close(): Promise<void>;
 }
 
@@ -109,8 +110,11 @@ export interface StackOptions {
 export interface ExternalCluster {
   /** What the pod registry lists and watches pods with. */
   kubeConfig: KubeConfig;
-  /** How the token verifier checks tokens: mode, issuer, JWKS URL/CA/bearer file, TokenReview kubeconfig. */
-  verifier: Omit<TokenVerifierOptions, "logger" | "registry">;
+  /**
+   * The token verifier's settings for this cluster, as its environment: VERIFIER_MODE, TOKEN_ISSUER,
+   * TOKEN_AUDIENCE, JWKS_URL, JWKS_CA_FILE, JWKS_BEARER_TOKEN_FILE, KUBECONFIG (for TokenReview).
+   */
+  verifierEnv: Record<string, string>;
 }
 
 export interface ServicesOptions extends StackOptions {
@@ -210,7 +214,9 @@ export async function startServices(opts: ServicesOptions): Promise<Services> {
   const logs = new PassThrough();
   logs.resume();
   const level = opts.logLevel ?? (opts.logDestination ? "info" : "silent");
-  const logger = createLogger({ service: "e2e", level, destination: opts.logDestination ?? (level === "info" ? process.stderr : logs) });
+  const destination = opts.logDestination ?? (level === "info" ? process.stderr : logs);
+  const logger = createLogger({ service: "e2e", level, destination });
+  const loggerOf = (service: string) => createLogger({ service, level, destination });
   const closers: Array<() => Promise<void> | void> = [() => tmp.cleanup()];
   const close = async () => {
     for (const c of closers.reverse()) await c();
@@ -227,38 +233,24 @@ export async function startServices(opts: ServicesOptions): Promise<Services> {
       untrusted: issueCert(tmp.dir, "evil", otherCa, { cn: ZTS_CN, usage: "client" }),
     };
 
-    const verifier = createTokenVerifier({
-      ...opts.cluster.verifier,
-      logger,
-      registry: createMetricsRegistry("token-verifier", { defaultMetrics: false }),
-    });
-    closers.push(() => verifier.close());
-    await verifier.whenReady?.();
-    const tvServer = await startServiceServer({
-      name: "token-verifier",
-      routes: tokenVerifierRoutes(verifier),
-      host: "127.0.0.1",
-      port: 0,
-      adminPort: 0,
-      logger,
-      registry: createMetricsRegistry("token-verifier-server", { defaultMetrics: false }),
-      readiness: () => ({ ready: verifier.ready() }),
-      shutdownTimeoutMs: 1000,
-    });
-    closers.push(() => tvServer.close());
+    const local = { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", SHUTDOWN_TIMEOUT: "1s" };
 
-    const podRegistry = await startPodRegistryServer(
-      loadConfig(podRegistrySpec, { env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", SHUTDOWN_TIMEOUT: "1s", WAIT_MAX: "2s" } }),
-      logger,
-      opts.cluster.kubeConfig,
-    );
+    const tokenVerifier = await startTokenVerifier(loadConfig(tokenVerifierSpec, { env: { ...local, ...opts.cluster.verifierEnv } }), {
+      logger: loggerOf("token-verifier"),
+    });
+    closers.push(() => tokenVerifier.close());
+    await tokenVerifier.verifier.whenReady();
+
+    const podRegistry = await startPodRegistry(loadConfig(podRegistrySpec, { env: { ...local, WAIT_MAX: "2s" } }), {
+      logger: loggerOf("pod-registry"),
+      kubeConfig: opts.cluster.kubeConfig,
+    });
     closers.push(() => podRegistry.close());
     await podRegistry.registry.synced;
 
-    const csrInspector = await startCsrInspector(
-      loadConfig(csrInspectorSpec, { env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", DNS_SUFFIXES: DNS_SUFFIX, SHUTDOWN_TIMEOUT: "1s" } }),
-      logger,
-    );
+    const csrInspector = await startCsrInspector(loadConfig(csrInspectorSpec, { env: { ...local, DNS_SUFFIXES: DNS_SUFFIX } }), {
+      logger: loggerOf("csr-inspector"),
+    });
     closers.push(() => csrInspector.close());
 
     const gatewayEnv = (extra: Record<string, string> = {}) => ({
@@ -274,7 +266,7 @@ export async function startServices(opts: ServicesOptions): Promise<Services> {
       URL_PREFIX: "/zts-provider",
       ALLOWED_ZTS_CNS: ZTS_CN,
       DNS_SUFFIXES: DNS_SUFFIX,
-      TOKEN_VERIFIER_URL: tvServer.url,
+      TOKEN_VERIFIER_URL: tokenVerifier.url,
       POD_REGISTRY_URL: podRegistry.url,
       CSR_INSPECTOR_URL: csrInspector.url,
       DECISION_TIMEOUT: "3s",
@@ -284,7 +276,7 @@ export async function startServices(opts: ServicesOptions): Promise<Services> {
       ...extra,
     });
     const startGw = async (extra: Record<string, string> = {}) => {
-      const gw = await startGateway(loadConfig(gatewaySpec, { env: gatewayEnv(extra) }), logger);
+      const gw = await startGateway(loadConfig(gatewaySpec, { env: gatewayEnv(extra) }), { logger: loggerOf("gateway") });
       closers.push(() => gw.close());
       return gw;
     };
@@ -302,7 +294,7 @@ export async function startServices(opts: ServicesOptions): Promise<Services> {
       });
 
     return {
-      tokenVerifier: { server: tvServer, verifier },
+      tokenVerifier,
       podRegistry,
       csrInspector,
       gateway,
@@ -332,7 +324,10 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     closers.push(() => oidc.close());
     const kube = await startFakeKubeApi({ bookmarkIntervalMs: 500 });
     closers.push(() => kube.close());
-    const services = await startServices({ ...opts, cluster: { kubeConfig: kube.kubeConfig(), verifier: { mode: "jwks", issuer: oidc.issuer } } });
+    const services = await startServices({
+      ...opts,
+      cluster: { kubeConfig: kube.kubeConfig(), verifierEnv: { VERIFIER_MODE: "jwks", TOKEN_ISSUER: oidc.issuer } },
+    });
     closers.push(() => services.close());
 
     const mint = (pod: PodJson, o: Partial<MintOptions> = {}) =>

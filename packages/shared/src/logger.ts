@@ -1,4 +1,4 @@
-import { type LevelWithSilent, type Logger, pino } from "pino";
+import { type DestinationStream, type LevelWithSilent, type Logger, pino } from "pino";
 
 export type { Logger };
 
@@ -26,8 +26,11 @@ export interface LoggerOptions {
   /** The service name, on every line as `service`. */
   service: string;
   level?: LevelWithSilent;
-  /** Where lines go; defaults to stdout. Tests pass a stream to read lines back. */
-  destination?: NodeJS.WritableStream;
+  /**
+   * Where lines go; defaults to stdout. Tests pass a stream to read lines back; the runner passes
+   * one destination shared by every service of the process.
+   */
+  destination?: DestinationStream | NodeJS.WritableStream;
 }
 
 /**
@@ -43,6 +46,6 @@ export function createLogger(opts: LoggerOptions): Logger {
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    opts.destination ?? pino.destination({ sync: false }),
+    (opts.destination ?? pino.destination({ sync: false })) as DestinationStream,
   );
 }

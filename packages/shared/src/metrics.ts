@@ -2,6 +2,9 @@ import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { Counter, collectDefaultMetrics, Histogram, Registry } from "prom-client";
 
+/** The metrics registry type, so a service that only passes registries around needs no prom-client of its own. */
+export type { Registry };
+
 /**
  * One registry per service instance (not prom-client's global one), so several services can run in
  * one test process without their metrics colliding.

@@ -51,7 +51,31 @@ export function tlsFromSettings(c: TlsSettings): TlsFiles | undefined {
     return undefined;
   }
   if (!c.tlsCertFile || !c.tlsKeyFile) throw new ConfigError("--tls-cert-file/TLS_CERT_FILE and --tls-key-file/TLS_KEY_FILE", "must be set together");
-  return { certFile: c.tlsCertFile, keyFile: c.tlsKeyFile, clientCaFile: c.tlsClientCaFile, reloadIntervalMs: c.tlsReloadInterval };
+  const files = { certFile: c.tlsCertFile, keyFile: c.tlsKeyFile, clientCaFile: c.tlsClientCaFile, reloadIntervalMs: c.tlsReloadInterval };
+  checkTlsFiles(files);
+  return files;
+}
+
+/** Reads the files once so a missing file or a certificate that does not match its key is a bad setting (exit 2), named. */
+function checkTlsFiles(files: TlsFiles): void {
+  const read = (file: string, setting: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new ConfigError(setting, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  };
+  const cert = read(files.certFile, "--tls-cert-file/TLS_CERT_FILE");
+  const key = read(files.keyFile, "--tls-key-file/TLS_KEY_FILE");
+  const ca = files.clientCaFile ? read(files.clientCaFile, "--tls-client-ca-file/TLS_CLIENT_CA_FILE") : undefined;
+  try {
+    createSecureContext({ cert, key, ca });
+  } catch (err) {
+    throw new ConfigError(
+      "--tls-cert-file/TLS_CERT_FILE and --tls-key-file/TLS_KEY_FILE",
+      `not a usable certificate and key: ${(err as Error).message}`,
+    );
+  }
 }
 
 /** A plain Node handler for what Connect does not route; same shape as connect-node's fallback. */

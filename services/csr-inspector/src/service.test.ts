@@ -4,18 +4,10 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ExpectedIdentitySchema, SanPolicySchema } from "@k8s-athenz-identity/api/common";
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
-import {
-  ConfigError,
-  createLogger,
-  createServiceClient,
-  loadConfig,
-  type RunningServer,
-  type ServiceClient,
-  ViolationCode,
-} from "@k8s-athenz-identity/shared";
+import { ConfigError, createLogger, createServiceClient, loadConfig, type ServiceClient, ViolationCode } from "@k8s-athenz-identity/shared";
 import { generateCsrKey, identitySans, makeCsrWithPkijs } from "../../../test/support/csr.js";
 import { csrInspectorSpec } from "./config.js";
-import { startCsrInspector } from "./main.js";
+import { type RunningCsrInspector, startCsrInspector } from "./service.js";
 
 const UID = "3f1e2d4c-5b6a-4789-9abc-def012345678";
 const PROVIDER = "k8s.cluster1.identityd";
@@ -31,13 +23,13 @@ const expected = create(ExpectedIdentitySchema, {
 const sans = identitySans({ provider: PROVIDER, domain: "sports", service: "api", instanceId: UID, podIps: ["10.1.2.3"], dnsSuffix: SUFFIX });
 
 describe("csr-inspector service over a real port", () => {
-  let server: RunningServer;
+  let server: RunningCsrInspector;
   let svc: ServiceClient<typeof CsrInspectorService>;
   before(async () => {
     const config = loadConfig(csrInspectorSpec, {
       env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", DNS_SUFFIXES: "Cluster1.Example.com", PROXY_CIDRS: "10.200.0.0/16" },
     });
-    server = await startCsrInspector(config, createLogger({ service: "csr-inspector-test", level: "silent" }));
+    server = await startCsrInspector(config, { logger: createLogger({ service: "csr-inspector", level: "silent" }) });
     svc = createServiceClient(CsrInspectorService, { baseUrl: server.url, timeoutMs: 5000 });
   });
   after(async () => {

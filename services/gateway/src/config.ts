@@ -177,3 +177,24 @@ export function readPolicy(c: GatewayConfig): Record<string, unknown> {
   }
   return out;
 }
+
+/** The setting each policy field comes from (the inverse of {@link policyFromConfig}), to name it in errors. */
+const POLICY_FIELD_SETTINGS: Record<string, string> = {
+  provider: "--provider-service/PROVIDER_SERVICE",
+  naming: "--athenz-domain/ATHENZ_DOMAIN, --athenz-prefix/ATHENZ_PREFIX or --athenz-suffix/ATHENZ_SUFFIX",
+  "naming.serviceAccountForm": "--service-account-form/SERVICE_ACCOUNT_FORM",
+  "san.dnsSuffixes": "--dns-suffixes/DNS_SUFFIXES",
+  "san.proxyCidrs": "--proxy-cidrs/PROXY_CIDRS",
+  "san.spiffeTrustDomain": "--spiffe-trust-domain/SPIFFE_TRUST_DOMAIN",
+  "cert.expiryMinutes": "--cert-expiry-minutes/CERT_EXPIRY_MINUTES",
+  "cert.usage": "--cert-usage/CERT_USAGE",
+  allowedZtsCns: "--allowed-zts-cns/ALLOWED_ZTS_CNS",
+  podWaitMs: "--pod-wait/POD_WAIT",
+};
+
+/** The setting(s) an invalid policy field may come from: its own setting, and the policy file when there is one. */
+export function settingOfPolicyField(c: Pick<GatewayConfig, "policyFile">, field: string): string {
+  const own = POLICY_FIELD_SETTINGS[field] ?? POLICY_FIELD_SETTINGS[field.split(".")[0]!];
+  if (!c.policyFile) return own ?? "the policy settings";
+  return own ? `--policy-file/POLICY_FILE (${field}) or ${own}` : `--policy-file/POLICY_FILE (${field})`;
+}

@@ -7,9 +7,9 @@ import { PodPhase } from "@k8s-athenz-identity/api/common";
 import { GetPodResponseSchema, WaitForPodResponseSchema } from "@k8s-athenz-identity/api/pod_registry";
 import { VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
 import { ViolationCode, violation } from "@k8s-athenz-identity/shared";
+import { basePolicy, confirmation, type FakeDeps, fakeDeps, freshStatus, podA, tokenA, UID_A, UID_B } from "../test/fixtures.js";
 import { CheckOutcome, createDecisionEngine, type DecisionResult, extractToken, Operation, Outcome } from "./decision.js";
 import { createPolicyStore } from "./policy.js";
-import { basePolicy, confirmation, type FakeDeps, fakeDeps, freshStatus, podA, tokenA, UID_A, UID_B } from "./testing.js";
 
 function engine(deps: FakeDeps, policy = createPolicyStore(basePolicy()), budgetMs = 2000) {
   return createDecisionEngine({ policy, deps, budgetMs });

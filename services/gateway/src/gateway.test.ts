@@ -13,9 +13,9 @@ import { VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifi
 import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
 import { createCa, issueCert, type Pem } from "../../../test/support/pki.js";
 import { tempDir } from "../../../test/support/tmp.js";
+import { confirmation, fakeDeps, PROVIDER, tokenA, UID_B } from "../test/fixtures.js";
 import { gatewaySpec } from "./config.js";
-import { type Gateway, startGateway } from "./server.js";
-import { confirmation, fakeDeps, PROVIDER, tokenA, UID_B } from "./testing.js";
+import { type RunningGateway, startGateway } from "./service.js";
 
 interface Answer {
   status: number;
@@ -64,7 +64,7 @@ function postH2(url: string, client: Pem, ca: Pem, body: string): Promise<Answer
 describe("gateway over mutual TLS (dependencies faked)", () => {
   const tmp = tempDir("gateway-test");
   let athenzCa: Pem, otherCa: Pem, server: Pem, zts: Pem, notAllowed: Pem, untrusted: Pem;
-  let gw: Gateway;
+  let gw: RunningGateway;
   let url: string;
   const logs = new PassThrough();
   let logText = "";
@@ -104,7 +104,7 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
         DECISION_TIMEOUT: "2s",
       },
     });
-    gw = await startGateway(config, createLogger({ service: "gateway", destination: logs }), { deps });
+    gw = await startGateway(config, { logger: createLogger({ service: "gateway", destination: logs }), dependencies: deps });
     url = `${gw.zts.url.replace("127.0.0.1", "localhost")}/copper`;
   });
   after(async () => {

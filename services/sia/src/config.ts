@@ -12,10 +12,12 @@ import {
   duration,
   int,
   loadConfig,
+  logLevelSetting,
   oneOf,
   optionalStr,
   port,
   type Setting,
+  shutdownTimeoutSetting,
   str,
 } from "@k8s-athenz-identity/shared/config";
 import { createNamingPolicy, isProviderName } from "@k8s-athenz-identity/shared/naming";
@@ -125,13 +127,7 @@ export const siaSpec = {
     min: 0,
     max: 86_400,
   }),
-  logLevel: oneOf<"trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent">({
-    env: "LOG_LEVEL",
-    flag: "log-level",
-    description: "log level",
-    default: "info",
-    values: ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const,
-  }),
+  logLevel: logLevelSetting(),
   keyType: oneOf<"rsa" | "ec">({
     env: "KEY_TYPE",
     flag: "key-type",
@@ -153,6 +149,7 @@ export const siaSpec = {
     flag: "metrics-port",
     description: "HTTP port for /healthz and /metrics (refresh and run modes); 0 picks a free one",
     default: 9999,
+    perTarget: true,
   }),
   metricsHost: str({
     env: "METRICS_HOST",
@@ -174,6 +171,7 @@ export const siaSpec = {
     default: 45_000,
     minMs: 100,
   }),
+  shutdownTimeout: shutdownTimeoutSetting("how long SIGTERM waits for a ZTS call in flight (and the DELETE_ON_SHUTDOWN call)"),
   deleteOnShutdown: bool({
     env: "DELETE_ON_SHUTDOWN",
     flag: "delete-on-shutdown",

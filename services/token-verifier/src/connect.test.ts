@@ -4,15 +4,14 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { TokenVerifierService } from "@k8s-athenz-identity/api/token_verifier";
 import { createServiceClient, type ServiceClient } from "@k8s-athenz-identity/shared/client";
+import { loadConfig } from "@k8s-athenz-identity/shared/config";
 import { ERROR_CODE_HEADER } from "@k8s-athenz-identity/shared/errors";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
-import { createMetricsRegistry } from "@k8s-athenz-identity/shared/metrics";
-import { type RunningServer, startServiceServer } from "@k8s-athenz-identity/shared/server";
 import { createSigningKey, mintBoundToken, type TestSigningKey } from "../../../test/support/jwt.js";
 import { tempDir } from "../../../test/support/tmp.js";
 import { startTokenReviewStandIn, type TokenReviewStandIn, writeKubeconfig } from "../../../test/support/tokenreview-stand-in.js";
-import { tokenVerifierRoutes } from "./connect.js";
-import { createTokenVerifier, type TokenVerifier } from "./verifier.js";
+import { tokenVerifierSpec } from "./config.js";
+import { type RunningTokenVerifier, startTokenVerifier } from "./service.js";
 
 const issuer = "https://kubernetes.default.svc.cluster.local";
 
@@ -20,44 +19,37 @@ describe("TokenVerifierService over a real port", () => {
   let rsa: TestSigningKey;
   let ec: TestSigningKey;
   let api: TokenReviewStandIn;
-  let verifier: TokenVerifier;
-  let server: RunningServer;
+  let server: RunningTokenVerifier;
   let client: ServiceClient<typeof TokenVerifierService>;
-  const registry = createMetricsRegistry("token-verifier", { defaultMetrics: false });
   const tmp = tempDir("token-verifier-connect");
+  const metrics = async () => (await fetch(`${server.adminUrl}/metrics`)).text();
 
   before(async () => {
     [rsa, ec] = await Promise.all([createSigningKey("RS256"), createSigningKey("ES256")]);
     api = await startTokenReviewStandIn({ issuer, keys: [rsa, ec] });
-    const logger = createLogger({ service: "token-verifier", level: "silent" });
-    verifier = createTokenVerifier({
-      mode: "both",
-      issuer,
-      jwksUrl: `${api.url}/openid/v1/jwks`,
-      caFile: api.caFile,
-      bearerTokenFile: api.callerTokenFile,
-      kubeconfigPath: writeKubeconfig(tmp.dir, api),
-      reviewTimeoutMs: 1_000,
-      logger,
-      registry,
+    const config = loadConfig(tokenVerifierSpec, {
+      env: {
+        HOST: "127.0.0.1",
+        PORT: "0",
+        ADMIN_PORT: "0",
+        VERIFIER_MODE: "both",
+        TOKEN_ISSUER: issuer,
+        JWKS_URL: `${api.url}/openid/v1/jwks`,
+        JWKS_CA_FILE: api.caFile,
+        JWKS_BEARER_TOKEN_FILE: api.callerTokenFile,
+        KUBECONFIG: writeKubeconfig(tmp.dir, api),
+        TOKENREVIEW_TIMEOUT: "1s",
+        SHUTDOWN_TIMEOUT: "1s",
+      },
     });
-    server = await startServiceServer({
-      name: "token-verifier",
-      routes: tokenVerifierRoutes(verifier),
-      host: "127.0.0.1",
-      port: 0,
-      adminPort: 0,
-      logger,
-      registry,
-      readiness: () => ({ ready: verifier.ready() }),
-      shutdownTimeoutMs: 1_000,
-    });
+    server = await startTokenVerifier(config, { logger: createLogger({ service: "token-verifier", level: "silent" }) });
+    // Keys loaded and the API server answered once: every test below starts from a ready service.
+    await server.verifier.whenReady();
     client = createServiceClient(TokenVerifierService, { baseUrl: server.url, timeoutMs: 5_000 });
   });
   after(async () => {
     client.close();
     await server.close();
-    await verifier.close();
     await api.close();
     tmp.cleanup();
   });
@@ -78,6 +70,9 @@ describe("TokenVerifierService over a real port", () => {
     assert.ok(res.token?.expiresAt && timestampDate(res.token.expiresAt).getTime() > Date.now());
     const again = await client.client.verifyToken({ token });
     assert.equal(again.cached, true);
+    const m = await metrics();
+    assert.match(m, /token_verifier_verifications_total\{result="valid",code="",service="token-verifier"\} [1-9]/);
+    assert.match(m, /token_verifier_review_cache_total\{result="hit",service="token-verifier"\} [1-9]/);
   });
 
   test("a refused token is an answer with violations, not an error", async () => {
@@ -107,6 +102,7 @@ describe("TokenVerifierService over a real port", () => {
     } finally {
       api.deletedPods.clear();
     }
+    assert.match(await metrics(), /token_verifier_verifications_total\{result="invalid",code="ERR_TOKEN_REVOKED"/);
   });
 
   test("API server down => Connect code Unavailable with the stable error code", async () => {
@@ -123,13 +119,10 @@ describe("TokenVerifierService over a real port", () => {
     }
   });
 
-  test("readiness and metrics on the admin port", async () => {
+  test("readiness and key-fetch metrics on the admin port", async () => {
     const ready = await fetch(`${server.adminUrl}/readyz`);
     assert.equal(ready.status, 200);
-    const metrics = await (await fetch(`${server.adminUrl}/metrics`)).text();
-    assert.match(metrics, /token_verifier_verifications_total\{result="valid",code="",service="token-verifier"\} [1-9]/);
-    assert.match(metrics, /token_verifier_verifications_total\{result="invalid",code="ERR_TOKEN_REVOKED"/);
-    assert.match(metrics, /token_verifier_review_cache_total\{result="hit",service="token-verifier"\} [1-9]/);
-    assert.match(metrics, /token_verifier_jwks_refreshes_total\{result="ok",service="token-verifier"\} [1-9]/);
+    // Ready means the keys were fetched: that fetch is counted.
+    assert.match(await metrics(), /token_verifier_jwks_refreshes_total\{result="ok",service="token-verifier"\} [1-9]/);
   });
 });

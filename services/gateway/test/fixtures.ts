@@ -15,8 +15,8 @@ import {
   WaitForPodResponseSchema,
 } from "@k8s-athenz-identity/api/pod_registry";
 import { type VerifyTokenResponse, VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
-import type { Confirmation } from "./decision.js";
-import type { Dependencies } from "./dependencies.js";
+import type { Confirmation } from "../src/decision.js";
+import type { Dependencies } from "../src/dependencies.js";
 
 export const PROVIDER = "k8s.cluster1.identityd";
 export const UID_A = "0b0f5d4e-1111-4a2b-9c3d-000000000001";

@@ -1,0 +1,225 @@
+/**
+ * The gateway as a service: settings, policy store (re-read from its file on change), dependency
+ * clients, the Copper Argos endpoint for ZTS (TLS, mutual TLS) and the IdentityProviderService
+ * Connect API. Wiring only; `main.ts`, `identityd`, tests, benches and the local stack all start it
+ * through {@link startGateway}.
+ */
+import { X509Certificate } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
+import { createClient, type Transport } from "@connectrpc/connect";
+import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
+import { PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
+import { TokenVerifierService } from "@k8s-athenz-identity/api/token_verifier";
+import { createServiceClient } from "@k8s-athenz-identity/shared/client";
+import { ConfigError, checkReadable } from "@k8s-athenz-identity/shared/config";
+import { createLogger, type Logger } from "@k8s-athenz-identity/shared/logger";
+import { createMetricsRegistry } from "@k8s-athenz-identity/shared/metrics";
+import { defineService, type ServiceHandle } from "@k8s-athenz-identity/shared/runner";
+import { type RunningServer, startServiceServer, tlsFromSettings } from "@k8s-athenz-identity/shared/server";
+import type { Registry } from "prom-client";
+import { type GatewayConfig, gatewaySpec, readPolicy, settingOfPolicyField } from "./config.js";
+import { identityProviderRoutes } from "./connect.js";
+import { createCopperArgosHandler } from "./copper-argos.js";
+import { createDecisionEngine, type DecisionEngine } from "./decision.js";
+import { createConnectDependencies, type Dependencies } from "./dependencies.js";
+import { createGatewayObserver } from "./observe.js";
+import { createPolicyStore, PolicyError, type PolicyStore } from "./policy.js";
+
+export interface RunningGateway extends ServiceHandle {
+  /** The ZTS endpoint (https, or http behind the development flag). */
+  readonly zts: RunningServer;
+  /** The IdentityProviderService Connect API (h2c). */
+  readonly api: RunningServer;
+  readonly policy: PolicyStore;
+  readonly engine: DecisionEngine;
+  readonly registry: Registry;
+  /** Re-reads the policy file now (the periodic check does the same). Returns whether it changed. */
+  reloadPolicy(): boolean;
+}
+
+/** Connect transports to the gateway's three dependencies; each one given replaces the client its *_URL setting would build. */
+export interface DependencyTransports {
+  tokenVerifier?: Transport;
+  podRegistry?: Transport;
+  csrInspector?: Transport;
+}
+
+export interface GatewayDeps {
+  /** Default: JSON lines on stdout at LOG_LEVEL. */
+  logger?: Logger;
+  /**
+   * Transports to the dependencies (e.g. `createRouterTransport` for services in the same process).
+   * Default: an HTTP/2 client per *_URL setting.
+   */
+  transports?: DependencyTransports;
+  /** The decision's dependencies as plain functions (tests, the in-process bench); replaces every client. */
+  dependencies?: Dependencies;
+  /** Decision metrics and the ZTS port's RPC metrics. Default: a new registry labelled service="gateway". */
+  registry?: Registry;
+}
+
+function certCn(file: string): string {
+  const subject = new X509Certificate(readFileSync(file)).subject;
+  return /(?:^|\n)CN=([^\n]*)/.exec(subject)?.[1] ?? "";
+}
+
+/** The policy from the settings (and the policy file); an invalid one is a bad setting. */
+function initialPolicy(config: GatewayConfig): PolicyStore {
+  checkReadable("--policy-file/POLICY_FILE", config.policyFile);
+  try {
+    return createPolicyStore(readPolicy(config));
+  } catch (err) {
+    if (err instanceof PolicyError) throw new ConfigError(settingOfPolicyField(config, err.field), err.message);
+    // Unparsable JSON or not an object: the file is at fault.
+    throw new ConfigError("--policy-file/POLICY_FILE", (err as Error).message);
+  }
+}
+
+/** Starts the gateway. Both ports are listening when this resolves; it is ready at once (its dependencies are checked per call). */
+export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}): Promise<RunningGateway> {
+  const policy = initialPolicy(config);
+  const tlsFiles = tlsFromSettings(config);
+  const tlsOn = tlsFiles !== undefined;
+  if (!tlsOn && !config.allowInsecureHttp)
+    throw new ConfigError(
+      "--tls-cert-file/TLS_CERT_FILE and --tls-key-file/TLS_KEY_FILE",
+      "are required (ZTS only calls https providers); ALLOW_INSECURE_HTTP is for development only",
+    );
+  if (tlsOn && !config.tlsClientCaFile && !config.allowInsecureHttp)
+    throw new ConfigError("--tls-client-ca-file/TLS_CLIENT_CA_FILE", "is required: the Athenz CA bundle that signs ZTS client certificates");
+  if (tlsOn) {
+    const cn = certCn(tlsFiles.certFile);
+    // ZTS refuses a provider whose certificate CN is not the provider service name.
+    if (cn !== policy.get().provider)
+      throw new ConfigError(
+        "--tls-cert-file/TLS_CERT_FILE",
+        `the certificate's CN ${JSON.stringify(cn)} is not the provider service name ${JSON.stringify(policy.get().provider)} (PROVIDER_SERVICE)`,
+      );
+  }
+  checkReadable("--dependency-ca-file/DEPENDENCY_CA_FILE", config.dependencyCaFile);
+  const logger = deps.logger ?? createLogger({ service: "gateway", level: config.logLevel });
+  const registry = deps.registry ?? createMetricsRegistry("gateway");
+  const mtls = tlsOn && Boolean(config.tlsClientCaFile);
+  if (config.allowInsecureHttp) {
+    logger.warn(
+      { allowInsecureHttp: true, tls: tlsOn, mtls },
+      "!!! ALLOW_INSECURE_HTTP is set: the ZTS endpoint does not authenticate its caller. DEVELOPMENT ONLY, never in a real cluster !!!",
+    );
+  }
+
+  // One client per dependency: the injected transport, else an HTTP/2 session to its URL.
+  const sessions: Array<{ close(): void }> = [];
+  const clientOf = <T extends typeof TokenVerifierService | typeof PodRegistryService | typeof CsrInspectorService>(
+    service: T,
+    transport: Transport | undefined,
+    baseUrl: string,
+  ) => {
+    if (transport) return createClient(service, transport);
+    const c = createServiceClient(service, { baseUrl, timeoutMs: config.decisionTimeout, caFile: config.dependencyCaFile });
+    sessions.push(c);
+    return c.client;
+  };
+  const t = deps.transports ?? {};
+  const dependencies =
+    deps.dependencies ??
+    createConnectDependencies({
+      tokenVerifier: clientOf(TokenVerifierService, t.tokenVerifier, config.tokenVerifierUrl),
+      podRegistry: clientOf(PodRegistryService, t.podRegistry, config.podRegistryUrl),
+      csrInspector: clientOf(CsrInspectorService, t.csrInspector, config.csrInspectorUrl),
+    });
+
+  const observer = createGatewayObserver({ logger, registry });
+  const engine = createDecisionEngine({
+    policy,
+    deps: dependencies,
+    budgetMs: config.decisionTimeout,
+    onDependency: (n, ms, ok) => observer.dependency(n, ms, ok),
+  });
+
+  // The policy file is re-read when it changes; an invalid file keeps the current policy.
+  let policyStamp = config.policyFile ? statSync(config.policyFile).mtimeMs : 0;
+  const reloadPolicy = (): boolean => {
+    if (!config.policyFile) return false;
+    try {
+      const stamp = statSync(config.policyFile).mtimeMs;
+      if (stamp === policyStamp) return false;
+      policyStamp = stamp;
+      policy.set(readPolicy(config));
+      logger.info({ policyFile: config.policyFile }, "policy reloaded");
+      return true;
+    } catch (err) {
+      logger.error({ err, policyFile: config.policyFile }, "policy file invalid; keeping the current policy");
+      return false;
+    }
+  };
+  const policyTimer = config.policyFile ? setInterval(reloadPolicy, config.policyReloadInterval) : undefined;
+  policyTimer?.unref();
+
+  const closeClients = () => {
+    for (const c of sessions) c.close();
+  };
+  let zts: RunningServer;
+  let api: RunningServer;
+  try {
+    zts = await startServiceServer({
+      name: "gateway",
+      routes: () => {},
+      host: config.host,
+      port: config.port,
+      adminPort: config.adminPort,
+      // A missing or untrusted ZTS certificate gets a clear 401 instead of a failed handshake
+      // (which ZTS would report to the SIA as a retryable 504).
+      tls: tlsFiles ? { ...tlsFiles, clientCertOptional: true } : undefined,
+      logger,
+      registry,
+      readiness: () => ({ ready: true, detail: { provider: policy.get().provider } }),
+      shutdownTimeoutMs: config.shutdownTimeout,
+      fallback: createCopperArgosHandler({ engine, policy, observer, logger, prefix: config.urlPrefix, requireClientCert: mtls }),
+    });
+  } catch (err) {
+    if (policyTimer) clearInterval(policyTimer);
+    closeClients();
+    throw err;
+  }
+  try {
+    api = await startServiceServer({
+      name: "gateway-api",
+      routes: identityProviderRoutes({ engine, observer }),
+      host: config.host,
+      port: config.apiPort,
+      adminPort: config.apiAdminPort,
+      logger,
+      // Its own registry: both servers register the same RPC metric names.
+      registry: createMetricsRegistry("gateway-api", { defaultMetrics: false }),
+      readiness: () => ({ ready: true }),
+      shutdownTimeoutMs: config.shutdownTimeout,
+    });
+  } catch (err) {
+    if (policyTimer) clearInterval(policyTimer);
+    await zts.close();
+    closeClients();
+    throw err;
+  }
+
+  return {
+    zts,
+    api,
+    policy,
+    engine,
+    registry,
+    reloadPolicy,
+    async close() {
+      if (policyTimer) clearInterval(policyTimer);
+      await Promise.all([zts.close(), api.close()]);
+      closeClients();
+    },
+  };
+}
+
+/** The gateway for the runner (`main.ts`, `identityd --target=gateway`). */
+export const gatewayService = defineService({
+  name: "gateway",
+  summary: "Athenz Copper Argos identity provider endpoint for Kubernetes pods (ZTS calls it over mutual TLS)",
+  spec: gatewaySpec,
+  start: startGateway,
+});
