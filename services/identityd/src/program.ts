@@ -1,0 +1,23 @@
+/**
+ * identityd: the identity provider's four services as one program, any set of them in one process
+ * (`--target=all`, the default, or a comma list such as `--target=gateway,csr-inspector`), the way
+ * Grafana Loki and Mimir run as one binary with many roles. Each target is started by the same
+ * `start<Name>` as its own executable, so the split deployment and the all-in-one deployment run
+ * the same code. The SIA is not a target: it runs in every application pod, not in the provider.
+ *
+ * Until co-located targets talk in process, the gateway reaches the others through its *_URL
+ * settings, whose defaults name the split deployment's Services (http://token-verifier:8081, ...):
+ * in one process, point them at 127.0.0.1 and the targets' ports.
+ */
+
+import { csrInspectorService } from "@k8s-athenz-identity/csr-inspector/service";
+import { gatewayService } from "@k8s-athenz-identity/gateway/service";
+import { podRegistryService } from "@k8s-athenz-identity/pod-registry/service";
+import type { Program } from "@k8s-athenz-identity/shared/runner";
+import { tokenVerifierService } from "@k8s-athenz-identity/token-verifier/service";
+
+export const identityd: Program = {
+  name: "identityd",
+  summary: "the Athenz Copper Argos identity provider for Kubernetes (gateway, token-verifier, pod-registry, csr-inspector)",
+  targets: [gatewayService, tokenVerifierService, podRegistryService, csrInspectorService],
+};
