@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { runCli, USAGE } from "./cli.js";
+import { runCli, USAGE } from "./operator-cli.js";
 
 async function run(argv: string[], env: Record<string, string> = {}) {
   let out = "";
