@@ -100,23 +100,21 @@ test("standalone: label selector and cluster-wide watch", async () => {
   assert.equal(r.getByUid(no.metadata.uid), undefined);
 });
 
-test("waitForPod returns as soon as the pod arrives, is bounded, and can fall back to one GET", async () => {
+test("waitForPod returns as soon as the pod arrives, is bounded, and can fall back to one GET", { timeout: 20_000 }, async () => {
   const ns = "sa-wait";
   const r = await registry({ namespaces: [ns], waitDefaultMs: 300, waitMaxMs: 600, apiFallback: true });
   await r.synced;
-  const start = Date.now();
+  // Answered by the pod's arrival: the wait (capped at 600 ms) would otherwise answer "nothing".
   const waiting = r.waitForPod("will-come", { timeoutMs: 5000 });
   api.createPod({ namespace: ns, uid: "will-come" });
   const res = await waiting;
   assert.equal(res.pod?.uid, "will-come");
   assert.equal(res.fromApiServer, false);
-  assert.ok(Date.now() - start < 1000);
 
-  const t0 = Date.now();
+  // Asked for 60 s, answered "nothing" at WAIT_MAX (600 ms): uncapped, this test would run into its
+  // 20 s timeout instead.
   const none = await r.waitForPod("never", { timeoutMs: 60_000 });
-  const waited = Date.now() - t0;
   assert.equal(none.pod, undefined);
-  assert.ok(waited >= 550 && waited < 2000, `capped at WAIT_MAX, waited ${waited}`);
 
   // Fallback: a pod the cache has not seen (we stop the feed by making the watch fail) is read directly.
   api.setUnavailable(true);
