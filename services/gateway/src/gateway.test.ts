@@ -10,7 +10,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { CheckOutcome, IdentityProviderService, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
 import { VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
-import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
+import { ConfigError, createLogger, loadConfig } from "@k8s-athenz-identity/shared";
 import { createCa, issueCert, type Pem } from "../../../test/support/pki.js";
 import { tempDir } from "../../../test/support/tmp.js";
 import { confirmation, fakeDeps, PROVIDER, tokenA, UID_B } from "../test/fixtures.js";
@@ -226,5 +226,46 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
       ["request", "token", "identity", "pod", "ips", "csr"],
     );
     await assert.rejects(client.confirmInstance({}), (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
+  });
+});
+
+describe("gateway settings checked at start", () => {
+  const tmp = tempDir("gateway-settings");
+  after(tmp.cleanup);
+
+  it("refuses what cannot work, as a bad setting that names it", async () => {
+    const athenzCa = createCa(tmp.dir, "athenz");
+    const right = issueCert(tmp.dir, "right", athenzCa, { cn: PROVIDER, usage: "server" });
+    const wrong = issueCert(tmp.dir, "wrong", athenzCa, { cn: "k8s.other.identityd", usage: "server" });
+    const badPolicy = join(tmp.dir, "bad-policy.json");
+    writeFileSync(badPolicy, "{ not json");
+    const base = {
+      HOST: "127.0.0.1",
+      PORT: "0",
+      ADMIN_PORT: "0",
+      API_PORT: "0",
+      API_ADMIN_PORT: "0",
+      PROVIDER_SERVICE: PROVIDER,
+      ALLOWED_ZTS_CNS: "zts",
+    };
+    const tls = { TLS_CERT_FILE: right.certFile, TLS_KEY_FILE: right.keyFile, TLS_CLIENT_CA_FILE: athenzCa.certFile };
+    const cases: [Record<string, string>, RegExp][] = [
+      [base, /--tls-cert-file\/TLS_CERT_FILE and --tls-key-file\/TLS_KEY_FILE: are required/],
+      [{ ...base, ...tls, TLS_CLIENT_CA_FILE: "" }, /--tls-client-ca-file\/TLS_CLIENT_CA_FILE: is required/],
+      [
+        { ...base, ...tls, TLS_CERT_FILE: wrong.certFile, TLS_KEY_FILE: wrong.keyFile },
+        /TLS_CERT_FILE: the certificate's CN "k8s.other.identityd" is not/,
+      ],
+      [{ ...base, ...tls, ALLOWED_ZTS_CNS: "" }, /--allowed-zts-cns\/ALLOWED_ZTS_CNS: invalid policy allowedZtsCns/],
+      [{ ...base, ...tls, POLICY_FILE: badPolicy }, /--policy-file\/POLICY_FILE: .*JSON/],
+      [{ ...base, ...tls, POLICY_FILE: join(tmp.dir, "missing.json") }, /--policy-file\/POLICY_FILE: cannot read .*ENOENT/],
+    ];
+    for (const [env, re] of cases) {
+      await assert.rejects(
+        startGateway(loadConfig(gatewaySpec, { env }), { logger: createLogger({ service: "gateway", level: "silent" }), dependencies: fakeDeps() }),
+        (e: unknown) => e instanceof ConfigError && re.test(e.message),
+        JSON.stringify(env),
+      );
+    }
   });
 });

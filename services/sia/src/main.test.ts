@@ -65,6 +65,12 @@ describe("sia main", () => {
     const cert = new X509Certificate(readFileSync(env.CERT_FILE!, "utf8"));
     assert.match(cert.subject, /CN=sports\.api/);
     assert.match(res.stdout, /init done/);
+    // One key per name in every log line: the Athenz service is athenzService, `service` is "sia".
+    for (const line of res.stdout.split("\n").filter((l) => l.startsWith("{"))) {
+      assert.equal(line.match(/"service":/g)?.length, 1, line);
+      assert.equal((JSON.parse(line) as { service: string }).service, "sia");
+    }
+    assert.match(res.stdout, /"athenzDomain":"sports","athenzService":"api"/);
   });
 
   it("a missing or malformed setting stops it at once, naming the setting", async () => {

@@ -2,6 +2,7 @@
 import { type ConfigOf, duration, int, list, oneOf, optionalStr, serverSettings, str } from "@k8s-athenz-identity/shared/config";
 import { kubeconfigSetting } from "@k8s-athenz-identity/shared/kube";
 import { SUPPORTED_ALGORITHMS } from "./claims.js";
+import { DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE } from "./verifier.js";
 
 const ALG = new RegExp(`^(${SUPPORTED_ALGORITHMS.join("|")})$`);
 
@@ -23,14 +24,14 @@ export const tokenVerifierSpec = {
     env: "TOKEN_AUDIENCE",
     flag: "audience",
     description: "audience the tokens must carry",
-    default: "athenz-identityd",
+    default: DEFAULT_AUDIENCE,
     pattern: /^\S{1,253}$/,
   }),
   algorithms: list({
     env: "TOKEN_ALGORITHMS",
     flag: "algorithms",
     description: "allowed signature algorithms (asymmetric only)",
-    default: ["RS256", "ES256"],
+    default: [...DEFAULT_ALGORITHMS],
     item: ALG,
   }),
   jwksUrl: optionalStr({
