@@ -21,6 +21,7 @@ import {
   str,
 } from "@k8s-athenz-identity/shared/config";
 import { createNamingPolicy, isProviderName } from "@k8s-athenz-identity/shared/naming";
+import { tokenSpec } from "./token-config.js";
 
 /** A DNS name (at least two labels, no trailing dot). */
 const DNS_NAME = /^(?=.{1,253}$)[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)+$/i;
@@ -178,6 +179,7 @@ export const siaSpec = {
     description: "delete the instance record at ZTS on SIGTERM",
     default: false,
   }),
+  ...tokenSpec, // role certificates, tokens, token server (token-config.ts)
 } satisfies Record<string, Setting<unknown>>;
 
 export type SiaSettings = ConfigOf<typeof siaSpec>;
