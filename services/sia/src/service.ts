@@ -14,6 +14,7 @@ import { defineService, type ServiceHandle } from "@k8s-athenz-identity/shared/r
 import { type Agent, type AgentOptions, createAgent } from "./agent.js";
 import { resolveSiaConfig, type SiaSettings, siaSpec } from "./config.js";
 import { startHealthServer } from "./http.js";
+import { createTokenRuntime, type TokenRuntime } from "./token-runtime.js";
 
 export interface SiaDeps extends Partial<Pick<AgentOptions, "clock" | "random" | "retryPolicy" | "zts" | "store" | "registry" | "onOutcome">> {
   /** Default: JSON lines on stdout at LOG_LEVEL. */
@@ -22,6 +23,8 @@ export interface SiaDeps extends Partial<Pick<AgentOptions, "clock" | "random" |
 
 export interface RunningSia extends ServiceHandle {
   readonly agent: Agent;
+  /** Role certificates, tokens and the token server. */
+  readonly tokens: TokenRuntime;
   /** The /healthz and /metrics port (refresh and run modes). */
   readonly healthPort: number | undefined;
 }
@@ -54,25 +57,46 @@ export async function startSia(settings: SiaSettings, deps: SiaDeps = {}): Promi
     },
     "starting",
   );
-  const agent = createAgent({ ...agentDeps, config: { ...config, serverCaPem }, logger });
+  // Role certificates, tokens and the token server follow the identity (token-runtime.ts).
+  let tokens: TokenRuntime | undefined;
+  const agent = createAgent({
+    ...agentDeps,
+    config: { ...config, serverCaPem },
+    logger,
+    onOutcome: (e) => {
+      agentDeps.onOutcome?.(e);
+      if (e.outcome === "success") tokens?.identityChanged();
+    },
+  });
+  const runtime = createTokenRuntime({ config, serverCaPem, identity: () => agent.current, logger, registry: agent.registry });
+  tokens = runtime;
   if (config.mode === "init") {
-    const finished = agent.init().then((held) => {
+    const finished = agent.init().then(async (held) => {
+      try {
+        await runtime.init();
+      } finally {
+        await runtime.close();
+      }
       logger.info({ certFile: config.certFile, notAfter: new Date(held.notAfter).toISOString() }, "identity written; init done");
     });
-    return { agent, healthPort: undefined, finished, close: () => agent.close() };
+    return { agent, tokens: runtime, healthPort: undefined, finished, close: () => agent.close() };
   }
   const health = await startHealthServer({ host: config.metricsHost, port: config.metricsPort, healthy: agent.healthy, registry: agent.registry });
   logger.info({ port: health.port }, "serving /healthz and /metrics");
   try {
     await agent.start(config.mode);
+    await runtime.start();
   } catch (err) {
+    await runtime.close();
     await health.close();
     throw err;
   }
   return {
     agent,
+    tokens: runtime,
     healthPort: health.port,
     async close() {
+      await runtime.close();
       await agent.close({ deleteInstance: config.deleteOnShutdown });
       await health.close();
     },
