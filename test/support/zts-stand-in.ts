@@ -78,7 +78,12 @@ export interface ZtsStandInOptions {
   now?: () => number;
   /** Host to listen on. Default 127.0.0.1. */
   host?: string;
+  /** More of ZTS's API (role certificates and tokens: zts-stand-in-tokens.ts), made with the signer CA. */
+  routes?: (ctx: { signerCa: Pem; now: () => number }) => StandInRoute;
 }
+
+/** An extra API: answers and returns true when the request is its own, else false. */
+export type StandInRoute = (req: IncomingMessage, res: ServerResponse, ctx: { clientIP: string }) => Promise<boolean>;
 
 /** The InstanceConfirmation body the stand-in sent to a provider. */
 export interface InstanceConfirmation {
@@ -172,6 +177,7 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
   const confirmations: InstanceConfirmation[] = [];
   let forced: { n: number; status: number; message: string } | undefined;
   let clientIpOverride = opts.clientIpOverride;
+  const route = opts.routes?.({ signerCa: signerCaPemFiles, now });
 
   const takeForced = (): HttpError | undefined => {
     if (!forced || forced.n <= 0) return undefined;
@@ -245,9 +251,10 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
       .split("/")
       .filter((s) => s !== "")
       .map(decodeURIComponent);
-    if (parts[0] !== "zts" || parts[1] !== "v1" || parts[2] !== "instance") throw new HttpError(404, "not found");
     const socket = req.socket as TLSSocket;
     const clientIP = clientIpOverride ?? normalizeIp(socket.remoteAddress ?? "");
+    if (route && (await route(req, res, { clientIP }))) return;
+    if (parts[0] !== "zts" || parts[1] !== "v1" || parts[2] !== "instance") throw new HttpError(404, "not found");
     if (parts.length === 3 && req.method === "POST") {
       calls.register++;
       const body = await readJson(req);
