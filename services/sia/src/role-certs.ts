@@ -156,6 +156,8 @@ export interface RoleCertManagerOptions {
   /** Backoff bounds (tests shorten them). */
   initialBackoffMs?: number;
   maxBackoffMs?: number;
+  /** Called after every request for a role (tests await outcomes with it). */
+  onResult?: (e: { role: string; ok: boolean; error?: Error }) => void;
 }
 
 export interface RoleCertManager {
@@ -217,9 +219,11 @@ export function createRoleCertManager(o: RoleCertManagerOptions): RoleCertManage
       expiry.set({ role: name }, h.notAfter / 1000);
       attempts.inc({ role: name, outcome: "success" });
       log.info({ role: name, serialNumber: h.serialNumber, notAfter: new Date(h.notAfter).toISOString(), certFile }, "role certificate written");
+      o.onResult?.({ role: name, ok: true });
       return h;
     } catch (err) {
       attempts.inc({ role: name, outcome: (err as { kind?: string }).kind ?? "local" });
+      o.onResult?.({ role: name, ok: false, error: err as Error });
       throw err;
     }
   };

@@ -92,6 +92,8 @@ export interface TokenServiceOptions {
   registry: Registry;
   initialBackoffMs?: number;
   maxBackoffMs?: number;
+  /** Called after every ZTS fetch (tests await outcomes with it). */
+  onFetch?: (e: { kind: TokenKind; key: TokenKey; ok: boolean; error?: Error }) => void;
 }
 
 export interface TokenService {
@@ -229,9 +231,11 @@ export function createTokenService(o: TokenServiceOptions): TokenService {
         } else {
           onDemand?.set(id, { kind, key, token });
         }
+        o.onFetch?.({ kind, key, ok: true });
         return token;
       } catch (err) {
         requests.inc({ type: kind, role: lbl, outcome: err instanceof ZtsError ? err.kind : "local" });
+        o.onFetch?.({ kind, key, ok: false, error: err as Error });
         throw err;
       } finally {
         inflight.delete(id);
