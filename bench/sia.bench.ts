@@ -26,6 +26,7 @@ import type { PodJson } from "../test/support/fake-kube-api.js";
 import { tempDir } from "../test/support/tmp.js";
 import { startZtsStandIn } from "../test/support/zts-stand-in.js";
 import { type Figure, percentile, recordFigures } from "./lib.js";
+import { benchTokenServer } from "./sia-tokens.js";
 
 const N = 40; // measured runs per key type (after WARMUP)
 const WARMUP = 2;
@@ -220,3 +221,6 @@ recordFigures("sia", 6, figures);
 await s.close();
 await zts.close();
 tmp.cleanup();
+
+// Issue 16: the token server from the cache and the SIA's RSS with 20 roles (bench/sia-tokens.ts).
+recordFigures("sia", 16, await benchTokenServer());
