@@ -161,7 +161,7 @@ export interface RoleCertManagerOptions {
 }
 
 export interface RoleCertManager {
-  /** Fetches and writes every role certificate once; throws the first failure (init mode). */
+  /** Fetches and writes every role certificate not held yet; throws the first failure (init mode). */
   fetchAll(): Promise<void>;
   /** Starts keeping them fresh (refresh and run modes); the first round runs at once. */
   start(): void;
@@ -233,7 +233,8 @@ export function createRoleCertManager(o: RoleCertManagerOptions): RoleCertManage
   return {
     held,
     async fetchAll() {
-      for (const t of o.feature.targets) await fetchOne(t);
+      // Only roles not held yet (so a retry asks only for what is still missing).
+      for (const t of o.feature.targets) if (!held.has(roleName(t))) await fetchOne(t);
     },
     start() {
       refresher = createRefresher({

@@ -9,6 +9,7 @@
  *   certificates again after every identity refresh; the token server starts listening at once and
  *   answers from the cache.
  */
+import { createBackoff } from "@k8s-athenz-identity/shared/backoff";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
 import type { Registry } from "prom-client";
 import { createRoleCertManager, type IdentitySnapshot, type RoleCertManager } from "./role-certs.js";
@@ -28,6 +29,8 @@ export interface TokenRuntimeConfig extends TokenSettings {
   refreshInterval: number;
   ztsTimeout: number;
   shutdownTimeout: number;
+  /** INIT_TIMEOUT: how long init mode retries an unreachable or failing ZTS. */
+  initTimeout: number;
 }
 
 export interface TokenRuntimeOptions {
@@ -105,9 +108,26 @@ export function createTokenRuntime(o: TokenRuntimeOptions): TokenRuntime {
       return server;
     },
     async init() {
-      await roleCerts?.fetchAll();
-      // k8s-athenz-sia fetches tokens in init mode only to write their files.
-      if (tokens && (features.tokenFiles.access || features.tokenFiles.role)) await tokens.fetchAll();
+      // As k8s-athenz-sia retries its init run (backoff from 5 s, up to DEFAULT_MAX_ELAPSED_TIME_ON_INIT),
+      // an unreachable or failing ZTS is retried until INIT_TIMEOUT; a refusal (403, 400, 404) is final.
+      const deadline = clock.now() + c.initTimeout;
+      const backoff = createBackoff({ initialMs: o.initialBackoffMs ?? 5_000, maxMs: o.maxBackoffMs ?? 60_000 });
+      const step = async () => {
+        await roleCerts?.fetchAll();
+        // k8s-athenz-sia fetches tokens in init mode only to write their files.
+        if (tokens && (features.tokenFiles.access || features.tokenFiles.role)) await tokens.fetchAll();
+      };
+      for (;;) {
+        try {
+          return await step();
+        } catch (err) {
+          const kind = (err as { kind?: string }).kind;
+          const delay = backoff.next();
+          if (kind === "denied" || kind === "rejected" || clock.now() + delay > deadline) throw err;
+          o.logger.warn({ err, retryInMs: delay }, "role certificates or tokens not fetched yet; retrying");
+          await new Promise((r) => clock.setTimeout(() => r(undefined), delay));
+        }
+      }
     },
     async start() {
       roleCerts?.start();

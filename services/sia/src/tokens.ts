@@ -97,7 +97,7 @@ export interface TokenServiceOptions {
 }
 
 export interface TokenService {
-  /** Fetches every target once and writes the files; throws when any fails (init mode). */
+  /** Fetches every target without a token and writes the files; throws a ZtsError when any fails (init mode). */
   fetchAll(): Promise<void>;
   /** Starts keeping the targets fresh; the first round runs at once. */
   start(): void;
@@ -261,10 +261,15 @@ export function createTokenService(o: TokenServiceOptions): TokenService {
     label,
     enabled: (kind) => kinds.includes(kind),
     async fetchAll() {
-      const results = await Promise.allSettled([...pinned.values()].map((p) => fetch(p.kind, p.key)));
-      const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+      // Only targets without a token (so a retry asks only for what is still missing).
+      const missing = [...pinned.values()].filter((p) => p.token === undefined);
+      const results = await Promise.allSettled(missing.map((p) => fetch(p.kind, p.key)));
+      const failed = results.flatMap((r) => (r.status === "rejected" ? [r.reason as Error] : []));
       if (failed.length > 0) {
-        throw new Error(`${failed.length} of ${results.length} tokens could not be fetched; first: ${(failed[0]!.reason as Error).message}`);
+        // A refusal (403, 400, 404) is final; otherwise the caller may retry.
+        const final = failed.find((e) => e instanceof ZtsError && (e.kind === "denied" || e.kind === "rejected"));
+        const summary = `${failed.length} of ${results.length} tokens could not be fetched; first: ${(final ?? failed[0]!).message}`;
+        throw final instanceof ZtsError ? new ZtsError(final.kind, summary, final.status) : new ZtsError("unavailable", summary);
       }
     },
     start() {
