@@ -15,6 +15,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { tempDir } from "../test/support/tmp.js";
@@ -167,7 +168,8 @@ export async function benchTokenServer(): Promise<Figure[]> {
     await sleep(3000);
     const afterRss = rssMiB(sia.child.pid!);
     agent.destroy();
-    const note = `SIA (node --import tsx) with 20 roles in TARGET_DOMAIN_ROLES, roletoken+accesstoken; load from a second process, keep-alive, ${IN_FLIGHT} in flight, ${LOAD_MS / 1000} s, 2 cores shared`;
+    const load1 = loadavg()[0]!.toFixed(1);
+    const note = `load average ${load1} before the runs (2 cores; other processes count); SIA (node --import tsx) with 20 roles in TARGET_DOMAIN_ROLES, roletoken+accesstoken; load from a second process, keep-alive, ${IN_FLIGHT} in flight, ${LOAD_MS / 1000} s, 2 cores shared`;
     figures.push(
       {
         name: "sia_token_server_header_mode_answers_per_s",
