@@ -4,12 +4,12 @@ import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
-import { createLogger, createMetricsRegistry, ViolationCode, violation } from "@k8s-athenz-identity/shared";
+import { ConfigError, createLogger, createMetricsRegistry, ViolationCode, violation } from "@k8s-athenz-identity/shared";
 import type { EventsV1Event } from "@kubernetes/client-node";
 import type { Registry } from "prom-client";
 import { basePolicy, confirmation, type FakeDeps, fakeDeps, PROVIDER, UID_A, UID_B } from "../test/fixtures.js";
 import { createDecisionEngine, type DecisionResult, Operation } from "./decision.js";
-import { createPodEvents, type PodEventsOptions, podEventFor, REASON_DENIED, REASON_ISSUED, withPodEvents } from "./events.js";
+import { createPodEvents, type PodEventsOptions, podEventFor, podEventsFromConfig, REASON_DENIED, REASON_ISSUED, withPodEvents } from "./events.js";
 import { createGatewayObserver } from "./observe.js";
 import { createPolicyStore } from "./policy.js";
 
@@ -235,5 +235,16 @@ describe("pod events: rate limits", () => {
     observer.decision(ZTS, confirmation(), await decide(fakeDeps()));
     await observer.flush();
     assert.equal(registry.getSingleMetric("gateway_pod_events_total"), undefined);
+  });
+
+  it("POD_EVENTS with a kubeconfig that cannot be loaded is a bad setting", () => {
+    const registry = createMetricsRegistry("gateway", { defaultMetrics: false });
+    const logger = createLogger({ service: "gateway", level: "silent" });
+    const config = { podEvents: true, podEventsInterval: 1000, podEventsPerSecond: 1, podEventsBurst: 1, kubeconfig: "/nonexistent/kubeconfig" };
+    assert.throws(
+      () => podEventsFromConfig(config, { logger, registry, provider: () => PROVIDER }),
+      (e: Error) => e instanceof ConfigError && /KUBECONFIG/.test(e.message),
+    );
+    assert.equal(podEventsFromConfig({ ...config, podEvents: false }, { logger, registry, provider: () => PROVIDER }), undefined);
   });
 });

@@ -9,7 +9,7 @@
  * tie the request to one pod (no verified token and no registry pod, or the token and the instance id
  * name different pods: the audit log has those).
  *
- * Rate-limited, like client-go's event recorder (whose spam filter is per object and reason): an Event
+ * Rate-limited, as client-go's event recorder limits Events per object: an Event
  * with the same pod, reason and deny codes at most once per `intervalMs`, and at most `perSecond`
  * (bursts of `burst`) across all pods, with at most `maxInFlight` writes outstanding. Writes are
  * asynchronous and never delay or change an answer to ZTS; a failed write is counted and logged.
@@ -20,7 +20,7 @@
  */
 import { randomInt } from "node:crypto";
 import { hostname } from "node:os";
-import { bool, type ConfigOf, duration, int } from "@k8s-athenz-identity/shared/config";
+import { bool, ConfigError, type ConfigOf, duration, int } from "@k8s-athenz-identity/shared/config";
 import { kubeconfigSetting, loadKubeConfig } from "@k8s-athenz-identity/shared/kube";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
 import { ViolationCode } from "@k8s-athenz-identity/shared/violations";
@@ -249,8 +249,14 @@ export function podEventsFromConfig(
   o: { logger: Logger; registry: Registry; provider: () => string },
 ): PodEvents | undefined {
   if (!config.podEvents) return undefined;
+  let kubeConfig: KubeConfig;
+  try {
+    kubeConfig = loadKubeConfig(config.kubeconfig);
+  } catch (err) {
+    throw new ConfigError("--kubeconfig/KUBECONFIG", `cannot load (POD_EVENTS is on): ${(err as Error).message}`);
+  }
   return createPodEvents({
-    kubeConfig: loadKubeConfig(config.kubeconfig),
+    kubeConfig,
     // In a pod, the hostname is the pod's name.
     instance: hostname(),
     provider: o.provider,
