@@ -51,7 +51,7 @@ export interface ServiceProcess {
 /**
  * Starts `node --import tsx services/<name>/src/main.ts` with `env` (plus the parent's PATH), its
  * stdout and stderr (the JSON log, audit lines included) appended to `logFile`, and waits until
- * `<adminUrl>/readyz` answers 200.
+ * `<adminUrl><readyPath>` (default `/readyz`; the SIA has `/healthz` only) answers 200.
  */
 export async function startServiceProcess(o: {
   name: string;
@@ -59,6 +59,7 @@ export async function startServiceProcess(o: {
   adminPort: number;
   logFile: string;
   nodeArgs?: string[];
+  readyPath?: string;
 }): Promise<ServiceProcess> {
   const fd = openSync(o.logFile, "a");
   let child: ChildProcess;
@@ -81,7 +82,7 @@ export async function startServiceProcess(o: {
       child.kill("SIGKILL");
       throw new Error(`${o.name} not ready within 30 s; see ${o.logFile}`);
     }
-    if ((await probe(`http://127.0.0.1:${o.adminPort}/readyz`)) === 200) break;
+    if ((await probe(`http://127.0.0.1:${o.adminPort}${o.readyPath ?? "/readyz"}`)) === 200) break;
     await new Promise((r) => setTimeout(r, 100));
   }
   const pid = child.pid!;

@@ -1,15 +1,21 @@
 #!/usr/bin/env node
 // Runs the unit and service tests (every *.test.ts outside the slow tiers) with node's test runner.
 // Usage: npm test [-- <path filter>...]   e.g. npm test -- services/token-verifier
-// The real-cluster tier (test/cluster) and the conformance tier (test/conformance) have their own scripts.
+// The real-cluster tier (test/cluster), the conformance tier (test/conformance) and the observability
+// tier (test/observability: promtool, dashboard queries against the services' /metrics) have their own scripts.
 import { spawnSync } from "node:child_process";
 import { readdirSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
 
 const root = new URL("..", import.meta.url).pathname;
 const tier = process.env.TEST_TIER ?? "unit";
-const roots = { unit: ["packages", "services", "test"], cluster: ["test/cluster"], conformance: ["test/conformance"] }[tier];
-const excluded = tier === "unit" ? ["test/cluster", "test/conformance"] : [];
+const roots = {
+  unit: ["packages", "services", "test"],
+  cluster: ["test/cluster"],
+  conformance: ["test/conformance"],
+  observability: ["test/observability"],
+}[tier];
+const excluded = tier === "unit" ? ["test/cluster", "test/conformance", "test/observability"] : [];
 if (!roots) throw new Error(`unknown TEST_TIER ${tier}`);
 
 function walk(dir, out) {

@@ -128,7 +128,8 @@ describe("k8s/ workloads", () => {
       .filter((w) => w.spec.template.spec.automountServiceAccountToken !== false)
       .map((w) => w.metadata.name)
       .sort();
-    assert.deepEqual(mounted, ["pod-registry", "token-verifier"]);
+    // The gateway writes Events on pods (POD_EVENTS).
+    assert.deepEqual(mounted, ["gateway", "pod-registry", "token-verifier"]);
   });
 
   it("pins every image: our images by registry and tag, NATS by a 2.10 tag", () => {

@@ -1,6 +1,7 @@
 /** The gateway's settings (flags and environment), and the initial policy built from them. */
 import { readFileSync } from "node:fs";
 import { bool, type ConfigOf, duration, int, list, oneOf, optionalStr, port, serverSettings, str } from "@k8s-athenz-identity/shared";
+import { podEventSettings } from "./events.js";
 
 const URL_PATTERN = /^https?:\/\/[^\s/]+(\/[^\s]*)?$/;
 
@@ -142,6 +143,7 @@ export const gatewaySpec = {
     default: 1000,
     maxMs: 30_000,
   }),
+  ...podEventSettings,
 };
 
 export type GatewayConfig = ConfigOf<typeof gatewaySpec>;

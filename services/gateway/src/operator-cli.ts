@@ -11,6 +11,7 @@ import { ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { CheckOutcome, ExplainInstanceResponseSchema, IdentityProviderService, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
 import { FindPodResponseSchema, GetPodResponseSchema, GetStatusResponseSchema, PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
+import { runAthenzSetup } from "./athenz-setup.js";
 import { parseConfirmation } from "./copper-argos.js";
 
 export const USAGE = `athenz-identity: operator CLI for the k8s Athenz identity provider
@@ -20,6 +21,7 @@ Usage:
   athenz-identity registry-status                   show the pod registry's freshness
   athenz-identity pod <uid>                         look a pod up by UID
   athenz-identity pod <namespace>/<name>            look a pod up by namespace and name
+  athenz-identity athenz-setup [...]                print the zms-cli commands that register this provider (--help)
 
 Flags:
   --gateway-url <url>        gateway Connect API (env GATEWAY_API_URL, default http://127.0.0.1:8084)
@@ -80,6 +82,8 @@ export interface CliIo {
 
 /** Runs the CLI and returns the exit status. */
 export async function runCli(argv: readonly string[], io: CliIo): Promise<number> {
+  // Its own flags (the gateway's settings, no service URL): see athenz-setup.ts.
+  if (argv[0] === "athenz-setup") return runAthenzSetup(argv.slice(1), io);
   let p: Parsed;
   try {
     p = parseCliArgs(argv);

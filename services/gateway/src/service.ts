@@ -22,6 +22,7 @@ import { identityProviderRoutes } from "./connect.js";
 import { createCopperArgosHandler } from "./copper-argos.js";
 import { createDecisionEngine, type DecisionEngine } from "./decision.js";
 import { createConnectDependencies, type Dependencies } from "./dependencies.js";
+import { podEventsFromConfig, withPodEvents } from "./events.js";
 import { createGatewayObserver } from "./observe.js";
 import { createPolicyStore, PolicyError, type PolicyStore } from "./policy.js";
 
@@ -128,7 +129,10 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
       csrInspector: clientOf(CsrInspectorService, t.csrInspector, config.csrInspectorUrl),
     });
 
-  const observer = createGatewayObserver({ logger, registry });
+  const observer = withPodEvents(
+    createGatewayObserver({ logger, registry }),
+    podEventsFromConfig(config, { logger, registry, provider: () => policy.get().provider }),
+  );
   const engine = createDecisionEngine({
     policy,
     deps: dependencies,
@@ -211,6 +215,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     async close() {
       if (policyTimer) clearInterval(policyTimer);
       await Promise.all([zts.close(), api.close()]);
+      await observer.flush();
       closeClients();
     },
   };
