@@ -4,9 +4,9 @@
  * bounds it. Run: npm run bench -- csr-inspector
  */
 import { createPublicKey, generateKeyPairSync, sign, verify } from "node:crypto";
+import type { ExpectedIdentityInput, SanPolicyInput } from "@k8s-athenz-identity/identity/san";
 import { inspectAttributes } from "../services/csr-inspector/src/inspect-attributes.js";
 import { inspectCsr } from "../services/csr-inspector/src/inspect-csr.js";
-import type { ExpectedIdentityInput, SanPolicyInput } from "../services/csr-inspector/src/policy.js";
 import { generateCsrKey, identitySans, makeCsrWithPkijs } from "../test/support/csr.js";
 import { opsPerSecond, recordFigures } from "./lib.js";
 
@@ -23,7 +23,6 @@ const expected: ExpectedIdentityInput = {
 };
 const policy: SanPolicyInput = {
   dnsSuffixes: [SUFFIX],
-  allowWildcard: true,
   spiffeTrustDomain: "td.example",
   requireClientIpMatch: true,
   proxyCidrs: ["10.200.0.0/16"],

@@ -24,7 +24,6 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { isIPv4, isIPv6 } from "node:net";
 import { join } from "node:path";
-import * as pkijs from "pkijs";
 import {
   instanceIdDnsName,
   instanceIdUri,
@@ -32,7 +31,8 @@ import {
   spiffeNamespaceUri,
   spiffeServiceUri,
   wildcardDnsName,
-} from "../../packages/shared/src/naming.js";
+} from "@k8s-athenz-identity/identity/naming";
+import * as pkijs from "pkijs";
 
 // pkijs carries its own asn1js copy; values handed to pkijs are made with that very copy so that
 // nothing depends on two asn1js instances agreeing. (asn1js is not resolvable from test/ itself.)

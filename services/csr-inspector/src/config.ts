@@ -4,9 +4,11 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { type SanPolicy, SanPolicySchema } from "@k8s-athenz-identity/api/common";
-import { bool, type ConfigOf, int, list, optionalStr, serverSettings } from "@k8s-athenz-identity/shared";
+import { createCidrSet } from "@k8s-athenz-identity/identity/ip";
+import { normalizeDnsSuffix } from "@k8s-athenz-identity/identity/names";
+import { CLIENT_IP_RULES, type ClientIpRule, clientIpPolicy } from "@k8s-athenz-identity/identity/san";
+import { bool, type ConfigOf, int, list, oneOf, optionalStr, serverSettings } from "@k8s-athenz-identity/shared";
 import { DEFAULT_MAX_CSR_PEM_LENGTH } from "./csr-parse.js";
-import { normalizeDnsSuffix, parseCidrs } from "./policy.js";
 
 const dnsSuffixItem = {
   parse(raw: string): string[] {
@@ -28,26 +30,27 @@ export const csrInspectorSpec = {
     default: [] as string[],
     parse: dnsSuffixItem.parse,
   },
-  allowWildcard: bool({ env: "ALLOW_WILDCARD", flag: "allow-wildcard", description: "allow *.<service>.<domain-dashed>.<suffix>", default: false }),
   spiffeTrustDomain: optionalStr({
     env: "SPIFFE_TRUST_DOMAIN",
     flag: "spiffe-trust-domain",
     description: "SPIFFE trust domain for spiffe://<td>/ns/<ns>/sa/<domain>.<service>; unset disables that form",
   }),
-  requireClientIpMatch: bool({
-    env: "REQUIRE_CLIENT_IP_MATCH",
-    flag: "require-client-ip-match",
-    description: "attributes.clientIP must be a pod IP (or inside PROXY_CIDRS)",
-    default: true,
+  clientIpRule: oneOf<ClientIpRule>({
+    env: "CLIENT_IP_RULE",
+    flag: "client-ip-rule",
+    description:
+      "which clientIP ZTS may report: pod-or-node (the pod's IPs, its node's IP, PROXY_CIDRS), pod (no node IP), off (not checked: a stolen token and pod UID can then be used from anywhere that reaches ZTS)",
+    default: "pod-or-node",
+    values: CLIENT_IP_RULES,
   }),
   proxyCidrs: {
     env: "PROXY_CIDRS",
     flag: "proxy-cidrs",
-    description: "comma-separated CIDRs of proxies/NATs between pods and ZTS",
+    description: "comma-separated CIDRs of proxies/NATs between pods and ZTS (a bare address is a /32 or /128)",
     default: [] as string[],
     parse(raw: string): string[] {
       const items = list({ description: "" }).parse(raw);
-      parseCidrs(items);
+      createCidrSet(items);
       return items;
     },
   },
@@ -77,13 +80,12 @@ export type CsrInspectorConfig = ConfigOf<typeof csrInspectorSpec>;
 
 /** The default SanPolicy from the settings. */
 export function defaultSanPolicy(
-  config: Pick<CsrInspectorConfig, "dnsSuffixes" | "allowWildcard" | "spiffeTrustDomain" | "requireClientIpMatch" | "proxyCidrs" | "allowHostname">,
+  config: Pick<CsrInspectorConfig, "dnsSuffixes" | "spiffeTrustDomain" | "clientIpRule" | "proxyCidrs" | "allowHostname">,
 ): SanPolicy {
   return create(SanPolicySchema, {
     dnsSuffixes: [...config.dnsSuffixes],
-    allowWildcard: config.allowWildcard,
     spiffeTrustDomain: config.spiffeTrustDomain ?? "",
-    requireClientIpMatch: config.requireClientIpMatch,
+    ...clientIpPolicy(config.clientIpRule),
     proxyCidrs: [...config.proxyCidrs],
     allowHostname: config.allowHostname,
   });

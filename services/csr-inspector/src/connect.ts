@@ -2,10 +2,10 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { SanPolicy } from "@k8s-athenz-identity/api/common";
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
+import { MAX_ATTRIBUTE_VALUE_LENGTH } from "@k8s-athenz-identity/identity/san";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared";
 import { inspectAttributes } from "./inspect-attributes.js";
 import { type CsrInspectOptions, inspectCsr } from "./inspect-csr.js";
-import { MAX_ATTRIBUTE_VALUE_LENGTH } from "./policy.js";
 
 /** Options of {@link csrInspectorRoutes}. */
 export interface CsrInspectorRoutesOptions {

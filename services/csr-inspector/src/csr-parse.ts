@@ -5,10 +5,12 @@
  */
 import { createPublicKey } from "node:crypto";
 import type { Violation } from "@k8s-athenz-identity/api/common";
+import { ipFromBytes } from "@k8s-athenz-identity/identity/ip";
+import { show } from "@k8s-athenz-identity/identity/san";
 import { ViolationCode, violation } from "@k8s-athenz-identity/shared";
 import * as asn1js from "asn1js";
 import * as pkijs from "pkijs";
-import { type KeyInfo, normalizeIp, show } from "./policy.js";
+import type { KeyInfo } from "./policy.js";
 
 /** Largest PEM accepted (characters). An RSA-8192 CSR with a full SAN set stays well below it. */
 export const DEFAULT_MAX_CSR_PEM_LENGTH = 16 * 1024;
@@ -97,14 +99,9 @@ function outerDerLength(der: Uint8Array): number | undefined {
   return 2 + n + len;
 }
 
+/** An IP SAN's text: canonical (IPv4-mapped as IPv4, as ZTS's Java InetAddress reads it), or "<n bytes>". */
 function ipText(bytes: Uint8Array): string {
-  if (bytes.length === 4) return Array.from(bytes).join(".");
-  if (bytes.length === 16) {
-    const groups: string[] = [];
-    for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
-    return normalizeIp(groups.join(":")) ?? `<${bytes.length} bytes>`;
-  }
-  return `<${bytes.length} bytes>`;
+  return ipFromBytes(bytes) ?? `<${bytes.length} bytes>`;
 }
 
 interface Asn1Like {

@@ -4,19 +4,19 @@
  * attributes are the only view of the requested SANs it gets.
  */
 import type { Violation } from "@k8s-athenz-identity/api/common";
-import { ViolationCode, violation } from "@k8s-athenz-identity/shared";
+import { MAX_DNS_NAME_LENGTH } from "@k8s-athenz-identity/identity/names";
 import {
+  checkClientIp,
   checkSans,
   compileSanRules,
   type ExpectedIdentityInput,
   MAX_ATTRIBUTE_VALUE_LENGTH,
-  MAX_DNS_NAME_LENGTH,
   MAX_SAN_ENTRIES,
-  normalizeConnectionIp,
   type SanPolicyInput,
   type SanRules,
   show,
-} from "./policy.js";
+} from "@k8s-athenz-identity/identity/san";
+import { ViolationCode, violation } from "@k8s-athenz-identity/shared";
 
 /** Attribute names ZTS uses. */
 export const Attribute = {
@@ -44,24 +44,6 @@ function splitList(attributes: Readonly<Record<string, string>>, name: string, o
   return value.split(",");
 }
 
-function checkClientIp(attributes: Readonly<Record<string, string>>, rules: SanRules, out: Violation[]): void {
-  if (!rules.policy.requireClientIpMatch) return;
-  const raw = attributes[Attribute.ClientIp];
-  const f = field(Attribute.ClientIp);
-  if (raw === undefined || raw === "") {
-    out.push(violation(ViolationCode.ClientIpMismatch, "clientIP is missing", f));
-    return;
-  }
-  const ip = normalizeConnectionIp(raw);
-  if (ip === undefined) {
-    out.push(violation(ViolationCode.ClientIpMismatch, `clientIP ${show(raw)} is not an IP address`, f));
-    return;
-  }
-  if (rules.podIps.has(ip)) return;
-  if (rules.proxies?.check(ip, ip.includes(":") ? "ipv6" : "ipv4")) return;
-  out.push(violation(ViolationCode.ClientIpMismatch, `clientIP ${show(raw)} is neither one of the pod's IPs nor inside a proxy CIDR`, f));
-}
-
 function checkHostname(attributes: Readonly<Record<string, string>>, rules: SanRules, out: Violation[]): void {
   const raw = attributes[Attribute.Hostname];
   if (raw === undefined || raw === "") return;
@@ -86,22 +68,13 @@ export function inspectAttributesWithRules(attributes: Readonly<Record<string, s
   const dns = splitList(attributes, Attribute.SanDns, out);
   const ips = splitList(attributes, Attribute.SanIp, out);
   const uris = splitList(attributes, Attribute.SanUri, out);
-  for (const [entries, name] of [
-    [dns, Attribute.SanDns],
-    [ips, Attribute.SanIp],
-    [uris, Attribute.SanUri],
-  ] as const) {
+  for (const entries of [dns, ips, uris]) {
     if (entries.length > MAX_SAN_ENTRIES) entries.length = MAX_SAN_ENTRIES + 1; // checkSans reports "too many"
-    if (name === Attribute.SanIp)
-      for (const e of entries) if (e === "") out.push(violation(ViolationCode.SanIpNotAllowed, "empty IP entry", field(name)));
   }
-  checkSans(
-    { dns, ips: ips.filter((e) => e !== ""), uris },
-    rules,
-    { dns: field(Attribute.SanDns), ips: field(Attribute.SanIp), uris: field(Attribute.SanUri) },
-    out,
-  );
-  checkClientIp(attributes, rules, out);
+  // Empty entries stay in: ZTS never writes one, so each is a violation of its own kind.
+  checkSans({ dns, ips, uris }, rules, { dns: field(Attribute.SanDns), ips: field(Attribute.SanIp), uris: field(Attribute.SanUri) }, out);
+  const client = checkClientIp(attributes[Attribute.ClientIp], rules, field(Attribute.ClientIp));
+  if (client) out.push(client);
   checkHostname(attributes, rules, out);
   return out;
 }

@@ -6,20 +6,11 @@
 import { create } from "@bufbuild/protobuf";
 import type { Violation } from "@k8s-athenz-identity/api/common";
 import { type CsrSummary, CsrSummarySchema } from "@k8s-athenz-identity/api/csr_inspector";
+import { checkSans, compileSanRules, type ExpectedIdentityInput, type SanPolicyInput, type SanRules, show } from "@k8s-athenz-identity/identity/san";
 import { ViolationCode, violation } from "@k8s-athenz-identity/shared";
 import { type ParsedCsr, parseCsrPem } from "./csr-parse.js";
 import { verifyCsrSignature } from "./csr-verify.js";
-import {
-  checkKey,
-  checkSans,
-  checkSignatureAlgorithm,
-  compileSanRules,
-  type ExpectedIdentityInput,
-  type SanPolicyInput,
-  type SanRules,
-  show,
-  signatureAlgorithmName,
-} from "./policy.js";
+import { checkKey, checkSignatureAlgorithm, signatureAlgorithmName } from "./policy.js";
 
 /** Options of {@link inspectCsr} that are not per request. */
 export interface CsrInspectOptions {

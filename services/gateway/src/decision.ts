@@ -12,8 +12,8 @@ import type { InspectAttributesResponse } from "@k8s-athenz-identity/api/csr_ins
 import { InspectAttributesRequestSchema } from "@k8s-athenz-identity/api/csr_inspector";
 import { CheckOutcome, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
 import type { GetPodResponse, RegistryStatus } from "@k8s-athenz-identity/api/pod_registry";
+import { isDomainName, isProviderName, isServiceName } from "@k8s-athenz-identity/identity/names";
 import { isTransient, ViolationCode, violation } from "@k8s-athenz-identity/shared";
-import { isDomainName, isProviderName, isServiceName } from "@k8s-athenz-identity/shared/naming";
 import type { Dependencies } from "./dependencies.js";
 import { certAttributes, isProxyAddress, namespaceForDomain, namingOf, type Policy, type PolicyStore, sanPolicyMessage } from "./policy.js";
 

@@ -8,7 +8,8 @@
 import { BlockList, isIP } from "node:net";
 import { create } from "@bufbuild/protobuf";
 import { type SanPolicy, SanPolicySchema } from "@k8s-athenz-identity/api/common";
-import { createNamingPolicy, isProviderName, type NamingPolicy, type NamingPolicyOptions } from "@k8s-athenz-identity/shared/naming";
+import { isProviderName } from "@k8s-athenz-identity/identity/names";
+import { createNamingPolicy, type NamingPolicy, type NamingPolicyOptions } from "@k8s-athenz-identity/identity/naming";
 
 const DNS_NAME = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 

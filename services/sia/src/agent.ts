@@ -4,9 +4,9 @@
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { open } from "node:fs/promises";
+import { commonName } from "@k8s-athenz-identity/identity/naming";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
 import { createMetricsRegistry } from "@k8s-athenz-identity/shared/metrics";
-import { commonName } from "@k8s-athenz-identity/shared/naming";
 import { Counter, Gauge, type Registry } from "prom-client";
 import type { SiaConfig } from "./config.js";
 import { type CsrIdentity, createKeyAndCsr } from "./csr.js";

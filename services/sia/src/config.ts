@@ -4,6 +4,8 @@
  * agent with a message naming the setting.
  */
 import { isIP } from "node:net";
+import { isProviderName } from "@k8s-athenz-identity/identity/names";
+import { createNamingPolicy } from "@k8s-athenz-identity/identity/naming";
 import {
   bool,
   ConfigError,
@@ -20,7 +22,6 @@ import {
   shutdownTimeoutSetting,
   str,
 } from "@k8s-athenz-identity/shared/config";
-import { createNamingPolicy, isProviderName } from "@k8s-athenz-identity/shared/naming";
 import { tokenSpec } from "./token-config.js";
 
 /** A DNS name (at least two labels, no trailing dot). */

@@ -5,7 +5,14 @@
  */
 import { webcrypto } from "node:crypto";
 import { isIPv4, isIPv6 } from "node:net";
-import { commonName, instanceIdDnsName, instanceIdUri, serviceDnsName, spiffeServiceUri, wildcardDnsName } from "@k8s-athenz-identity/shared/naming";
+import {
+  commonName,
+  instanceIdDnsName,
+  instanceIdUri,
+  serviceDnsName,
+  spiffeServiceUri,
+  wildcardDnsName,
+} from "@k8s-athenz-identity/identity/naming";
 import * as asn1js from "asn1js";
 import * as pkijs from "pkijs";
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athenz/identity/v1/common.proto.
  */
 export const file_athenz_identity_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("Ch9hdGhlbnovaWRlbnRpdHkvdjEvY29tbW9uLnByb3RvEhJhdGhlbnouaWRlbnRpdHkudjEiOQoJVmlvbGF0aW9uEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRINCgVmaWVsZBgDIAEoCSKUBAoDUG9kEgsKA3VpZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSDAoEbmFtZRgDIAEoCRIcChRzZXJ2aWNlX2FjY291bnRfbmFtZRgEIAEoCRIPCgdwb2RfaXBzGAUgAygJEg8KB2hvc3RfaXAYBiABKAkSEQoJbm9kZV9uYW1lGAcgASgJEisKBXBoYXNlGAggASgOMhwuYXRoZW56LmlkZW50aXR5LnYxLlBvZFBoYXNlEjYKEmRlbGV0aW9uX3RpbWVzdGFtcBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSY3JlYXRpb25fdGltZXN0YW1wGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChByZXNvdXJjZV92ZXJzaW9uGAsgASgJEjMKBmxhYmVscxgMIAMoCzIjLmF0aGVuei5pZGVudGl0eS52MS5Qb2QuTGFiZWxzRW50cnkSPQoLYW5ub3RhdGlvbnMYDSADKAsyKC5hdGhlbnouaWRlbnRpdHkudjEuUG9kLkFubm90YXRpb25zRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoyChBBbm5vdGF0aW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi/wIKDVZlcmlmaWVkVG9rZW4SEQoJbmFtZXNwYWNlGAEgASgJEhwKFHNlcnZpY2VfYWNjb3VudF9uYW1lGAIgASgJEhsKE3NlcnZpY2VfYWNjb3VudF91aWQYAyABKAkSEAoIcG9kX25hbWUYBCABKAkSDwoHcG9kX3VpZBgFIAEoCRIRCglub2RlX25hbWUYBiABKAkSEAoIbm9kZV91aWQYByABKAkSDgoGaXNzdWVyGAggASgJEhEKCWF1ZGllbmNlcxgJIAMoCRItCglpc3N1ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCm5vdF9iZWZvcmUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWNyZWRlbnRpYWxfaWQYDSABKAkSDwoHc3ViamVjdBgOIAEoCSJ+ChBFeHBlY3RlZElkZW50aXR5EhAKCHByb3ZpZGVyGAEgASgJEg4KBmRvbWFpbhgCIAEoCRIPCgdzZXJ2aWNlGAMgASgJEhEKCW5hbWVzcGFjZRgEIAEoCRITCgtpbnN0YW5jZV9pZBgFIAEoCRIPCgdwb2RfaXBzGAYgAygJIqQBCglTYW5Qb2xpY3kSFAoMZG5zX3N1ZmZpeGVzGAEgAygJEhYKDmFsbG93X3dpbGRjYXJkGAIgASgIEhsKE3NwaWZmZV90cnVzdF9kb21haW4YAyABKAkSHwoXcmVxdWlyZV9jbGllbnRfaXBfbWF0Y2gYBCABKAgSEwoLcHJveHlfY2lkcnMYBSADKAkSFgoOYWxsb3dfaG9zdG5hbWUYBiABKAgqmQEKCFBvZFBoYXNlEhkKFVBPRF9QSEFTRV9VTlNQRUNJRklFRBAAEhUKEVBPRF9QSEFTRV9QRU5ESU5HEAESFQoRUE9EX1BIQVNFX1JVTk5JTkcQAhIXChNQT0RfUEhBU0VfU1VDQ0VFREVEEAMSFAoQUE9EX1BIQVNFX0ZBSUxFRBAEEhUKEVBPRF9QSEFTRV9VTktOT1dOEAViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9hdGhlbnovaWRlbnRpdHkvdjEvY29tbW9uLnByb3RvEhJhdGhlbnouaWRlbnRpdHkudjEiOQoJVmlvbGF0aW9uEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRINCgVmaWVsZBgDIAEoCSKUBAoDUG9kEgsKA3VpZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSDAoEbmFtZRgDIAEoCRIcChRzZXJ2aWNlX2FjY291bnRfbmFtZRgEIAEoCRIPCgdwb2RfaXBzGAUgAygJEg8KB2hvc3RfaXAYBiABKAkSEQoJbm9kZV9uYW1lGAcgASgJEisKBXBoYXNlGAggASgOMhwuYXRoZW56LmlkZW50aXR5LnYxLlBvZFBoYXNlEjYKEmRlbGV0aW9uX3RpbWVzdGFtcBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSY3JlYXRpb25fdGltZXN0YW1wGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChByZXNvdXJjZV92ZXJzaW9uGAsgASgJEjMKBmxhYmVscxgMIAMoCzIjLmF0aGVuei5pZGVudGl0eS52MS5Qb2QuTGFiZWxzRW50cnkSPQoLYW5ub3RhdGlvbnMYDSADKAsyKC5hdGhlbnouaWRlbnRpdHkudjEuUG9kLkFubm90YXRpb25zRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoyChBBbm5vdGF0aW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi/wIKDVZlcmlmaWVkVG9rZW4SEQoJbmFtZXNwYWNlGAEgASgJEhwKFHNlcnZpY2VfYWNjb3VudF9uYW1lGAIgASgJEhsKE3NlcnZpY2VfYWNjb3VudF91aWQYAyABKAkSEAoIcG9kX25hbWUYBCABKAkSDwoHcG9kX3VpZBgFIAEoCRIRCglub2RlX25hbWUYBiABKAkSEAoIbm9kZV91aWQYByABKAkSDgoGaXNzdWVyGAggASgJEhEKCWF1ZGllbmNlcxgJIAMoCRItCglpc3N1ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCm5vdF9iZWZvcmUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWNyZWRlbnRpYWxfaWQYDSABKAkSDwoHc3ViamVjdBgOIAEoCSKPAQoQRXhwZWN0ZWRJZGVudGl0eRIQCghwcm92aWRlchgBIAEoCRIOCgZkb21haW4YAiABKAkSDwoHc2VydmljZRgDIAEoCRIRCgluYW1lc3BhY2UYBCABKAkSEwoLaW5zdGFuY2VfaWQYBSABKAkSDwoHcG9kX2lwcxgGIAMoCRIPCgdob3N0X2lwGAcgASgJIoECCglTYW5Qb2xpY3kSFAoMZG5zX3N1ZmZpeGVzGAEgAygJEhoKDmFsbG93X3dpbGRjYXJkGAIgASgIQgIYARIbChNzcGlmZmVfdHJ1c3RfZG9tYWluGAMgASgJEh8KF3JlcXVpcmVfY2xpZW50X2lwX21hdGNoGAQgASgIEhMKC3Byb3h5X2NpZHJzGAUgAygJEhYKDmFsbG93X2hvc3RuYW1lGAYgASgIEkAKD2V4dHJhX2Ruc19uYW1lcxgHIAEoCzInLmF0aGVuei5pZGVudGl0eS52MS5FeHRyYURuc05hbWVzUG9saWN5EhUKDWFsbG93X25vZGVfaXAYCCABKAgiSwoTRXh0cmFEbnNOYW1lc1BvbGljeRI0CgVydWxlcxgBIAMoCzIlLmF0aGVuei5pZGVudGl0eS52MS5FeHRyYURuc05hbWVzUnVsZSJYChFFeHRyYURuc05hbWVzUnVsZRITCgluYW1lc3BhY2UYASABKAlIABIQCgZkb21haW4YAiABKAlIABIRCglkbnNfbmFtZXMYAyADKAlCCQoHc3ViamVjdCqZAQoIUG9kUGhhc2USGQoVUE9EX1BIQVNFX1VOU1BFQ0lGSUVEEAASFQoRUE9EX1BIQVNFX1BFTkRJTkcQARIVChFQT0RfUEhBU0VfUlVOTklORxACEhcKE1BPRF9QSEFTRV9TVUNDRUVERUQQAxIUChBQT0RfUEhBU0VfRkFJTEVEEAQSFQoRUE9EX1BIQVNFX1VOS05PV04QBWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Violation is one reason a request was refused. Deny reasons are data: the gateway's answer to
@@ -264,6 +264,14 @@ export type ExpectedIdentity = Message<"athenz.identity.v1.ExpectedIdentity"> & 
    * @generated from field: repeated string pod_ips = 6;
    */
   podIps: string[];
+
+  /**
+   * The IP of the node the pod runs on (status.hostIP). A pod that reaches ZTS from outside the
+   * cluster network usually arrives SNATed to it, so ZTS reports it as clientIP. Empty when unknown.
+   *
+   * @generated from field: string host_ip = 7;
+   */
+  hostIp: string;
 };
 
 /**
@@ -287,9 +295,12 @@ export type SanPolicy = Message<"athenz.identity.v1.SanPolicy"> & {
   dnsSuffixes: string[];
 
   /**
-   * Whether "*.<service>.<domain-dashed>.<suffix>" is allowed.
+   * Ignored. ZTS approves "*.<service>.<domain-dashed>.<suffix>" itself and never forwards it to the
+   * provider (servers/zts cert/X509CertRequest.java dnsSuffixCheck), so a provider cannot refuse it;
+   * the wildcard under the pod's own service name is always allowed, in attributes and CSRs alike.
    *
-   * @generated from field: bool allow_wildcard = 2;
+   * @generated from field: bool allow_wildcard = 2 [deprecated = true];
+   * @deprecated
    */
   allowWildcard: boolean;
 
@@ -301,14 +312,17 @@ export type SanPolicy = Message<"athenz.identity.v1.SanPolicy"> & {
   spiffeTrustDomain: string;
 
   /**
-   * Whether attributes.clientIP must be one of the pod's IPs.
+   * Whether attributes.clientIP (the TCP peer ZTS saw) is checked: it must be one of the pod's IPs,
+   * the node's IP when allow_node_ip is set, or inside proxy_cidrs. False turns the check off: then
+   * a stolen token and pod UID can be replayed from anywhere that reaches ZTS until the token expires.
    *
    * @generated from field: bool require_client_ip_match = 4;
    */
   requireClientIpMatch: boolean;
 
   /**
-   * CIDRs of proxies/NATs between pods and ZTS; a clientIP inside one of them is accepted.
+   * CIDRs of proxies/NATs between pods and ZTS; a clientIP inside one of them is accepted. A bare
+   * address is that one address (/32 or /128).
    *
    * @generated from field: repeated string proxy_cidrs = 5;
    */
@@ -320,6 +334,21 @@ export type SanPolicy = Message<"athenz.identity.v1.SanPolicy"> & {
    * @generated from field: bool allow_hostname = 6;
    */
   allowHostname: boolean;
+
+  /**
+   * Which pods may have DNS names beyond their own (k8s-athenz-sia CERT_EXTRA_SAN_DNS). Absent: none.
+   *
+   * @generated from field: athenz.identity.v1.ExtraDnsNamesPolicy extra_dns_names = 7;
+   */
+  extraDnsNames?: ExtraDnsNamesPolicy | undefined;
+
+  /**
+   * Whether a clientIP equal to the pod's node IP (ExpectedIdentity.host_ip) is accepted: pods that
+   * reach ZTS outside the cluster network arrive SNATed to their node.
+   *
+   * @generated from field: bool allow_node_ip = 8;
+   */
+  allowNodeIp: boolean;
 };
 
 /**
@@ -328,6 +357,74 @@ export type SanPolicy = Message<"athenz.identity.v1.SanPolicy"> & {
  */
 export const SanPolicySchema: GenMessage<SanPolicy> = /*@__PURE__*/
   messageDesc(file_athenz_identity_v1_common, 4);
+
+/**
+ * ExtraDnsNamesPolicy says which pods may have DNS names beyond their own in their certificate
+ * (k8s-athenz-sia's CERT_EXTRA_SAN_DNS). Nothing is allowed by default. The provider only ever sees
+ * names under its DNS suffixes (ZTS forwards only those to it), so only such names can be allowed
+ * here; names under a domain's own certificate DNS domain are ZTS's decision alone. The cluster
+ * policy objects embed this message unchanged.
+ *
+ * @generated from message athenz.identity.v1.ExtraDnsNamesPolicy
+ */
+export type ExtraDnsNamesPolicy = Message<"athenz.identity.v1.ExtraDnsNamesPolicy"> & {
+  /**
+   * @generated from field: repeated athenz.identity.v1.ExtraDnsNamesRule rules = 1;
+   */
+  rules: ExtraDnsNamesRule[];
+};
+
+/**
+ * Describes the message athenz.identity.v1.ExtraDnsNamesPolicy.
+ * Use `create(ExtraDnsNamesPolicySchema)` to create a new message.
+ */
+export const ExtraDnsNamesPolicySchema: GenMessage<ExtraDnsNamesPolicy> = /*@__PURE__*/
+  messageDesc(file_athenz_identity_v1_common, 5);
+
+/**
+ * ExtraDnsNamesRule allows extra names to the pods of one namespace or of one Athenz domain.
+ *
+ * @generated from message athenz.identity.v1.ExtraDnsNamesRule
+ */
+export type ExtraDnsNamesRule = Message<"athenz.identity.v1.ExtraDnsNamesRule"> & {
+  /**
+   * Which pods the rule is for.
+   *
+   * @generated from oneof athenz.identity.v1.ExtraDnsNamesRule.subject
+   */
+  subject: {
+    /**
+     * Pods in this Kubernetes namespace.
+     *
+     * @generated from field: string namespace = 1;
+     */
+    value: string;
+    case: "namespace";
+  } | {
+    /**
+     * Pods whose Athenz identity is in this domain.
+     *
+     * @generated from field: string domain = 2;
+     */
+    value: string;
+    case: "domain";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * The names allowed: an exact DNS name ("www.cluster1.example.com"), or "*.<name>" for any name
+   * with exactly one label more in front of <name> (the literal wildcard "*.<name>" included).
+   *
+   * @generated from field: repeated string dns_names = 3;
+   */
+  dnsNames: string[];
+};
+
+/**
+ * Describes the message athenz.identity.v1.ExtraDnsNamesRule.
+ * Use `create(ExtraDnsNamesRuleSchema)` to create a new message.
+ */
+export const ExtraDnsNamesRuleSchema: GenMessage<ExtraDnsNamesRule> = /*@__PURE__*/
+  messageDesc(file_athenz_identity_v1_common, 6);
 
 /**
  * PodPhase mirrors the Kubernetes pod phase.
