@@ -21,6 +21,7 @@ WORKDIR /app
 ENV NODE_ENV=production
 COPY package.json package-lock.json tsconfig.json ./
 COPY packages/api/package.json packages/api/
+COPY packages/identity/package.json packages/identity/
 COPY packages/shared/package.json packages/shared/
 COPY services/csr-inspector/package.json services/csr-inspector/
 COPY services/gateway/package.json services/gateway/
@@ -31,6 +32,7 @@ COPY services/token-verifier/package.json services/token-verifier/
 # an optional platform package and needs none).
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 COPY packages/api/src packages/api/src
+COPY packages/identity/src packages/identity/src
 COPY packages/shared/src packages/shared/src
 COPY services/csr-inspector/src services/csr-inspector/src
 COPY services/gateway/src services/gateway/src

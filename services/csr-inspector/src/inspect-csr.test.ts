@@ -101,11 +101,7 @@ describe("InspectCsr with pkijs CSRs", () => {
         uris: [...sans.uris, `athenz://instanceid/other.provider/${UID}`],
       })
     ).csrPem;
-    assert.deepEqual(await codes(pem), [
-      ViolationCode.SanDnsNotAllowed,
-      ViolationCode.SanIpNotAllowed,
-      ViolationCode.ProviderMismatch,
-    ]);
+    assert.deepEqual(await codes(pem), [ViolationCode.SanDnsNotAllowed, ViolationCode.SanIpNotAllowed, ViolationCode.ProviderMismatch]);
   });
 
   it("refuses a broken self-signature (RSA and EC)", async () => {

@@ -1,5 +1,7 @@
 /** The gateway's settings (flags and environment), and the initial policy built from them. */
 import { readFileSync } from "node:fs";
+import { DEFAULT_NAMING_RULE, NAMING_RULE_SUMMARY, NAMING_RULES, type NamingRule } from "@k8s-athenz-identity/identity/naming";
+import { CLIENT_IP_RULES, type ClientIpRule } from "@k8s-athenz-identity/identity/san";
 import { bool, type ConfigOf, duration, int, list, oneOf, optionalStr, port, serverSettings, str } from "@k8s-athenz-identity/shared";
 import { podEventSettings } from "./events.js";
 
@@ -73,7 +75,8 @@ export const gatewaySpec = {
   policyFile: optionalStr({
     env: "POLICY_FILE",
     flag: "policy-file",
-    description: "JSON policy file (overrides the policy settings below; re-read on change)",
+    description:
+      'JSON policy file (overrides the policy settings below; re-read on change); also the only place for san.extraDnsNames, e.g. {"san":{"extraDnsNames":{"rules":[{"namespace":"team-a","dnsNames":["www.<dns suffix>"]}]}}}',
   }),
   policyReloadInterval: duration({
     env: "POLICY_RELOAD_INTERVAL",
@@ -106,29 +109,42 @@ export const gatewaySpec = {
     values: ["", "client", "server"] as const,
   }),
   dnsSuffixes: list({ env: "DNS_SUFFIXES", flag: "dns-suffixes", description: "DNS suffixes the provider vouches for", default: [] }),
-  allowWildcard: bool({ env: "SAN_ALLOW_WILDCARD", flag: "san-allow-wildcard", description: "allow *.<service>.<domain>.<suffix>", default: false }),
   spiffeTrustDomain: str({
     env: "SPIFFE_TRUST_DOMAIN",
     flag: "spiffe-trust-domain",
     description: "trust domain of the namespaced SPIFFE URI form; empty disables it",
     default: "",
   }),
-  requireClientIpMatch: bool({
-    env: "REQUIRE_CLIENT_IP_MATCH",
-    flag: "require-client-ip-match",
-    description: "clientIP must be one of the pod's IPs",
-    default: true,
+  clientIpRule: oneOf<ClientIpRule>({
+    env: "CLIENT_IP_RULE",
+    flag: "client-ip-rule",
+    description:
+      "which clientIP (the address ZTS saw) a pod may have: pod-or-node = the pod's IPs, its node's IP (pods leaving the cluster network are SNATed to it) or PROXY_CIDRS; pod = the pod's IPs or PROXY_CIDRS; off = not checked (RISK: a stolen token and pod UID then work from anywhere that reaches ZTS until the token expires)",
+    default: "pod-or-node",
+    values: CLIENT_IP_RULES,
   }),
   proxyCidrs: list({
     env: "PROXY_CIDRS",
     flag: "proxy-cidrs",
-    description: "CIDRs of proxies between pods and ZTS (accepted as clientIP)",
+    description: "CIDRs of proxies/NATs between pods and ZTS, accepted as clientIP (a bare address is that one address, /32 or /128)",
     default: [],
   }),
   allowHostname: bool({ env: "ALLOW_HOSTNAME", flag: "allow-hostname", description: "allow the hostname attribute", default: false }),
-  athenzDomain: str({ env: "ATHENZ_DOMAIN", flag: "athenz-domain", description: "one fixed Athenz domain for every namespace", default: "" }),
-  athenzPrefix: str({ env: "ATHENZ_PREFIX", flag: "athenz-prefix", description: "prefix of the domain derived from a namespace", default: "" }),
-  athenzSuffix: str({ env: "ATHENZ_SUFFIX", flag: "athenz-suffix", description: "suffix of the domain derived from a namespace", default: "" }),
+  namingRule: oneOf<NamingRule>({
+    env: "NAMING_RULE",
+    flag: "naming-rule",
+    description: `the cluster-wide namespace -> Athenz domain rule, the same as in the SIA ConfigMap: ${NAMING_RULES.map((r) => `${r}: ${NAMING_RULE_SUMMARY[r]}`).join("; ")}`,
+    default: DEFAULT_NAMING_RULE,
+    values: NAMING_RULES,
+  }),
+  athenzDomain: str({
+    env: "ATHENZ_DOMAIN",
+    flag: "athenz-domain",
+    description: "one fixed Athenz domain for every namespace (prefix and suffix still apply)",
+    default: "",
+  }),
+  athenzPrefix: str({ env: "ATHENZ_PREFIX", flag: "athenz-prefix", description: "prepended as is to the domain, e.g. k8s.", default: "" }),
+  athenzSuffix: str({ env: "ATHENZ_SUFFIX", flag: "athenz-suffix", description: "appended as is to the domain, e.g. .prod", default: "" }),
   serviceAccountForm: oneOf({
     env: "SERVICE_ACCOUNT_FORM",
     flag: "service-account-form",
@@ -152,12 +168,17 @@ export type GatewayConfig = ConfigOf<typeof gatewaySpec>;
 export function policyFromConfig(c: GatewayConfig): Record<string, unknown> {
   return {
     provider: c.providerService,
-    naming: { fixedDomain: c.athenzDomain, prefix: c.athenzPrefix, suffix: c.athenzSuffix, serviceAccountForm: c.serviceAccountForm },
+    naming: {
+      rule: c.namingRule,
+      fixedDomain: c.athenzDomain,
+      prefix: c.athenzPrefix,
+      suffix: c.athenzSuffix,
+      serviceAccountForm: c.serviceAccountForm,
+    },
     san: {
       dnsSuffixes: c.dnsSuffixes,
-      allowWildcard: c.allowWildcard,
       spiffeTrustDomain: c.spiffeTrustDomain,
-      requireClientIpMatch: c.requireClientIpMatch,
+      clientIpRule: c.clientIpRule,
       proxyCidrs: c.proxyCidrs,
       allowHostname: c.allowHostname,
     },

@@ -47,14 +47,23 @@ export function httpStatusOf(outcome: Outcome): number {
   }
 }
 
-/** The body ZTS gets (and embeds in its error to the SIA): short, no secrets. */
+/** Longest deny message: ZTS embeds it in its own error to the SIA. */
+export const MAX_DENY_MESSAGE = 1024;
+
+/**
+ * The body ZTS gets (and embeds in its error to the SIA): on allow only the provider's own
+ * attributes (never the attestation data, never a request attribute); on deny each violation's
+ * code and message (our texts, with untrusted values quoted and cut), bounded; no secrets.
+ */
 export function responseBodyOf(r: DecisionResult): unknown {
   switch (r.outcome) {
     case Outcome.ALLOW:
       return r.confirmation;
     case Outcome.DENY: {
       const codes = [...new Set(r.violations.map((v) => v.code))];
-      return { code: 403, message: `denied: ${codes.join(", ")}`, violations: codes };
+      let message = `denied: ${r.violations.map((v) => `${v.code}: ${v.message}`).join("; ")}`;
+      if (message.length > MAX_DENY_MESSAGE) message = `${message.slice(0, MAX_DENY_MESSAGE - 3)}...`;
+      return { code: 403, message, violations: codes };
     }
     default:
       return { code: 504, message: "cannot decide yet; retry" };

@@ -231,18 +231,91 @@ describe("decision", () => {
     assert.equal(store.get().cert.expiryMinutes, 60, "an invalid policy is not taken");
   });
 
-  it("maps namespaces to domains with the shared naming policy; a fixed domain inspects after the token", async () => {
+  it("maps namespace team-a to domain team-a (k8s-athenz-sia, the default) and denies team.a, naming the rule", async () => {
+    const deps = () => fakeDeps({ token: tokenAnswer(tokenA({ namespace: "team-a" })), pod: podAnswer(podA({ namespace: "team-a" })) });
+    const ok = await engine(deps()).decide(Operation.REGISTER, confirmation({ domain: "team-a" }));
+    assert.equal(ok.outcome, Outcome.ALLOW, JSON.stringify(ok.checks));
+    assert.match(ok.checks.find((c) => c.name === "identity")!.detail, /namespace team-a -> domain team-a.*NAMING_RULE=k8s-athenz-sia/);
+    const dotted = await engine(deps()).decide(Operation.REGISTER, confirmation({ domain: "team.a" }));
+    assert.deepEqual(codes(dotted), [ViolationCode.DomainMismatch]);
+    assert.match(dotted.violations[0]!.message, /maps to domain team-a under NAMING_RULE=k8s-athenz-sia/);
+  });
+
+  it("applies ATHENZ_PREFIX, ATHENZ_SUFFIX and a fixed ATHENZ_DOMAIN as k8s-athenz-sia does", async () => {
+    const deps = () => fakeDeps({ token: tokenAnswer(tokenA({ namespace: "team-a" })), pod: podAnswer(podA({ namespace: "team-a" })) });
     const prefixed = createPolicyStore(basePolicy({ naming: { prefix: "k8s." } }));
+    const d1 = deps();
+    assert.equal((await engine(d1, prefixed).decide(Operation.REGISTER, confirmation({ domain: "k8s.team-a" }))).outcome, Outcome.ALLOW);
+    assert.equal(d1.calls.inspect[0]?.expected?.namespace, "team-a", "inspection starts before the token, from the domain");
+    const fixed = createPolicyStore(basePolicy({ naming: { fixedDomain: "cluster-bar", prefix: "some-tld.foo.", suffix: ".baz" } }));
+    const d2 = deps();
+    const r = await engine(d2, fixed).decide(Operation.REGISTER, confirmation({ domain: "some-tld.foo.cluster-bar.baz" }));
+    assert.equal(r.outcome, Outcome.ALLOW, JSON.stringify(r.checks));
+    assert.equal(d2.calls.inspect[0]?.expected?.namespace, "team-a", "a fixed domain inspects after the token");
+  });
+
+  it("keeps the earlier OPA provider's rule as an option (team-a -> team.a)", async () => {
+    const opa = createPolicyStore(basePolicy({ naming: { rule: "k8s-athenz-identity", prefix: "k8s." } }));
     const deps = fakeDeps({ token: tokenAnswer(tokenA({ namespace: "foo-bar--baz" })), pod: podAnswer(podA({ namespace: "foo-bar--baz" })) });
-    const r = await engine(deps, prefixed).decide(Operation.REGISTER, confirmation({ domain: "k8s.foo.bar-baz" }));
+    const r = await engine(deps, opa).decide(Operation.REGISTER, confirmation({ domain: "k8s.foo.bar-baz" }));
     assert.equal(r.outcome, Outcome.ALLOW, JSON.stringify(r.checks));
     assert.equal(deps.calls.inspect[0]?.expected?.namespace, "foo-bar--baz");
+    const sia = await engine(
+      fakeDeps({ token: tokenAnswer(tokenA({ namespace: "foo-bar--baz" })), pod: podAnswer(podA({ namespace: "foo-bar--baz" })) }),
+      opa,
+    ).decide(Operation.REGISTER, confirmation({ domain: "k8s.foo-bar--baz" }));
+    assert.deepEqual(codes(sia), [ViolationCode.DomainMismatch]);
+  });
 
-    const fixed = createPolicyStore(basePolicy({ naming: { fixedDomain: "shared.k8s" } }));
-    const deps2 = fakeDeps();
-    const r2 = await engine(deps2, fixed).decide(Operation.REGISTER, confirmation({ domain: "shared.k8s" }));
-    assert.equal(r2.outcome, Outcome.ALLOW);
-    assert.equal(deps2.calls.inspect[0]?.expected?.namespace, "sports");
+  it("clientIP: every textual form of the pod's IP, its node's IP, a bare proxy address; a deny names what it saw and expected", async () => {
+    const pod = () => podAnswer(podA({ podIps: ["10.1.2.3", "fd00::7"], hostIp: "192.0.2.10" }));
+    for (const ip of ["10.1.2.3", "::ffff:10.1.2.3", "FD00::7", "fd00:0:0:0:0:0:0:7", "192.0.2.10"]) {
+      const r = await engine(fakeDeps({ pod: pod() })).decide(Operation.REGISTER, confirmation({}, { clientIP: ip }));
+      assert.equal(r.outcome, Outcome.ALLOW, `${ip}: ${JSON.stringify(r.violations)}`);
+    }
+    const strict = createPolicyStore(basePolicy({ san: { dnsSuffixes: ["cluster1.example.com"], clientIpRule: "pod" } }));
+    const node = await engine(fakeDeps({ pod: pod() }), strict).decide(Operation.REGISTER, confirmation({}, { clientIP: "192.0.2.10" }));
+    assert.deepEqual(codes(node), [ViolationCode.ClientIpMismatch]);
+    const proxy = createPolicyStore(basePolicy({ san: { dnsSuffixes: ["cluster1.example.com"], proxyCidrs: ["10.0.0.1"] } }));
+    assert.equal(
+      (await engine(fakeDeps({ pod: pod() }), proxy).decide(Operation.REGISTER, confirmation({}, { clientIP: "10.0.0.1" }))).outcome,
+      Outcome.ALLOW,
+    );
+    const other = await engine(fakeDeps({ pod: pod() }), proxy).decide(Operation.REGISTER, confirmation({}, { clientIP: "198.51.100.4" }));
+    assert.deepEqual(codes(other), [ViolationCode.ClientIpMismatch]);
+    assert.equal(
+      other.violations[0]!.message,
+      `clientIP "198.51.100.4" is not the pod's address: expected pod 10.1.2.3, fd00::7; node 192.0.2.10; proxies 10.0.0.1/32`,
+    );
+    const off = createPolicyStore(basePolicy({ san: { dnsSuffixes: ["cluster1.example.com"], clientIpRule: "off" } }));
+    assert.equal(
+      (await engine(fakeDeps({ pod: pod() }), off).decide(Operation.REGISTER, confirmation({}, { clientIP: "198.51.100.4" }))).outcome,
+      Outcome.ALLOW,
+    );
+  });
+
+  it("sanIP: an empty entry and a leading-zero address are denied, the uncompressed IPv6 ZTS sends is allowed", async () => {
+    const pod = () => podAnswer(podA({ podIps: ["10.1.2.3", "fd00::7"] }));
+    const empty = await engine(fakeDeps({ pod: pod() })).decide(Operation.REGISTER, confirmation({}, { sanIP: "10.1.2.3," }));
+    assert.deepEqual(codes(empty), [ViolationCode.SanIpNotAllowed]);
+    const zero = await engine(fakeDeps({ pod: pod() })).decide(Operation.REGISTER, confirmation({}, { sanIP: "10.01.2.3" }));
+    assert.deepEqual(codes(zero), [ViolationCode.SanIpNotAllowed]);
+    const java = await engine(fakeDeps({ pod: pod() })).decide(Operation.REGISTER, confirmation({}, { sanIP: "10.1.2.3,fd00:0:0:0:0:0:0:7" }));
+    assert.equal(java.outcome, Outcome.ALLOW);
+  });
+
+  it("sends the inspector the extra DNS names policy, and the answer never carries the token", async () => {
+    const store = createPolicyStore(
+      basePolicy({
+        san: { dnsSuffixes: ["cluster1.example.com"], extraDnsNames: { rules: [{ namespace: "sports", dnsNames: ["www.cluster1.example.com"] }] } },
+      }),
+    );
+    const deps = fakeDeps();
+    const r = await engine(deps, store).decide(Operation.REGISTER, confirmation({ attestationData: "the.secret.token" }));
+    assert.equal(r.outcome, Outcome.ALLOW);
+    assert.equal(deps.calls.inspect[0]?.policy?.extraDnsNames?.rules[0]?.dnsNames[0], "www.cluster1.example.com");
+    assert.deepEqual(Object.keys(r.confirmation!).sort(), ["attributes", "domain", "provider", "service"]);
+    assert.ok(!JSON.stringify(r.confirmation).includes("the.secret.token"));
   });
 
   it("records every check for explain", async () => {

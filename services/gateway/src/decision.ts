@@ -2,6 +2,10 @@
  * The provider's decision, free of transport: validates an InstanceConfirmation, asks token-verifier,
  * pod-registry and csr-inspector concurrently (one round trip), then cross-checks their answers.
  *
+ * Each check is a small pure function from its inputs to a {@link CheckResult} (checkRequest,
+ * checkToken, checkIdentity, checkPod, checkIps, checkCsr); {@link createDecisionEngine} is the thin
+ * orchestrator that makes the calls and runs the checks in order.
+ *
  * Deny only on evidence: a check whose input was unavailable (dependency down, registry not fresh,
  * budget over) is an ERROR, never a FAIL. Any FAIL => DENY; otherwise any ERROR => RETRY; else ALLOW.
  */
@@ -12,10 +16,11 @@ import type { InspectAttributesResponse } from "@k8s-athenz-identity/api/csr_ins
 import { InspectAttributesRequestSchema } from "@k8s-athenz-identity/api/csr_inspector";
 import { CheckOutcome, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
 import type { GetPodResponse, RegistryStatus } from "@k8s-athenz-identity/api/pod_registry";
-import { isDomainName, isProviderName, isServiceName } from "@k8s-athenz-identity/identity/names";
+import { isDomainName, isPodUid, isProviderName, isServiceName } from "@k8s-athenz-identity/identity/names";
+import { checkClientIp, checkSans, compileSanRules } from "@k8s-athenz-identity/identity/san";
 import { isTransient, ViolationCode, violation } from "@k8s-athenz-identity/shared";
 import type { Dependencies } from "./dependencies.js";
-import { certAttributes, isProxyAddress, namespaceForDomain, namingOf, type Policy, type PolicyStore, sanPolicyMessage } from "./policy.js";
+import { certAttributes, namespaceForDomain, namingOf, type Policy, type PolicyStore, sanPolicyMessage } from "./policy.js";
 
 export { CheckOutcome, Operation, Outcome };
 
@@ -27,6 +32,14 @@ export interface Confirmation {
   attestationData: string;
   attributes: { [key: string]: string };
 }
+
+/**
+ * The allow answer: the validated names and only the attributes the provider decides. Never the
+ * attestation data (the service-account token) and never an attribute of the request: ZTS copies
+ * every attribute it does not consume into the certificate answer the pod gets (ZTSImpl
+ * postInstanceRegisterInformation: `identity.setAttributes(instanceAttrs)`).
+ */
+export type Answer = Omit<Confirmation, "attestationData">;
 
 /** One check's result, for ExplainInstance and the audit log. */
 export interface CheckResult {
@@ -43,12 +56,14 @@ export interface DecisionResult {
   /** On DENY, every violation found. */
   violations: Violation[];
   /** On ALLOW, the answer for ZTS, with only the provider's own attributes. */
-  confirmation?: Confirmation;
+  confirmation?: Answer;
   checks: CheckResult[];
   /** On RETRY, why (a check name and reason), for logs and metrics. */
   retryReason?: string;
   /** What the audit log shows about the pod: from the token or the registry, never the token itself. */
   subject: { namespace?: string; pod?: string };
+  /** Whether the request's provider, domain, service and instanceId passed validation (the audit log writes only validated values). */
+  requestValid: boolean;
   latencyMs: number;
 }
 
@@ -69,12 +84,13 @@ export interface DecisionEngine {
 }
 
 const MAX_TOKEN = 16 * 1024;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-type Settled<T> = { ok: true; value: T; ms: number } | { ok: false; error: unknown; ms: number };
+/** A dependency call's result, settled: its value or its error, with its latency. */
+export type Settled<T> = { ok: true; value: T; ms: number } | { ok: false; error: unknown; ms: number };
 
 /**
  * The raw JWT from attestationData: the bare JWT, or for compatibility `{"identityToken": "<jwt>"}`.
+ * Surrounding whitespace is not part of it (k8s-athenz-sia sends the token file's bytes untrimmed).
  * Returns undefined when neither form is present.
  */
 export function extractToken(attestationData: string): string | undefined {
@@ -93,26 +109,6 @@ export function extractToken(attestationData: string): string | undefined {
   return s === "" ? undefined : s;
 }
 
-/** A comma-joined attribute list, trimmed, without empty items. */
-function splitList(v: string | undefined): string[] {
-  return (v ?? "")
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s !== "");
-}
-
-/** Canonical text of an IP address (so "::ffff:0:1" and expanded IPv6 forms compare equal). */
-function canonicalIp(ip: string): string {
-  if (ip.includes(":")) {
-    try {
-      return new URL(`http://[${ip}]/`).hostname.slice(1, -1);
-    } catch {
-      return ip;
-    }
-  }
-  return ip;
-}
-
 function describeError(err: unknown): string {
   const ce = ConnectError.from(err);
   return `${Code[ce.code] ?? "unknown"}: ${ce.rawMessage.slice(0, 200)}`;
@@ -122,8 +118,18 @@ function check(name: string, outcome: CheckOutcome, violations: Violation[] = []
   return { name, outcome, violations, detail, latencyMs };
 }
 
+const passOrFail = (name: string, v: Violation[], detail = "", ms = 0) =>
+  check(name, v.length ? CheckOutcome.FAIL : CheckOutcome.PASS, v, detail, ms);
+
+/** A dependency error is never evidence against the pod: it is an ERROR check, so RETRY. */
+function errorCheck(name: string, err: unknown, ms: number): CheckResult {
+  return check(name, CheckOutcome.ERROR, [], `${isTransient(err) ? "unavailable" : "failed"} (${describeError(err)})`, ms);
+}
+
+// ---- the checks (pure) ------------------------------------------------------------------------
+
 /** Validates the request itself: names, provider, attestation, instanceId. */
-export function validateConfirmation(policy: Policy, c: Confirmation): { violations: Violation[]; token?: string; instanceId?: string } {
+export function checkRequest(policy: Policy, c: Confirmation): { check: CheckResult; token?: string; instanceId?: string } {
   const v: Violation[] = [];
   if (typeof c.provider !== "string" || !isProviderName(c.provider)) {
     v.push(violation(ViolationCode.RequestMalformed, "provider is not an Athenz service name", "provider"));
@@ -142,11 +148,172 @@ export function validateConfirmation(policy: Policy, c: Confirmation): { violati
   const instanceId = c.attributes?.instanceId;
   if (instanceId === undefined || instanceId === "") {
     v.push(violation(ViolationCode.RequestMalformed, "attributes.instanceId is missing", "attributes.instanceId"));
-  } else if (!UUID.test(instanceId)) {
+  } else if (!isPodUid(instanceId)) {
     v.push(violation(ViolationCode.InstanceIdMismatch, "instanceId is not a pod UID", "attributes.instanceId"));
   }
-  return v.length ? { violations: v } : { violations: v, token: token!, instanceId: instanceId! };
+  if (v.length) return { check: check("request", CheckOutcome.FAIL, v) };
+  return { check: check("request", CheckOutcome.PASS), token: token!, instanceId: instanceId! };
 }
+
+/** The token-verifier's answer. */
+export function checkToken(r: Settled<{ token?: VerifiedToken; violations: Violation[]; verifiedBy: string[]; cached: boolean }>): {
+  check: CheckResult;
+  verified?: VerifiedToken;
+} {
+  if (!r.ok) return { check: errorCheck("token", r.error, r.ms) };
+  if (r.value.violations.length > 0) return { check: check("token", CheckOutcome.FAIL, r.value.violations, "", r.ms) };
+  if (!r.value.token) return { check: check("token", CheckOutcome.ERROR, [], "verifier answered without a token", r.ms) };
+  const by = `verified by ${r.value.verifiedBy.join("+") || "verifier"}${r.value.cached ? " (cached)" : ""}`;
+  return { check: check("token", CheckOutcome.PASS, [], by, r.ms), verified: r.value.token };
+}
+
+/** The token must name the requested domain (under the naming rule in force), service and instance. */
+export function checkIdentity(policy: Policy, c: Confirmation, instanceId: string, verified: VerifiedToken | undefined): CheckResult {
+  const naming = namingOf(policy);
+  if (!verified) return check("identity", CheckOutcome.SKIPPED, [], "no verified token");
+  const v: Violation[] = [];
+  const id = naming.identityFor({ namespace: verified.namespace, serviceAccount: verified.serviceAccountName });
+  let detail = naming.describe();
+  if (id.kind === "unmapped") v.push(id.violation);
+  else {
+    detail = `namespace ${verified.namespace} -> domain ${id.domain}, service account ${verified.serviceAccountName} -> service ${id.service}; ${detail}`;
+    const hint = namespaceForDomain(policy, c.domain);
+    if (id.domain !== c.domain || (hint !== undefined && verified.namespace !== hint)) {
+      v.push(
+        violation(
+          ViolationCode.DomainMismatch,
+          `the token's namespace ${verified.namespace} maps to domain ${id.domain} under NAMING_RULE=${naming.options.rule}, not to the requested domain`,
+          "domain",
+        ),
+      );
+    }
+    if (id.service !== c.service) {
+      v.push(
+        violation(
+          ViolationCode.ServiceMismatch,
+          `the token's service account maps to service ${id.service}, not to the requested service`,
+          "service",
+        ),
+      );
+    }
+  }
+  if (verified.podUid !== instanceId)
+    v.push(violation(ViolationCode.InstanceIdMismatch, "the token was issued to another pod", "attributes.instanceId"));
+  return passOrFail("identity", v, detail);
+}
+
+/** What the registry said about the pod, after an optional wait. */
+export interface PodLookup {
+  result: Settled<GetPodResponse | { pod?: Pod; status?: RegistryStatus }>;
+  /** The gateway waited for the pod (the token names it and the registry had not seen it). */
+  waited: boolean;
+}
+
+/** The registry's pod must exist, be the token's, not be terminating or finished, and have an IP. */
+export function checkPod(lookup: PodLookup, instanceId: string, verified: VerifiedToken | undefined): { check: CheckResult; pod?: Pod } {
+  const { result: r, waited } = lookup;
+  if (!r.ok) return { check: errorCheck("pod", r.error, r.ms) };
+  const { status, pod: found } = r.value;
+  if (!status?.fresh) {
+    return {
+      check: check("pod", CheckOutcome.ERROR, [], `registry not fresh (synced=${Boolean(status?.synced)}, live=${Boolean(status?.live)})`, r.ms),
+    };
+  }
+  if (!found) {
+    const notFound = [violation(ViolationCode.PodNotFound, "no such pod", "attributes.instanceId")];
+    if (waited) return { check: check("pod", CheckOutcome.FAIL, notFound, "", r.ms) };
+    if (verified) return { check: check("pod", CheckOutcome.FAIL, notFound, "not waited: the token names another pod", r.ms) };
+    return { check: check("pod", CheckOutcome.SKIPPED, [], "pod not in the registry; not waited without a verified token", r.ms) };
+  }
+  const v: Violation[] = [];
+  if (found.uid !== instanceId) v.push(violation(ViolationCode.PodMismatch, "the registry's pod has another UID", "attributes.instanceId"));
+  if (
+    verified &&
+    (found.namespace !== verified.namespace ||
+      found.name !== verified.podName ||
+      found.serviceAccountName !== verified.serviceAccountName ||
+      found.uid !== verified.podUid)
+  ) {
+    v.push(violation(ViolationCode.PodMismatch, "the pod does not match the token (namespace, name, service account or UID)", "attestationData"));
+  }
+  if (found.deletionTimestamp) v.push(violation(ViolationCode.PodTerminating, "the pod is terminating", ""));
+  if (found.phase === PodPhase.SUCCEEDED || found.phase === PodPhase.FAILED)
+    v.push(violation(ViolationCode.PodNotRunning, "the pod has finished", ""));
+  if (v.length) return { check: check("pod", CheckOutcome.FAIL, v, "", r.ms) };
+  if (found.podIps.length === 0) return { check: check("pod", CheckOutcome.ERROR, [], "the pod has no IP yet", r.ms) };
+  return {
+    check: check("pod", CheckOutcome.PASS, [], `phase ${PodPhase[found.phase] ?? found.phase}${waited ? ", after waiting" : ""}`, r.ms),
+    pod: found,
+  };
+}
+
+/**
+ * IP SANs are the pod's; clientIP is the pod's, its node's (SNAT) or a proxy's, per the clientIP
+ * rule. Both through the identity library, so every textual form of an address reads the same.
+ */
+export function checkIps(policy: Policy, c: Confirmation, instanceId: string, pod: Pod | undefined): CheckResult {
+  if (!pod) return check("ips", CheckOutcome.SKIPPED, [], "no usable pod");
+  let rules: ReturnType<typeof compileSanRules>;
+  try {
+    rules = compileSanRules(
+      {
+        provider: policy.provider,
+        domain: c.domain,
+        service: c.service,
+        namespace: pod.namespace,
+        instanceId,
+        podIps: pod.podIps,
+        hostIp: pod.hostIp,
+      },
+      sanPolicyMessage(policy),
+    );
+  } catch (err) {
+    // The registry's pod carries an address the library cannot read: not evidence against the pod.
+    return check("ips", CheckOutcome.ERROR, [], `pod addresses unusable (${(err as Error).message.slice(0, 200)})`);
+  }
+  const sanIp = c.attributes.sanIP;
+  const v = checkSans({ dns: [], ips: sanIp === undefined || sanIp === "" ? [] : sanIp.split(","), uris: [] }, rules, {
+    dns: "attributes.sanDNS",
+    ips: "attributes.sanIP",
+    uris: "attributes.sanURI",
+  });
+  const client = checkClientIp(c.attributes.clientIP, rules);
+  if (client) v.push(client);
+  return passOrFail("ips", v, `clientIP rule ${policy.san.clientIpRule}`);
+}
+
+/** The csr-inspector's answer on the SAN attributes. */
+export function checkCsr(r: Settled<InspectAttributesResponse> | undefined): CheckResult {
+  if (!r) return check("csr", CheckOutcome.SKIPPED, [], "needs the token's namespace; no verified token");
+  if (!r.ok) return errorCheck("csr", r.error, r.ms);
+  return passOrFail("csr", r.value.violations, "", r.ms);
+}
+
+/** The decision from the checks: any FAIL => DENY; otherwise any ERROR => RETRY; else ALLOW. */
+export function conclude(
+  policy: Policy,
+  c: Confirmation,
+  checks: CheckResult[],
+  subject: DecisionResult["subject"],
+  requestValid: boolean,
+  latencyMs: number,
+): DecisionResult {
+  const violations = checks.flatMap((ch) => (ch.outcome === CheckOutcome.FAIL ? ch.violations : []));
+  if (violations.length > 0) return { outcome: Outcome.DENY, violations, checks, subject, requestValid, latencyMs };
+  const err = checks.find((ch) => ch.outcome === CheckOutcome.ERROR);
+  if (err) return { outcome: Outcome.RETRY, violations: [], checks, subject, requestValid, latencyMs, retryReason: `${err.name}: ${err.detail}` };
+  return {
+    outcome: Outcome.ALLOW,
+    violations: [],
+    checks,
+    subject,
+    requestValid,
+    latencyMs,
+    confirmation: { provider: policy.provider, domain: c.domain, service: c.service, attributes: certAttributes(policy) },
+  };
+}
+
+// ---- the orchestrator -------------------------------------------------------------------------
 
 /** Creates the decision engine. */
 export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
@@ -174,46 +341,16 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
     );
   }
 
-  /** A dependency error is never evidence against the pod: it is an ERROR check, so RETRY. */
-  function errorCheck(name: string, err: unknown, ms: number): CheckResult {
-    return check(name, CheckOutcome.ERROR, [], `${isTransient(err) ? "unavailable" : "failed"} (${describeError(err)})`, ms);
-  }
-
   async function decide(operation: Operation, c: Confirmation, outer?: AbortSignal): Promise<DecisionResult> {
+    if (operation !== Operation.REGISTER && operation !== Operation.REFRESH) throw new RangeError("operation must be REGISTER or REFRESH");
     const t0 = now();
     const policy = o.policy.get();
-    const checks: CheckResult[] = [];
     const subject: DecisionResult["subject"] = {};
-    const finish = (): DecisionResult => {
-      const violations = checks.flatMap((ch) => (ch.outcome === CheckOutcome.FAIL ? ch.violations : []));
-      const latencyMs = now() - t0;
-      if (violations.length > 0) return { outcome: Outcome.DENY, violations, checks, subject, latencyMs };
-      const err = checks.find((ch) => ch.outcome === CheckOutcome.ERROR);
-      if (err) return { outcome: Outcome.RETRY, violations: [], checks, subject, latencyMs, retryReason: `${err.name}: ${err.detail}` };
-      return {
-        outcome: Outcome.ALLOW,
-        violations: [],
-        checks,
-        subject,
-        latencyMs,
-        confirmation: {
-          provider: policy.provider,
-          domain: c.domain,
-          service: c.service,
-          attestationData: c.attestationData,
-          attributes: certAttributes(policy),
-        },
-      };
-    };
-
-    if (operation !== Operation.REGISTER && operation !== Operation.REFRESH) throw new RangeError("operation must be REGISTER or REFRESH");
-    const req = validateConfirmation(policy, c);
+    const req = checkRequest(policy, c);
     if (req.token === undefined || req.instanceId === undefined) {
-      checks.push(check("request", CheckOutcome.FAIL, req.violations));
-      for (const name of ["token", "pod", "identity", "ips", "csr"]) checks.push(check(name, CheckOutcome.SKIPPED, [], "request invalid"));
-      return finish();
+      const skipped = ["token", "identity", "pod", "ips", "csr"].map((name) => check(name, CheckOutcome.SKIPPED, [], "request invalid"));
+      return conclude(policy, c, [req.check, ...skipped], subject, false, now() - t0);
     }
-    checks.push(check("request", CheckOutcome.PASS));
     const { token, instanceId } = req;
 
     // One controller for the whole decision: the budget timer (cleared when done, unlike
@@ -223,182 +360,90 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
     const onOuterAbort = () => ac.abort(outer?.reason);
     outer?.addEventListener("abort", onOuterAbort, { once: true });
     try {
-      return await fanOut(ac.signal);
+      const checks = [req.check, ...(await gather(policy, c, token, instanceId, subject, ac.signal))];
+      return conclude(policy, c, checks, subject, true, now() - t0);
     } finally {
       clearTimeout(timer);
       outer?.removeEventListener("abort", onOuterAbort);
     }
+  }
 
-    async function fanOut(signal: AbortSignal): Promise<DecisionResult> {
-      // Everything is started at once. The SAN inspection only needs names known before the token is
-      // verified (the request's domain/service/instanceId); the namespace comes from the domain when the
-      // mapping is one-to-one, and the token is cross-checked against all of them afterwards. IP SANs and
-      // clientIP are checked here against the registry's pod, so the inspector needs no pod IPs.
-      const tokenP = timed("token-verifier", () => o.deps.verifyToken(token, signal));
-      const podP = timed("pod-registry", () => o.deps.getPod(instanceId, signal));
-      const nsHint = namespaceForDomain(policy, c.domain);
-      const inspect = (namespace: string) => {
-        const attributes = { ...c.attributes };
-        delete attributes.sanIP;
-        delete attributes.clientIP;
-        const sanPolicy = sanPolicyMessage(policy);
-        sanPolicy.requireClientIpMatch = false;
-        sanPolicy.proxyCidrs = [];
-        return o.deps.inspectAttributes(
-          create(InspectAttributesRequestSchema, {
-            expected: create(ExpectedIdentitySchema, {
-              provider: policy.provider,
-              domain: c.domain,
-              service: c.service,
-              namespace,
-              instanceId,
-              podIps: [],
-            }),
-            attributes,
-            policy: sanPolicy,
+  /** Makes the calls (all at once), waits for a pod the token names, and runs the checks. */
+  async function gather(
+    policy: Policy,
+    c: Confirmation,
+    token: string,
+    instanceId: string,
+    subject: DecisionResult["subject"],
+    signal: AbortSignal,
+  ): Promise<CheckResult[]> {
+    // The SAN inspection only needs names known before the token is verified (the request's
+    // domain/service/instanceId); the namespace comes from the domain when the naming rule is
+    // one-to-one, and the token is cross-checked against it afterwards. IP SANs and clientIP are
+    // checked here against the registry's pod, so the inspector gets neither.
+    const tokenP = timed("token-verifier", () => o.deps.verifyToken(token, signal));
+    const podP = timed("pod-registry", () => o.deps.getPod(instanceId, signal));
+    const nsHint = namespaceForDomain(policy, c.domain);
+    const inspect = (namespace: string) => {
+      const attributes = { ...c.attributes };
+      delete attributes.sanIP;
+      delete attributes.clientIP;
+      const sanPolicy = sanPolicyMessage(policy);
+      sanPolicy.requireClientIpMatch = false;
+      sanPolicy.proxyCidrs = [];
+      return o.deps.inspectAttributes(
+        create(InspectAttributesRequestSchema, {
+          expected: create(ExpectedIdentitySchema, {
+            provider: policy.provider,
+            domain: c.domain,
+            service: c.service,
+            namespace,
+            instanceId,
+            podIps: [],
           }),
-          signal,
-        );
-      };
-      const inspectP: Promise<Settled<InspectAttributesResponse> | undefined> =
-        nsHint !== undefined
-          ? timed("csr-inspector", () => inspect(nsHint))
-          : tokenP.then((t) =>
-              t.ok && t.value.violations.length === 0 && t.value.token ? timed("csr-inspector", () => inspect(t.value.token!.namespace)) : undefined,
-            );
-
-      const [tokenR, podR0, inspectR] = await Promise.all([tokenP, podP, inspectP]);
-
-      // ---- token
-      let verified: VerifiedToken | undefined;
-      if (!tokenR.ok) checks.push(errorCheck("token", tokenR.error, tokenR.ms));
-      else if (tokenR.value.violations.length > 0) checks.push(check("token", CheckOutcome.FAIL, tokenR.value.violations, "", tokenR.ms));
-      else if (!tokenR.value.token) checks.push(check("token", CheckOutcome.ERROR, [], "verifier answered without a token", tokenR.ms));
-      else {
-        verified = tokenR.value.token;
-        subject.namespace = verified.namespace;
-        subject.pod = verified.podName;
-        checks.push(
-          check(
-            "token",
-            CheckOutcome.PASS,
-            [],
-            `verified by ${tokenR.value.verifiedBy.join("+") || "verifier"}${tokenR.value.cached ? " (cached)" : ""}`,
-            tokenR.ms,
-          ),
-        );
-      }
-
-      // ---- identity: the token must name the requested domain, service and instance
-      if (verified) {
-        const v: Violation[] = [];
-        const id = namingOf(policy).identityFor({ namespace: verified.namespace, serviceAccount: verified.serviceAccountName });
-        if (id.kind === "unmapped") v.push(id.violation);
-        else {
-          if (id.domain !== c.domain || (nsHint !== undefined && verified.namespace !== nsHint)) {
-            v.push(violation(ViolationCode.DomainMismatch, "the token's namespace does not map to the requested domain", "domain"));
-          }
-          if (id.service !== c.service)
-            v.push(violation(ViolationCode.ServiceMismatch, "the token's service account does not map to the requested service", "service"));
-        }
-        if (verified.podUid !== instanceId)
-          v.push(violation(ViolationCode.InstanceIdMismatch, "the token was issued to another pod", "attributes.instanceId"));
-        checks.push(check("identity", v.length ? CheckOutcome.FAIL : CheckOutcome.PASS, v));
-      } else {
-        checks.push(check("identity", CheckOutcome.SKIPPED, [], "no verified token"));
-      }
-
-      // ---- pod (the registry); a pod not seen yet is waited for only when the token names it
-      let podR: Settled<GetPodResponse | { pod?: Pod; status?: RegistryStatus }> = podR0;
-      let waited = false;
-      if (podR.ok && !podR.value.pod && podR.value.status?.fresh && verified?.podUid === instanceId && policy.podWaitMs > 0 && !signal.aborted) {
-        waited = true;
-        const r = await timed("pod-registry", () =>
-          o.deps.waitForPod(instanceId, policy.podWaitMs, signal, { namespace: verified.namespace, name: verified.podName }),
-        );
-        podR = r.ok ? { ok: true, value: r.value, ms: podR0.ms + r.ms } : { ok: false, error: r.error, ms: podR0.ms + r.ms };
-      }
-      let pod: Pod | undefined;
-      if (!podR.ok) checks.push(errorCheck("pod", podR.error, podR.ms));
-      else {
-        const { status } = podR.value;
-        const found = podR.value.pod;
-        if (!status?.fresh) {
-          checks.push(
-            check("pod", CheckOutcome.ERROR, [], `registry not fresh (synced=${Boolean(status?.synced)}, live=${Boolean(status?.live)})`, podR.ms),
+          attributes,
+          policy: sanPolicy,
+        }),
+        signal,
+      );
+    };
+    const inspectP: Promise<Settled<InspectAttributesResponse> | undefined> =
+      nsHint !== undefined
+        ? timed("csr-inspector", () => inspect(nsHint))
+        : tokenP.then((t) =>
+            t.ok && t.value.violations.length === 0 && t.value.token ? timed("csr-inspector", () => inspect(t.value.token!.namespace)) : undefined,
           );
-        } else if (!found) {
-          if (waited)
-            checks.push(check("pod", CheckOutcome.FAIL, [violation(ViolationCode.PodNotFound, "no such pod", "attributes.instanceId")], "", podR.ms));
-          else if (verified)
-            checks.push(
-              check(
-                "pod",
-                CheckOutcome.FAIL,
-                [violation(ViolationCode.PodNotFound, "no such pod", "attributes.instanceId")],
-                "not waited: the token names another pod",
-                podR.ms,
-              ),
-            );
-          else checks.push(check("pod", CheckOutcome.SKIPPED, [], "pod not in the registry; not waited without a verified token", podR.ms));
-        } else {
-          subject.namespace ??= found.namespace;
-          subject.pod ??= found.name;
-          const v: Violation[] = [];
-          if (found.uid !== instanceId) v.push(violation(ViolationCode.PodMismatch, "the registry's pod has another UID", "attributes.instanceId"));
-          if (
-            verified &&
-            (found.namespace !== verified.namespace ||
-              found.name !== verified.podName ||
-              found.serviceAccountName !== verified.serviceAccountName ||
-              found.uid !== verified.podUid)
-          ) {
-            v.push(
-              violation(ViolationCode.PodMismatch, "the pod does not match the token (namespace, name, service account or UID)", "attestationData"),
-            );
-          }
-          if (found.deletionTimestamp) v.push(violation(ViolationCode.PodTerminating, "the pod is terminating", ""));
-          if (found.phase === PodPhase.SUCCEEDED || found.phase === PodPhase.FAILED)
-            v.push(violation(ViolationCode.PodNotRunning, "the pod has finished", ""));
-          if (v.length) checks.push(check("pod", CheckOutcome.FAIL, v, "", podR.ms));
-          else if (found.podIps.length === 0) checks.push(check("pod", CheckOutcome.ERROR, [], "the pod has no IP yet", podR.ms));
-          else {
-            pod = found;
-            checks.push(
-              check("pod", CheckOutcome.PASS, [], `phase ${PodPhase[found.phase] ?? found.phase}${waited ? ", after waiting" : ""}`, podR.ms),
-            );
-          }
-        }
-      }
 
-      // ---- IPs: IP SANs are the pod's; clientIP is the pod's unless a proxy sits between
-      if (pod) {
-        const podIps = new Set(pod.podIps.map(canonicalIp));
-        const v: Violation[] = [];
-        for (const ip of splitList(c.attributes.sanIP)) {
-          if (!podIps.has(canonicalIp(ip))) v.push(violation(ViolationCode.SanIpNotAllowed, "an IP SAN is not the pod's IP", "attributes.sanIP"));
-        }
-        if (policy.san.requireClientIpMatch) {
-          const clientIp = (c.attributes.clientIP ?? "").trim();
-          if (!podIps.has(canonicalIp(clientIp)) && !isProxyAddress(policy, clientIp)) {
-            v.push(violation(ViolationCode.ClientIpMismatch, "the client address is not the pod's IP", "attributes.clientIP"));
-          }
-        }
-        checks.push(check("ips", v.length ? CheckOutcome.FAIL : CheckOutcome.PASS, v));
-      } else {
-        checks.push(check("ips", CheckOutcome.SKIPPED, [], "no usable pod"));
-      }
-
-      // ---- SANs (csr-inspector)
-      if (!inspectR) checks.push(check("csr", CheckOutcome.SKIPPED, [], "needs the token's namespace; no verified token"));
-      else if (!inspectR.ok) checks.push(errorCheck("csr", inspectR.error, inspectR.ms));
-      else
-        checks.push(
-          check("csr", inspectR.value.violations.length ? CheckOutcome.FAIL : CheckOutcome.PASS, inspectR.value.violations, "", inspectR.ms),
-        );
-
-      return finish();
+    const [tokenR, podR, inspectR] = await Promise.all([tokenP, podP, inspectP]);
+    const tok = checkToken(tokenR);
+    if (tok.verified) {
+      subject.namespace = tok.verified.namespace;
+      subject.pod = tok.verified.podName;
     }
+    const lookup = await lookupPod(policy, podR, instanceId, tok.verified, signal);
+    const pod = checkPod(lookup, instanceId, tok.verified);
+    if (lookup.result.ok && lookup.result.value.pod) {
+      subject.namespace ??= lookup.result.value.pod.namespace;
+      subject.pod ??= lookup.result.value.pod.name;
+    }
+    return [tok.check, checkIdentity(policy, c, instanceId, tok.verified), pod.check, checkIps(policy, c, instanceId, pod.pod), checkCsr(inspectR)];
+  }
+
+  /** A pod the registry has not seen yet is waited for, briefly, only when the token names it. */
+  async function lookupPod(
+    policy: Policy,
+    first: Settled<GetPodResponse>,
+    instanceId: string,
+    verified: VerifiedToken | undefined,
+    signal: AbortSignal,
+  ): Promise<PodLookup> {
+    if (!(first.ok && !first.value.pod && first.value.status?.fresh && verified?.podUid === instanceId && policy.podWaitMs > 0 && !signal.aborted)) {
+      return { result: first, waited: false };
+    }
+    const r = await timed("pod-registry", () =>
+      o.deps.waitForPod(instanceId, policy.podWaitMs, signal, { namespace: verified.namespace, name: verified.podName }),
+    );
+    return { result: r.ok ? { ok: true, value: r.value, ms: first.ms + r.ms } : { ok: false, error: r.error, ms: first.ms + r.ms }, waited: true };
   }
 
   return { decide };

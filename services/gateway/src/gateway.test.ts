@@ -119,6 +119,9 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
       const answer = JSON.parse(r.body) as { provider: string; attributes: Record<string, string> };
       assert.equal(answer.provider, PROVIDER);
       assert.deepEqual(answer.attributes, { certExpiryTime: "1440", certRefresh: "true" });
+      // Never the attestation data (the service-account token): ZTS reads only the attributes.
+      assert.deepEqual(Object.keys(answer).sort(), ["attributes", "domain", "provider", "service"]);
+      assert.ok(!r.body.includes("header.payload.signature"));
     }
   });
 
@@ -127,7 +130,8 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
     assert.equal(r.status, 403);
     assert.deepEqual(JSON.parse(r.body), {
       code: 403,
-      message: "denied: ERR_INSTANCE_ID_MISMATCH, ERR_POD_MISMATCH",
+      message:
+        "denied: ERR_INSTANCE_ID_MISMATCH: the token was issued to another pod; ERR_POD_MISMATCH: the pod does not match the token (namespace, name, service account or UID)",
       violations: ["ERR_INSTANCE_ID_MISMATCH", "ERR_POD_MISMATCH"],
     });
     const unknown = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation({ provider: "other.provider" })));
@@ -194,6 +198,30 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
     has(/gateway_decisions_total\{endpoint="instance",outcome="allow",reason="ok"/);
     has(/gateway_decision_duration_seconds_count\{[^}]*outcome="allow"/);
     has(/gateway_dependency_duration_seconds_count\{[^}]*dependency="token-verifier"/);
+  });
+
+  it("writes only validated values to the audit log: 60 KiB in provider, domain or an attribute is bounded and marked", async () => {
+    logText = "";
+    const huge = "eyJhbGciOiJSUzI1NiJ9.".repeat(3000).slice(0, 60 * 1024);
+    const body = JSON.stringify(
+      confirmation({ provider: huge, domain: huge.slice(0, 1000) }, { instanceId: huge.slice(0, 2000), clientIP: huge.slice(0, 500) }),
+    );
+    assert.ok(body.length < 64 * 1024);
+    const r = await post(`${url}/instance`, zts, athenzCa, body);
+    assert.equal(r.status, 403);
+    assert.ok(!r.body.includes(huge.slice(0, 100)), "the deny answer does not echo it");
+    assert.ok(!logText.includes(huge.slice(0, 100)), "the log does not hold it verbatim");
+    assert.ok(logText.length < 8 * 1024, `log grew by ${logText.length} characters`);
+    const line = logText
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.audit === true)!;
+    assert.deepEqual(line.provider, { invalid: true, length: 60 * 1024, sha256: (line.provider as { sha256: string }).sha256 });
+    assert.match((line.provider as { sha256: string }).sha256, /^[0-9a-f]{16}$/);
+    assert.equal((line.domain as { length: number }).length, 1000);
+    assert.equal((line.instanceId as { invalid: boolean }).invalid, true);
+    assert.equal((line.clientIP as { invalid: boolean }).invalid, true);
   });
 
   it("re-reads the policy file and keeps the current policy when the file is invalid", async () => {

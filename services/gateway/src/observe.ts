@@ -3,6 +3,9 @@
  * counters/histograms by endpoint, outcome and reason.
  */
 
+import { createHash } from "node:crypto";
+import { normalizeIp } from "@k8s-athenz-identity/identity/ip";
+import { isDomainName, isPodUid, isProviderName, isServiceName } from "@k8s-athenz-identity/identity/names";
 import { LATENCY_BUCKETS, type Logger, ViolationCode } from "@k8s-athenz-identity/shared";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { type Confirmation, type DecisionResult, Outcome } from "./decision.js";
@@ -42,6 +45,33 @@ export function reasonLabel(r: DecisionResult): string {
   return "ok";
 }
 
+/** A value the audit log does not write: its length and a short hash to correlate, never the value itself. */
+export interface Unvalidated {
+  invalid: true;
+  length: number;
+  /** First 16 hex digits of the value's SHA-256. */
+  sha256: string;
+}
+
+/** Longest free text (a reason, a violation message, a client CN) written to the audit log. */
+export const MAX_AUDIT_TEXT = 256;
+
+/**
+ * What the audit log writes for a caller-supplied value: the value when it passes `valid`, else a
+ * bounded marker. A caller that puts a token (or 60 KiB of anything) in `provider`, `domain` or an
+ * attribute must not get it written verbatim.
+ */
+export function auditValue(value: unknown, valid: (s: string) => boolean): string | Unvalidated | undefined {
+  if (value === undefined) return undefined;
+  const text = typeof value === "string" ? value : String(value);
+  if (typeof value === "string" && valid(text)) return text;
+  return { invalid: true, length: text.length, sha256: createHash("sha256").update(text).digest("hex").slice(0, 16) };
+}
+
+function bounded(text: string): string {
+  return text.length > MAX_AUDIT_TEXT ? `${text.slice(0, MAX_AUDIT_TEXT)}...[${text.length} chars]` : text;
+}
+
 export const outcomeLabel = (o: Outcome): string =>
   ({ [Outcome.ALLOW]: "allow", [Outcome.DENY]: "deny", [Outcome.RETRY]: "retry" })[o as 1 | 2 | 3] ?? "unknown";
 
@@ -76,21 +106,25 @@ export function createGatewayObserver(o: { logger: Logger; registry: Registry })
       const endpoint = closed(ENDPOINTS, ctx.endpoint);
       decisions.inc({ endpoint, outcome, reason: reasonLabel(r) });
       latency.observe({ endpoint, outcome }, r.latencyMs / 1000);
+      // Only validated values verbatim; everything else as a bounded marker.
+      const clientIp = c.attributes?.clientIP;
       const line = {
         audit: true,
         endpoint: ctx.endpoint,
-        provider: c.provider,
+        provider: auditValue(c.provider, isProviderName),
         // Not "domain"/"service": the logger's base already carries `service` (the gateway's own name).
-        athenzDomain: c.domain,
-        athenzService: c.service,
-        instanceId: c.attributes?.instanceId,
+        athenzDomain: auditValue(c.domain, isDomainName),
+        athenzService: auditValue(c.service, isServiceName),
+        instanceId: auditValue(c.attributes?.instanceId, isPodUid),
+        clientIP: clientIp === undefined ? undefined : (normalizeIp(clientIp) ?? auditValue(clientIp, () => false)),
         namespace: r.subject.namespace,
         pod: r.subject.pod,
         outcome,
         violations: codes,
-        retryReason: r.retryReason,
+        reasons: r.violations.slice(0, 16).map((v) => ({ code: v.code, field: v.field, message: bounded(v.message) })),
+        retryReason: r.retryReason === undefined ? undefined : bounded(r.retryReason),
         latencyMs: Math.round(r.latencyMs * 100) / 100,
-        clientCn: ctx.clientCn,
+        clientCn: bounded(ctx.clientCn),
       };
       if (r.outcome === Outcome.RETRY) o.logger.warn(line, "decision");
       else o.logger.info(line, "decision");
@@ -98,7 +132,10 @@ export function createGatewayObserver(o: { logger: Logger; registry: Registry })
     rejected(ctx, status, reason) {
       // The reason text stays in the audit line; the metric gets the HTTP status (400, 401, 403, 413, 415).
       decisions.inc({ endpoint: closed(ENDPOINTS, ctx.endpoint), outcome: "rejected", reason: `http_${Math.trunc(status)}` });
-      o.logger.info({ audit: true, endpoint: ctx.endpoint, outcome: "rejected", status, reason, clientCn: ctx.clientCn }, "request rejected");
+      o.logger.info(
+        { audit: true, endpoint: ctx.endpoint, outcome: "rejected", status, reason: bounded(reason), clientCn: bounded(ctx.clientCn) },
+        "request rejected",
+      );
     },
   };
 }

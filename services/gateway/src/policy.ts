@@ -5,16 +5,14 @@
  * captures a value once at start-up.
  */
 
-import { BlockList, isIP } from "node:net";
-import { create } from "@bufbuild/protobuf";
-import { type SanPolicy, SanPolicySchema } from "@k8s-athenz-identity/api/common";
-import { isProviderName } from "@k8s-athenz-identity/identity/names";
-import { createNamingPolicy, type NamingPolicy, type NamingPolicyOptions } from "@k8s-athenz-identity/identity/naming";
+import { create, fromJson } from "@bufbuild/protobuf";
+import { type ExtraDnsNamesPolicy, ExtraDnsNamesPolicySchema, type SanPolicy, SanPolicySchema } from "@k8s-athenz-identity/api/common";
+import { createCidrSet } from "@k8s-athenz-identity/identity/ip";
+import { isProviderName, normalizeDnsName, normalizeDnsSuffix } from "@k8s-athenz-identity/identity/names";
+import { createNamingPolicy, NAMING_RULES, type NamingOptions, type NamingPolicy } from "@k8s-athenz-identity/identity/naming";
+import { CLIENT_IP_RULES, type ClientIpRule, checkExtraDnsNamesPolicy, clientIpPolicy } from "@k8s-athenz-identity/identity/san";
 
-const DNS_NAME = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
-
-/** How a namespace and service account map to an Athenz domain and service (shared with the SIA). */
-export type NamingOptions = Readonly<Required<Omit<NamingPolicyOptions, "fixedDomain">> & { fixedDomain: string | undefined }>;
+export type { NamingOptions };
 
 /** The certificate attributes the provider sets in its answer; nothing else is ever returned. */
 export interface CertPolicy {
@@ -29,18 +27,20 @@ export interface CertPolicy {
 export interface Policy {
   /** Our provider service name, e.g. "k8s.cluster1.identityd". */
   provider: string;
+  /** The cluster-wide namespace -> domain rule (the same in the shipped SIA ConfigMap). */
   naming: NamingOptions;
   san: {
-    /** DNS suffixes under which the provider vouches for names. */
+    /** DNS suffixes under which the provider vouches for names (lower case). */
     dnsSuffixes: string[];
-    allowWildcard: boolean;
     /** SPIFFE trust domain for the namespaced URI form; empty disables it. */
     spiffeTrustDomain: string;
-    /** Whether attributes.clientIP must be one of the pod's IPs (or inside proxyCidrs). */
-    requireClientIpMatch: boolean;
-    /** CIDRs of proxies/NATs between pods and ZTS; a clientIP inside one is accepted. */
+    /** Which clientIP ZTS may report for a pod: its IPs, its node's IP, a proxy; or off. */
+    clientIpRule: ClientIpRule;
+    /** CIDRs of proxies/NATs between pods and ZTS (a bare address is a /32 or /128). */
     proxyCidrs: string[];
     allowHostname: boolean;
+    /** Which pods may carry extra DNS names (CERT_EXTRA_SAN_DNS); none by default. */
+    extraDnsNames: ExtraDnsNamesPolicy;
   };
   cert: CertPolicy;
   /** CNs of ZTS client certificates allowed to call the Copper Argos endpoint. */
@@ -84,15 +84,6 @@ function listField(o: Record<string, unknown>, key: string, path: string): strin
   return [...(v as string[])];
 }
 
-function parseCidr(cidr: string): { address: string; prefix: number; family: "ipv4" | "ipv6" } | undefined {
-  const m = /^([^/]+)\/(\d{1,3})$/.exec(cidr);
-  if (!m) return undefined;
-  const family = isIP(m[1]!);
-  const prefix = Number(m[2]);
-  if (family === 0 || prefix > (family === 4 ? 32 : 128)) return undefined;
-  return { address: m[1]!, prefix, family: family === 4 ? "ipv4" : "ipv6" };
-}
-
 /**
  * Validates an untrusted policy object (from a file or a ConfigMap) and returns a complete, frozen
  * {@link Policy}. Throws {@link PolicyError} naming the field.
@@ -106,9 +97,12 @@ export function validatePolicy(input: unknown): Policy {
   if (!isRecord(namingIn)) throw new PolicyError("naming", "must be an object");
   const form = namingIn.serviceAccountForm ?? "service";
   if (form !== "service" && form !== "domain.service") throw new PolicyError("naming.serviceAccountForm", 'must be "service" or "domain.service"');
+  const rule = namingIn.rule ?? "k8s-athenz-sia";
+  if (!(NAMING_RULES as readonly unknown[]).includes(rule)) throw new PolicyError("naming.rule", `must be one of ${NAMING_RULES.join(", ")}`);
   let namingPolicy: NamingPolicy;
   try {
     namingPolicy = createNamingPolicy({
+      rule: rule as NamingOptions["rule"],
       fixedDomain: strField(namingIn, "fixedDomain", "naming.", "") || undefined,
       prefix: strField(namingIn, "prefix", "naming.", ""),
       suffix: strField(namingIn, "suffix", "naming.", ""),
@@ -121,13 +115,42 @@ export function validatePolicy(input: unknown): Policy {
 
   const sanIn = input.san ?? {};
   if (!isRecord(sanIn)) throw new PolicyError("san", "must be an object");
-  const dnsSuffixes = listField(sanIn, "dnsSuffixes", "san.").map((s) => s.toLowerCase());
-  for (const s of dnsSuffixes) if (!DNS_NAME.test(s)) throw new PolicyError("san.dnsSuffixes", `${JSON.stringify(s)} is not a DNS name`);
+  const dnsSuffixes = listField(sanIn, "dnsSuffixes", "san.").map((raw) => {
+    const s = normalizeDnsSuffix(raw);
+    if (s === undefined) throw new PolicyError("san.dnsSuffixes", `${JSON.stringify(raw)} is not a DNS name`);
+    return s;
+  });
   const proxyCidrs = listField(sanIn, "proxyCidrs", "san.");
-  for (const c of proxyCidrs) if (!parseCidr(c)) throw new PolicyError("san.proxyCidrs", `${JSON.stringify(c)} is not a CIDR like 10.0.0.0/8`);
+  try {
+    createCidrSet(proxyCidrs);
+  } catch (err) {
+    throw new PolicyError("san.proxyCidrs", `${(err as Error).message} (a CIDR like 10.0.0.0/8, or one address)`);
+  }
   const spiffeTrustDomain = strField(sanIn, "spiffeTrustDomain", "san.", "");
-  if (spiffeTrustDomain !== "" && !DNS_NAME.test(spiffeTrustDomain))
+  if (spiffeTrustDomain !== "" && normalizeDnsName(spiffeTrustDomain) !== spiffeTrustDomain)
     throw new PolicyError("san.spiffeTrustDomain", "must be a DNS-like trust domain");
+  if (sanIn.allowWildcard !== undefined) {
+    throw new PolicyError(
+      "san.allowWildcard",
+      "is gone: ZTS approves *.<service>.<domain-dashed>.<suffix> itself and never forwards it, so the provider always allows it",
+    );
+  }
+  if (sanIn.requireClientIpMatch !== undefined)
+    throw new PolicyError("san.requireClientIpMatch", 'is replaced by san.clientIpRule ("pod-or-node", "pod" or "off")');
+  const clientIpRule = sanIn.clientIpRule ?? "pod-or-node";
+  if (!(CLIENT_IP_RULES as readonly unknown[]).includes(clientIpRule))
+    throw new PolicyError("san.clientIpRule", `must be one of ${CLIENT_IP_RULES.join(", ")}`);
+  let extraDnsNames: ExtraDnsNamesPolicy;
+  try {
+    extraDnsNames = fromJson(ExtraDnsNamesPolicySchema, (sanIn.extraDnsNames ?? {}) as never);
+  } catch (err) {
+    throw new PolicyError(
+      "san.extraDnsNames",
+      `${(err as Error).message} (shape: {"rules": [{"namespace": "team-a", "dnsNames": ["www.<suffix>"]}]})`,
+    );
+  }
+  const extraProblem = checkExtraDnsNamesPolicy(extraDnsNames, dnsSuffixes);
+  if (extraProblem !== undefined) throw new PolicyError("san.extraDnsNames", extraProblem);
 
   const certIn = input.cert ?? {};
   if (!isRecord(certIn)) throw new PolicyError("cert", "must be an object");
@@ -150,11 +173,11 @@ export function validatePolicy(input: unknown): Policy {
     naming,
     san: {
       dnsSuffixes,
-      allowWildcard: boolField(sanIn, "allowWildcard", "san.", false),
       spiffeTrustDomain,
-      requireClientIpMatch: boolField(sanIn, "requireClientIpMatch", "san.", true),
+      clientIpRule: clientIpRule as ClientIpRule,
       proxyCidrs,
       allowHostname: boolField(sanIn, "allowHostname", "san.", false),
+      extraDnsNames,
     },
     cert: { expiryMinutes, refresh: boolField(certIn, "refresh", "cert.", true), usage },
     allowedZtsCns,
@@ -219,42 +242,19 @@ export function createPolicyStore(initial: unknown): PolicyStore {
  * cross-checked against it afterwards.
  */
 export function namespaceForDomain(p: Policy, domain: string): string | undefined {
-  const { fixedDomain, prefix, suffix } = p.naming;
-  if (fixedDomain !== undefined) return undefined;
-  if (domain.length <= prefix.length + suffix.length || !domain.startsWith(prefix) || !domain.endsWith(suffix)) return undefined;
-  const core = domain.slice(prefix.length, domain.length - suffix.length);
-  const ns = core.replaceAll("-", "--").replaceAll(".", "-");
-  return namingOf(p).domainForNamespace(ns) === domain ? ns : undefined;
+  return namingOf(p).namespaceForDomain(domain);
 }
 
-/** The SanPolicy message for the csr-inspector. */
+/** The SanPolicy message of a policy (for the csr-inspector and the IP checks). */
 export function sanPolicyMessage(p: Policy): SanPolicy {
   return create(SanPolicySchema, {
     dnsSuffixes: [...p.san.dnsSuffixes],
-    allowWildcard: p.san.allowWildcard,
     spiffeTrustDomain: p.san.spiffeTrustDomain,
-    requireClientIpMatch: p.san.requireClientIpMatch,
+    ...clientIpPolicy(p.san.clientIpRule),
     proxyCidrs: [...p.san.proxyCidrs],
     allowHostname: p.san.allowHostname,
+    extraDnsNames: p.san.extraDnsNames,
   });
-}
-
-const proxyLists = new WeakMap<Policy, BlockList>();
-
-/** Whether `ip` is inside one of the policy's proxy CIDRs (memoized per policy object). */
-export function isProxyAddress(p: Policy, ip: string): boolean {
-  let list = proxyLists.get(p);
-  if (!list) {
-    list = new BlockList();
-    for (const c of p.san.proxyCidrs) {
-      const parsed = parseCidr(c)!;
-      list.addSubnet(parsed.address, parsed.prefix, parsed.family);
-    }
-    proxyLists.set(p, list);
-  }
-  const family = isIP(ip);
-  if (family === 0) return false;
-  return list.check(ip, family === 4 ? "ipv4" : "ipv6");
 }
 
 /** The attributes of an allow answer: only what the provider decides. */
