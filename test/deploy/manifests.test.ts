@@ -75,6 +75,16 @@ describe("k8s/ settings files", () => {
     assert.ok(common.DNS_SUFFIXES!.split(",").includes(sia.DNS_SUFFIX!));
   });
 
+  it("one cluster-wide naming rule: the gateway and the SIA ConfigMap set it identically", () => {
+    const sia = envFile("sia/sia.env");
+    const gateway = envFile("config/gateway.env");
+    for (const k of ["NAMING_RULE", "ATHENZ_PREFIX", "ATHENZ_SUFFIX", "ATHENZ_DOMAIN"]) {
+      assert.ok(k in sia && k in gateway, `${k} is set in both`);
+      assert.equal(sia[k], gateway[k], k);
+    }
+    assert.equal(sia.NAMING_RULE, "k8s-athenz-sia");
+  });
+
   it("every generated ConfigMap a workload references exists", () => {
     const generated = new Set(kustomization.configMapGenerator.map((g) => g.name));
     for (const w of workloads) {

@@ -179,15 +179,40 @@ describe("SIA agent against the ZTS stand-in", () => {
     assert.equal(zts.calls.delete, 1, "the instance record is deleted on shutdown when asked");
   });
 
-  it("refresh mode without a certificate stops with a clear error; run mode registers first", async () => {
-    const dir = newDir();
-    await assert.rejects(agentFor(dir).agent.start("refresh"), /no valid certificate for foo\.bar\.api at CERT_FILE/);
-    const { agent, o } = agentFor(dir, { refreshInterval: 100 });
-    await agent.start("run");
-    await o.until((x) => x.operation === "refresh" && x.outcome === "success");
-    await agent.close();
-    remember(dir);
-    assert.equal(o.seen[0]?.operation, "register");
+  it("a restarted sidecar whose certificate expired registers again with the mounted token (refresh and run modes)", async () => {
+    // A certificate that expired an hour ago, as after a sidecar that was down too long.
+    const past = await startZtsStandIn({
+      dir: join(tmp.dir, "zts-past"),
+      providers: [{ name: PROVIDER, endpoint: provider.url, dnsSuffixes: [SUFFIX], caPem: provider.caPem }],
+      now: () => Date.now() - 2 * 3_600_000,
+      defaultExpiryMinutes: 60,
+    });
+    try {
+      for (const mode of ["refresh", "run"] as const) {
+        const dir = newDir();
+        await agentFor(dir, { endpoint: `${past.url}/zts/v1`, serverCaPem: past.caPem }).agent.init();
+        const expired = new X509Certificate(readFileSync(join(dir, "service.cert.pem")));
+        assert.ok(Date.parse(expired.validTo) < Date.now());
+        const { agent, o } = agentFor(dir, { refreshInterval: 100 });
+        await agent.start(mode);
+        await o.until((x) => x.operation === "refresh" && x.outcome === "success");
+        await agent.close();
+        remember(dir);
+        assert.equal(o.seen[0]?.operation, "register", mode);
+        assert.equal(o.seen[0]?.outcome, "success", mode);
+        assert.ok(Date.parse(new X509Certificate(readFileSync(join(dir, "service.cert.pem"))).validTo) > Date.now());
+      }
+      assert.match(logs.join(""), /the certificate on disk has expired: registering again with the mounted token/);
+      // Nothing on disk at all: the same.
+      const empty = newDir();
+      const { agent, o } = agentFor(empty, { refreshInterval: 100 });
+      await agent.start("refresh");
+      await o.until((x) => x.operation === "register" && x.outcome === "success");
+      await agent.close();
+      remember(empty);
+    } finally {
+      await past.close();
+    }
   });
 
   it("retries 504s and then succeeds; a deny is a clear error without hammering ZTS", async () => {

@@ -47,7 +47,12 @@ export type AgentConfig = Pick<
   | "expiryMinutes"
   | "initTimeout"
   | "ztsTimeout"
-> & { serverCaPem?: string | undefined };
+> &
+  Partial<Pick<SiaConfig, "certExtraSanDns" | "keyFormat">> & {
+    serverCaPem?: string | undefined;
+    /** k8s-athenz-sia settings set but not implemented: named in one warning at start-up. */
+    ignoredSettings?: readonly string[];
+  };
 
 export interface AgentOptions {
   config: AgentConfig;
@@ -64,6 +69,8 @@ export interface AgentOptions {
   store?: CredentialStore;
   /** Default: a fresh registry labelled service="sia". */
   registry?: Registry;
+  /** Waits `ms` for the boot delay (DELAY_JITTER_SECONDS). Default: the clock's timer. */
+  sleep?: (ms: number) => Promise<void>;
   /** Called after every register/refresh attempt (tests await outcomes with it). */
   onOutcome?: (event: { operation: "register" | "refresh"; outcome: "success" | FailureKind; error?: ZtsError }) => void;
 }
@@ -71,6 +78,7 @@ export interface AgentOptions {
 /** The held certificate, as far as the agent needs it. */
 export interface HeldCertificate extends Validity {
   keyPem: string;
+  /** The leaf and the chain ZTS returned (x509CertificateSigner), as CERT_FILE holds them and as refresh presents them. */
   certPem: string;
   subject: string;
   serialNumber: string;
@@ -80,8 +88,9 @@ export interface Agent {
   /** Init mode: registers (retrying 504s until INIT_TIMEOUT), writes the files. Throws a ZtsError when it cannot. */
   init(): Promise<HeldCertificate>;
   /**
-   * Refresh and run modes: loads the certificate on disk (refresh mode requires one), then keeps it
-   * fresh in the background; run mode registers first when there is no valid one.
+   * Refresh and run modes: loads the certificate on disk, then keeps it fresh in the background.
+   * With no valid certificate on disk (missing, or expired while the sidecar was down) both modes
+   * register again with the mounted token instead of failing: a restarted sidecar recovers.
    */
   start(mode: "refresh" | "run"): Promise<void>;
   /** Stops the background loop; with `deleteInstance`, deletes the instance record at ZTS. */
@@ -112,9 +121,26 @@ export async function readToken(path: string): Promise<string> {
   }
 }
 
-/** Validity and subject of a certificate; throws when it is not one. */
+const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\r?\n?/g;
+
+/** The PEM blocks of a bundle, in order (leaf first, as k8s-athenz-sia writes CERT_FILE). */
+export function certificateBlocks(pem: string): string[] {
+  return pem.match(PEM_CERT) ?? [];
+}
+
+/** Leaf + chain as one PEM (what k8s-athenz-sia writes to CERT_FILE): the chain's blocks not already there. */
+export function leafAndChain(leafPem: string, chainPem: string): string {
+  const leaf = certificateBlocks(leafPem)[0];
+  if (!leaf) throw new Error("no certificate");
+  const chain = certificateBlocks(chainPem).filter((b) => b.trim() !== leaf.trim());
+  return [leaf, ...chain].map((b) => (b.endsWith("\n") ? b : `${b}\n`)).join("");
+}
+
+/** Validity and subject of a certificate (the first block of a leaf + chain bundle); throws when it is not one. */
 function inspect(certPem: string, keyPem: string): HeldCertificate {
-  const x = new X509Certificate(certPem);
+  const leaf = certificateBlocks(certPem)[0];
+  if (!leaf) throw new Error("no certificate in the PEM");
+  const x = new X509Certificate(leaf);
   return {
     keyPem,
     certPem,
@@ -134,6 +160,12 @@ export function createAgent(opts: AgentOptions): Agent {
   const store = opts.store ?? createCredentialStore({ keyFile: config.keyFile, certFile: config.certFile, caCertFile: config.caCertFile });
   const registry = opts.registry ?? createMetricsRegistry("sia");
   const log = logger.child({ athenzDomain: config.domain, athenzService: config.service, instanceId: config.podUid });
+  if (config.ignoredSettings && config.ignoredSettings.length > 0) {
+    log.warn(
+      { ignored: config.ignoredSettings },
+      `k8s-athenz-sia settings set but not implemented by this SIA, IGNORED: ${config.ignoredSettings.join(", ")} (Secret backup, CERT_SUBJECT, the intermediate bundle, log files, separate metrics/health addresses: a later release)`,
+    );
+  }
 
   const expiryGauge = new Gauge({
     name: "sia_certificate_expiry_timestamp_seconds",
@@ -169,8 +201,9 @@ export function createAgent(opts: AgentOptions): Agent {
     provider: config.providerService,
     dnsSuffix: config.dnsSuffix,
     instanceId: config.podUid,
-    podIps: [config.podIp],
+    podIps: config.podIp === undefined ? [] : [config.podIp],
     wildcard: config.wildcard,
+    extraDnsNames: config.certExtraSanDns,
   };
   const principal = commonName(config.domain, config.service);
   let current: HeldCertificate | undefined;
@@ -179,12 +212,13 @@ export function createAgent(opts: AgentOptions): Agent {
   const accept = async (answer: InstanceIdentity, keyPem: string): Promise<HeldCertificate> => {
     let held: HeldCertificate;
     try {
-      held = inspect(answer.x509Certificate, keyPem);
+      held = inspect(leafAndChain(answer.x509Certificate, answer.x509CertificateSigner ?? ""), keyPem);
       if (!new X509Certificate(answer.x509Certificate).checkPrivateKey(createPrivateKey(keyPem))) throw new Error("certificate is not for our key");
     } catch (err) {
       throw new ZtsError("unavailable", `ZTS returned an unusable certificate: ${(err as Error).message}`);
     }
-    await store.write({ keyPem, certPem: answer.x509Certificate, caPem: answer.x509CertificateSigner ?? "" });
+    // CERT_FILE holds leaf + chain, as k8s-athenz-sia writes it; CA_CERT_FILE the chain alone.
+    await store.write({ keyPem, certPem: held.certPem, caPem: answer.x509CertificateSigner ?? "" });
     current = held;
     expiryGauge.set(held.notAfter / 1000);
     issuedGauge.set(held.notBefore / 1000);
@@ -197,7 +231,7 @@ export function createAgent(opts: AgentOptions): Agent {
     const operation = current && current.notAfter > clock.now() ? "refresh" : "register";
     try {
       const attestationData = await readToken(config.saTokenFile);
-      const { keyPem, csrPem } = await createKeyAndCsr(id, config.keyType);
+      const { keyPem, csrPem } = await createKeyAndCsr(id, config.keyType, config.keyFormat);
       const expiryTime = config.expiryMinutes > 0 ? config.expiryMinutes : undefined;
       const base = {
         provider: config.providerService,
@@ -240,18 +274,35 @@ export function createAgent(opts: AgentOptions): Agent {
     if (!files) return undefined;
     try {
       const held = inspect(files.certPem, files.keyPem);
-      const x = new X509Certificate(files.certPem);
+      const x = new X509Certificate(certificateBlocks(files.certPem)[0]!);
       if (!x.checkPrivateKey(createPrivateKey(files.keyPem))) return undefined;
       const cn = /(?:^|\n)CN=([^\n]+)/.exec(x.subject)?.[1];
       if (cn?.toLowerCase() !== principal.toLowerCase()) return undefined;
-      if (held.notAfter <= clock.now()) return undefined;
+      if (held.notAfter <= clock.now()) {
+        log.warn(
+          { notAfter: new Date(held.notAfter).toISOString(), certFile: config.certFile },
+          "the certificate on disk has expired: registering again with the mounted token",
+        );
+        return undefined;
+      }
       return held;
     } catch {
       return undefined;
     }
   };
 
-  const sleep = (ms: number) => new Promise<void>((resolve) => clock.setTimeout(resolve, ms));
+  const sleep = opts.sleep ?? ((ms: number) => new Promise<void>((resolve) => clock.setTimeout(resolve, ms)));
+
+  /** DELAY_JITTER_SECONDS: one random delay at boot, before the first ZTS call (k8s-athenz-sia cmd/athenz-sia/main.go). */
+  let booted = false;
+  const bootDelay = async () => {
+    if (booted) return;
+    booted = true;
+    if (config.delayJitterSeconds <= 0) return;
+    const ms = Math.floor(random() * config.delayJitterSeconds) * 1000;
+    log.info({ delayMs: ms, delayJitterSeconds: config.delayJitterSeconds }, "delaying boot with jitter");
+    if (ms > 0) await sleep(ms);
+  };
 
   return {
     registry,
@@ -260,6 +311,7 @@ export function createAgent(opts: AgentOptions): Agent {
     },
     healthy: () => current !== undefined && current.notAfter > clock.now(),
     async init() {
+      await bootDelay();
       const deadline = clock.now() + config.initTimeout;
       for (let n = 1; ; n++) {
         try {
@@ -288,16 +340,18 @@ export function createAgent(opts: AgentOptions): Agent {
         validGauge.set(1);
         log.info({ serialNumber: current.serialNumber, notAfter: new Date(current.notAfter).toISOString() }, "using the certificate on disk");
       } else if (mode === "refresh") {
-        throw new Error(
-          `no valid certificate for ${principal} at CERT_FILE ${config.certFile} / KEY_FILE ${config.keyFile}: run MODE=init first, or use MODE=run`,
+        log.warn(
+          { certFile: config.certFile, keyFile: config.keyFile },
+          `no valid certificate for ${principal} on disk: registering again with the mounted token`,
         );
       }
+      await bootDelay();
       loop = createRefreshLoop({
         clock,
         random,
         policy,
         refreshIntervalMs: config.refreshInterval,
-        jitterMs: config.delayJitterSeconds * 1000,
+        jitterMs: 0,
         current: () => current,
         attempt,
         onExpired: (cert) => {

@@ -3,9 +3,9 @@
  * existing pod specs carry over; every value is validated at start-up and a bad one stops the
  * agent with a message naming the setting.
  */
-import { isIP } from "node:net";
-import { isProviderName } from "@k8s-athenz-identity/identity/names";
-import { createNamingPolicy } from "@k8s-athenz-identity/identity/naming";
+import { isIp } from "@k8s-athenz-identity/identity/ip";
+import { isProviderName, normalizeDnsName } from "@k8s-athenz-identity/identity/names";
+import { createNamingPolicy, DEFAULT_NAMING_RULE, NAMING_RULE_SUMMARY, NAMING_RULES, type NamingRule } from "@k8s-athenz-identity/identity/naming";
 import {
   bool,
   ConfigError,
@@ -14,7 +14,7 @@ import {
   duration,
   int,
   loadConfig,
-  logLevelSetting,
+
   oneOf,
   optionalStr,
   port,
@@ -29,15 +29,76 @@ const DNS_NAME = /^(?=.{1,253}$)[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?(?:\.[a-z0-9
 /** A Kubernetes UID: what the pod UID and so the instance id look like. */
 const POD_UID = /^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$/;
 
-const ip: Setting<string> = {
+const ip: Setting<string | undefined> = {
   env: "POD_IP",
   flag: "pod-ip",
-  description: "the pod's IP (status.podIP), put in the certificate as an IP SAN",
+  description: "the pod's IP (status.podIP), put in the certificate as an IP SAN; unset: no IP SAN (as k8s-athenz-sia)",
+  default: undefined,
   parse: (raw) => {
-    if (isIP(raw) === 0) throw new Error(`must be an IPv4 or IPv6 address, got ${JSON.stringify(raw)}`);
+    if (!isIp(raw)) throw new Error(`must be an IPv4 or IPv6 address, got ${JSON.stringify(raw.slice(0, 64))}`);
     return raw;
   },
 };
+
+const GO_UNITS_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/**
+ * A Go duration (`time.ParseDuration`, what k8s-athenz-sia reads REFRESH_INTERVAL with): a sequence
+ * of decimal numbers with units ns, us (µs), ms, s, m, h, e.g. "24h", "1h30m", "1.5h", "90s"; "0"
+ * alone. Negative durations are refused. Returns milliseconds.
+ */
+export function parseGoDuration(raw: string): number {
+  if (raw === "0") return 0;
+  const part = /(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y;
+  let ms = 0;
+  let at = 0;
+  while (at < raw.length) {
+    part.lastIndex = at;
+    const m = part.exec(raw);
+    if (!m) throw new Error(`must be a Go duration like 24h, 1h30m or 90s, got ${JSON.stringify(raw.slice(0, 64))}`);
+    ms += Number(m[1]) * GO_UNITS_MS[m[2]!]!;
+    at = part.lastIndex;
+  }
+  if (at === 0) throw new Error(`must be a Go duration like 24h, 1h30m or 90s, got ${JSON.stringify(raw)}`);
+  return Math.round(ms);
+}
+
+/** k8s-athenz-sia's LOG_LEVEL values (logrus: TRACE DEBUG INFO WARNING ERROR FATAL PANIC, any case) and pino's, as pino levels. */
+const LOG_LEVELS: Record<string, "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent"> = {
+  trace: "trace",
+  debug: "debug",
+  info: "info",
+  warn: "warn",
+  warning: "warn",
+  error: "error",
+  fatal: "fatal",
+  panic: "fatal",
+  silent: "silent",
+};
+
+/**
+ * Every k8s-athenz-sia v3.6.0 setting this SIA does not implement yet (pkg/config/config.go
+ * loadFromENV, less those of token-config.ts). Each one set is named in one warning at start-up,
+ * never silently ignored. Our metrics and health port is METRICS_HOST/METRICS_PORT (/metrics, /healthz).
+ */
+export const UNIMPLEMENTED_K8S_ATHENZ_SIA_SETTINGS = [
+  "CERT_SUBJECT",
+  "INTERMEDIATE_CERT_BUNDLE",
+  "BACKUP",
+  "CERT_SECRET",
+  "METRICS_SERVER_ADDR",
+  "HEALTH_CHECK_ADDR",
+  "HEALTH_CHECK_ENDPOINT",
+  "LOG_DIR",
+] as const;
+
+/** The unimplemented settings as settings, so `--help` lists them and a value set is seen. */
+const unimplemented = Object.fromEntries(
+  UNIMPLEMENTED_K8S_ATHENZ_SIA_SETTINGS.map((env) => [
+    `unimplemented_${env}`,
+    optionalStr({ env, description: "k8s-athenz-sia setting NOT implemented yet: ignored, with a warning at start-up" }),
+  ]),
+) as Record<`unimplemented_${(typeof UNIMPLEMENTED_K8S_ATHENZ_SIA_SETTINGS)[number]}`, Setting<string | undefined>>;
 
 const httpsUrl = (o: Omit<Setting<string>, "parse">): Setting<string> => ({
   ...o,
@@ -104,19 +165,34 @@ export const siaSpec = {
     flag: "server-ca-cert",
     description: "CA bundle (PEM) to verify ZTS's server certificate; the system roots when unset",
   }),
-  refreshInterval: duration({
+  refreshInterval: {
     env: "REFRESH_INTERVAL",
     flag: "refresh-interval",
-    description: "longest time between refreshes (refresh also happens at 2/3 of the lifetime)",
+    description: "longest time between refreshes, a Go duration like 24h or 1h30m (refresh also happens at 2/3 of the lifetime)",
     default: 24 * 3_600_000,
-    minMs: 100,
+    parse: (raw: string) => {
+      const ms = parseGoDuration(raw);
+      if (ms < 100) throw new Error("must be at least 100ms");
+      return ms;
+    },
+  } satisfies Setting<number>,
+  namingRule: oneOf<NamingRule>({
+    env: "NAMING_RULE",
+    flag: "naming-rule",
+    description: `the cluster-wide namespace -> Athenz domain rule, the same as the gateway's: ${NAMING_RULES.map((r) => `${r}: ${NAMING_RULE_SUMMARY[r]}`).join("; ")}`,
+    default: DEFAULT_NAMING_RULE,
+    values: NAMING_RULES,
   }),
-  athenzDomain: optionalStr({ env: "ATHENZ_DOMAIN", flag: "athenz-domain", description: "one fixed Athenz domain instead of the namespace mapping" }),
-  athenzPrefix: optionalStr({ env: "ATHENZ_PREFIX", flag: "athenz-prefix", description: "prepended as is to the namespace-derived domain" }),
-  athenzSuffix: optionalStr({ env: "ATHENZ_SUFFIX", flag: "athenz-suffix", description: "appended as is to the namespace-derived domain" }),
+  athenzDomain: optionalStr({
+    env: "ATHENZ_DOMAIN",
+    flag: "athenz-domain",
+    description: "one fixed Athenz domain instead of the namespace (prefix and suffix still apply)",
+  }),
+  athenzPrefix: optionalStr({ env: "ATHENZ_PREFIX", flag: "athenz-prefix", description: "prepended as is to the domain, e.g. k8s." }),
+  athenzSuffix: optionalStr({ env: "ATHENZ_SUFFIX", flag: "athenz-suffix", description: "appended as is to the domain, e.g. .prod" }),
   serviceAccountForm: oneOf<"service" | "domain.service">({
-    env: "SERVICEACCOUNT_FORM",
-    flag: "serviceaccount-form",
+    env: "SERVICE_ACCOUNT_FORM",
+    flag: "service-account-form",
     description: "service: the SA name is the service; domain.service: the SA name is <domain>.<service>",
     default: "service",
     values: ["service", "domain.service"] as const,
@@ -124,12 +200,46 @@ export const siaSpec = {
   delayJitterSeconds: int({
     env: "DELAY_JITTER_SECONDS",
     flag: "delay-jitter-seconds",
-    description: "random delay (0..N s) added to every scheduled refresh",
+    description: "one random delay (0..N s) at boot, before the first ZTS call, so many pods do not start at once (as k8s-athenz-sia)",
     default: 0,
     min: 0,
     max: 86_400,
   }),
-  logLevel: logLevelSetting(),
+  logLevel: {
+    env: "LOG_LEVEL",
+    flag: "log-level",
+    description: "log level: TRACE, DEBUG, INFO, WARNING (WARN), ERROR, FATAL, PANIC (as fatal), SILENT; any case",
+    default: "info",
+    parse: (raw: string) => {
+      const level = LOG_LEVELS[raw.toLowerCase()];
+      if (level === undefined)
+        throw new Error(`must be one of TRACE, DEBUG, INFO, WARNING, ERROR, FATAL, PANIC, got ${JSON.stringify(raw.slice(0, 32))}`);
+      return level;
+    },
+  } satisfies Setting<"trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent">,
+  keyFormat: oneOf<"pkcs1" | "pkcs8">({
+    env: "KEY_FORMAT",
+    flag: "key-format",
+    description: 'how KEY_FILE is written: pkcs1 ("RSA PRIVATE KEY", k8s-athenz-sia\'s; "EC PRIVATE KEY" for ec keys) or pkcs8 ("PRIVATE KEY")',
+    default: "pkcs1",
+    values: ["pkcs1", "pkcs8"] as const,
+  }),
+  certExtraSanDns: {
+    env: "CERT_EXTRA_SAN_DNS",
+    flag: "cert-extra-san-dns",
+    description: "comma-separated extra DNS names to request; the provider allows them only where its extra DNS names policy says so",
+    default: [] as string[],
+    parse: (raw: string) =>
+      raw
+        .split(",")
+        .map((s) => s.trim())
+        .filter((s) => s !== "")
+        .map((name) => {
+          const n = normalizeDnsName(name.startsWith("*.") ? name.slice(2) : name);
+          if (n === undefined) throw new Error(`${JSON.stringify(name.slice(0, 64))} is not a DNS name`);
+          return name.startsWith("*.") ? `*.${n}` : n;
+        }),
+  } satisfies Setting<string[]>,
   keyType: oneOf<"rsa" | "ec">({
     env: "KEY_TYPE",
     flag: "key-type",
@@ -137,7 +247,12 @@ export const siaSpec = {
     default: "rsa",
     values: ["rsa", "ec"] as const,
   }),
-  wildcard: bool({ env: "WILDCARD", flag: "wildcard", description: "also ask for *.<service>.<domain-dashed>.<dnsSuffix>", default: false }),
+  wildcard: bool({
+    env: "WILDCARD",
+    flag: "wildcard",
+    description: "ask for *.<service>.<domain-dashed>.<dnsSuffix> (k8s-athenz-sia always does; ZTS approves it itself)",
+    default: true,
+  }),
   expiryMinutes: int({
     env: "EXPIRY_TIME",
     flag: "expiry-time",
@@ -173,14 +288,16 @@ export const siaSpec = {
     default: 45_000,
     minMs: 100,
   }),
-  shutdownTimeout: shutdownTimeoutSetting("how long SIGTERM waits for a ZTS call in flight (and the DELETE_ON_SHUTDOWN call)"),
+  shutdownTimeout: shutdownTimeoutSetting("how long SIGTERM waits for a ZTS call in flight (and the DELETE_INSTANCE_ID call)"),
   deleteOnShutdown: bool({
-    env: "DELETE_ON_SHUTDOWN",
-    flag: "delete-on-shutdown",
-    description: "delete the instance record at ZTS on SIGTERM",
+    env: "DELETE_INSTANCE_ID",
+    flag: "delete-instance-id",
+    description:
+      "ask ZTS to delete the instance record on SIGTERM (as k8s-athenz-sia; ZTS allows it only to the provider's own principal, so it usually answers 403, logged as a warning)",
     default: false,
   }),
   ...tokenSpec, // role certificates, tokens, token server (token-config.ts)
+  ...unimplemented,
 } satisfies Record<string, Setting<unknown>>;
 
 export type SiaSettings = ConfigOf<typeof siaSpec>;
@@ -191,6 +308,10 @@ export interface SiaConfig extends SiaSettings {
   domain: string;
   /** Athenz service of the pod. */
   service: string;
+  /** The naming rule in force, in one line. */
+  namingDescription: string;
+  /** The k8s-athenz-sia settings set in the environment that this SIA ignores (named in one warning at start-up). */
+  ignoredSettings: string[];
 }
 
 /**
@@ -213,6 +334,7 @@ export function resolveSiaConfig(settings: SiaSettings): SiaConfig {
   let policy: ReturnType<typeof createNamingPolicy>;
   try {
     policy = createNamingPolicy({
+      rule: settings.namingRule,
       fixedDomain: settings.athenzDomain,
       prefix: settings.athenzPrefix,
       suffix: settings.athenzSuffix,
@@ -227,5 +349,12 @@ export function resolveSiaConfig(settings: SiaSettings): SiaConfig {
     const setting = mapped.violation.field === "namespace" ? "--namespace/NAMESPACE" : "--serviceaccount/SERVICEACCOUNT";
     throw new ConfigError(setting, mapped.violation.message);
   }
-  return { ...settings, domain: mapped.domain, service: mapped.service };
+  for (const [name, file] of [
+    ["KEY_FILE", settings.keyFile],
+    ["CERT_FILE", settings.certFile],
+  ] as const) {
+    if (file.includes(",")) throw new ConfigError(name, "several comma-separated paths (k8s-athenz-sia 3.6) are not supported yet: give one path");
+  }
+  const ignoredSettings = UNIMPLEMENTED_K8S_ATHENZ_SIA_SETTINGS.filter((env) => settings[`unimplemented_${env}`] !== undefined);
+  return { ...settings, domain: mapped.domain, service: mapped.service, namingDescription: policy.describe(), ignoredSettings };
 }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createPrivateKey } from "node:crypto";
 import { describe, it } from "node:test";
-import { type CsrIdentity, createKeyAndCsr, ipBytes, sansFor } from "./csr.js";
+import { type CsrIdentity, createKeyAndCsr, sansFor } from "./csr.js";
 
 const id: CsrIdentity = {
   domain: "foo.bar",
@@ -44,10 +44,22 @@ describe("key and CSR", () => {
     ]);
   });
 
-  it("encodes IPv4 and IPv6 addresses", () => {
-    assert.deepEqual([...new Uint8Array(ipBytes("10.1.2.3"))], [10, 1, 2, 3]);
-    assert.deepEqual([...new Uint8Array(ipBytes("::1"))], [...Array(15).fill(0), 1]);
-    assert.deepEqual([...new Uint8Array(ipBytes("::ffff:10.0.0.1"))], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1]);
-    assert.throws(() => ipBytes("10.1.2"));
+  it("writes the key as PKCS#1 (k8s-athenz-sia's RSA PRIVATE KEY) by default, PKCS#8 on request", async () => {
+    const pkcs1 = await createKeyAndCsr(id, "rsa");
+    assert.match(pkcs1.keyPem, /^-----BEGIN RSA PRIVATE KEY-----\n/);
+    const pkcs8 = await createKeyAndCsr(id, "rsa", "pkcs8");
+    assert.match(pkcs8.keyPem, /^-----BEGIN PRIVATE KEY-----\n/);
+    const ec = await createKeyAndCsr(id, "ec", "pkcs1");
+    assert.match(ec.keyPem, /^-----BEGIN EC PRIVATE KEY-----\n/);
+    for (const k of [pkcs1, pkcs8, ec]) assert.ok(createPrivateKey(k.keyPem));
+  });
+
+  it("asks for CERT_EXTRA_SAN_DNS names, and no IP SAN without POD_IP", async () => {
+    const sans = sansFor({ ...id, podIps: [], extraDnsNames: ["www.cluster1.example.com"] });
+    assert.deepEqual(sans.ips, []);
+    assert.equal(sans.dns.at(-1), "www.cluster1.example.com");
+    const text = opensslText((await createKeyAndCsr({ ...id, podIps: [], extraDnsNames: ["www.cluster1.example.com"] }, "ec")).csrPem);
+    assert.match(text, /DNS:www\.cluster1\.example\.com/);
+    assert.doesNotMatch(text, /IP Address/);
   });
 });

@@ -3,8 +3,8 @@
  * and SANs follow the Kubernetes SIA conventions (athenz-protocol.md section 3), with every name
  * built by the shared naming module the provider checks against.
  */
-import { webcrypto } from "node:crypto";
-import { isIPv4, isIPv6 } from "node:net";
+import { createPrivateKey, webcrypto } from "node:crypto";
+import { ipToBytes } from "@k8s-athenz-identity/identity/ip";
 import {
   commonName,
   instanceIdDnsName,
@@ -37,11 +37,16 @@ export interface CsrIdentity {
   dnsSuffix: string;
   /** The pod UID. */
   instanceId: string;
-  /** The pod IP(s), as IP SANs. */
+  /** The pod IP(s), as IP SANs; none when POD_IP is unset. */
   podIps: string[];
   /** Whether to add `*.<service>.<domain-dashed>.<dnsSuffix>`. */
   wildcard?: boolean;
+  /** CERT_EXTRA_SAN_DNS: more DNS names, allowed only by the provider's extra DNS names policy. */
+  extraDnsNames?: string[];
 }
+
+/** How the key is written: PKCS#1 (`RSA PRIVATE KEY`, k8s-athenz-sia's; SEC1 `EC PRIVATE KEY` for EC) or PKCS#8 (`PRIVATE KEY`). */
+export type KeyFormat = "pkcs1" | "pkcs8";
 
 /** The SANs of a CSR for `id`, in the order they are written. */
 export interface CsrSans {
@@ -61,6 +66,7 @@ export function sansFor(id: CsrIdentity): CsrSans {
   const dns = [serviceDnsName(id.domain, id.service, id.dnsSuffix)];
   if (id.wildcard) dns.push(wildcardDnsName(id.domain, id.service, id.dnsSuffix));
   dns.push(instanceIdDnsName(id.instanceId, id.dnsSuffix));
+  for (const name of id.extraDnsNames ?? []) if (!dns.includes(name)) dns.push(name);
   return { dns, ips: [...id.podIps], uris: [spiffeServiceUri(id.domain, id.service), instanceIdUri(id.provider, id.instanceId)] };
 }
 
@@ -73,9 +79,12 @@ export async function generateKey(type: KeyType): Promise<webcrypto.CryptoKeyPai
   return (await webcrypto.subtle.generateKey(algorithm, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
 }
 
-/** PKCS#8 PEM of a private key. */
-export async function exportKeyPem(key: webcrypto.CryptoKey): Promise<string> {
-  return toPem(await webcrypto.subtle.exportKey("pkcs8", key), "PRIVATE KEY");
+/** PEM of a private key, PKCS#8 or the traditional form (PKCS#1 for RSA, SEC1 for EC). */
+export async function exportKeyPem(key: webcrypto.CryptoKey, format: KeyFormat = "pkcs8"): Promise<string> {
+  const pkcs8 = await webcrypto.subtle.exportKey("pkcs8", key);
+  if (format === "pkcs8") return toPem(pkcs8, "PRIVATE KEY");
+  const k = createPrivateKey({ key: Buffer.from(pkcs8), format: "der", type: "pkcs8" });
+  return k.export({ format: "pem", type: k.asymmetricKeyType === "rsa" ? "pkcs1" : "sec1" }).toString();
 }
 
 /** Builds and signs the CSR: `OU=<provider>, CN=<domain>.<service>` and the SANs of {@link sansFor}. */
@@ -92,7 +101,7 @@ export async function createCsr(id: CsrIdentity, keys: webcrypto.CryptoKeyPair):
   const sans = sansFor(id);
   const names = [
     ...sans.dns.map((value) => new pkijs.GeneralName({ type: 2, value })),
-    ...sans.ips.map((value) => new pkijs.GeneralName({ type: 7, value: new asn1js.OctetString({ valueHex: ipBytes(value) }) })),
+    ...sans.ips.map((value) => new pkijs.GeneralName({ type: 7, value: new asn1js.OctetString({ valueHex: ipToBytes(value).slice().buffer }) })),
     ...sans.uris.map((value) => new pkijs.GeneralName({ type: 6, value })),
   ];
   const extensions = new pkijs.Extensions({
@@ -104,37 +113,18 @@ export async function createCsr(id: CsrIdentity, keys: webcrypto.CryptoKeyPair):
 }
 
 /** A fresh key of `type` and its CSR for `id`, with how long each step took (for the bench). */
-export async function createKeyAndCsr(id: CsrIdentity, type: KeyType): Promise<KeyAndCsr & { keyMs: number; csrMs: number }> {
+export async function createKeyAndCsr(
+  id: CsrIdentity,
+  type: KeyType,
+  format: KeyFormat = "pkcs1",
+): Promise<KeyAndCsr & { keyMs: number; csrMs: number }> {
   const t0 = performance.now();
   const keys = await generateKey(type);
-  const keyPem = await exportKeyPem(keys.privateKey);
+  const keyPem = await exportKeyPem(keys.privateKey, format);
   const t1 = performance.now();
   const csrPem = await createCsr(id, keys);
   const t2 = performance.now();
   return { keyPem, csrPem, keyMs: t1 - t0, csrMs: t2 - t1 };
-}
-
-/** The 4 or 16 bytes of an IP address. Throws on anything else. */
-export function ipBytes(ip: string): ArrayBuffer {
-  if (isIPv4(ip)) return new Uint8Array(ip.split(".").map(Number)).buffer;
-  if (!isIPv6(ip)) throw new Error(`not an IP address: ${JSON.stringify(ip)}`);
-  let text = ip;
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4) {
-    const b = v4[1]!.split(".").map(Number) as [number, number, number, number];
-    text = `${text.slice(0, v4.index)}${((b[0] << 8) | b[1]).toString(16)}:${((b[2] << 8) | b[3]).toString(16)}`;
-  }
-  const [head = "", tail] = text.split("::") as [string, string | undefined];
-  const h = head === "" ? [] : head.split(":");
-  const t = tail === undefined || tail === "" ? [] : tail.split(":");
-  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t];
-  const out = new Uint8Array(16);
-  groups.forEach((g, i) => {
-    const n = parseInt(g, 16);
-    out[i * 2] = n >> 8;
-    out[i * 2 + 1] = n & 0xff;
-  });
-  return out.buffer;
 }
 
 /** PEM armour of DER bytes. */

@@ -7,7 +7,7 @@ import { request } from "node:https";
 
 /** How a failed call should be treated. */
 export type FailureKind =
-  /** ZTS answered 504/502/503, or could not be reached or timed out: retry soon. */
+  /** ZTS answered 429 or any 5xx, or could not be reached or timed out: retry soon (k8s-athenz-sia retries everything). */
   | "unavailable"
   /** ZTS (or the provider through it) denied: 403. Retry only slowly, never hammer. */
   | "denied"
@@ -57,7 +57,11 @@ export interface RefreshRequest {
   attestationData: string;
   csr: string;
   expiryTime?: number;
-  /** The held key and certificate (PEM) for mutual TLS. */
+  /**
+   * The held key and certificate for mutual TLS. `certPem` is the leaf followed by its chain (as
+   * CERT_FILE holds it): all of it is presented, so a ZTS that trusts only the root accepts a leaf
+   * signed by an intermediate.
+   */
   keyPem: string;
   certPem: string;
 }
@@ -124,7 +128,7 @@ export function createZtsClient(opts: ZtsClientOptions): ZtsClient {
     } catch {
       // not JSON: keep the (shortened) text
     }
-    const kind: FailureKind = status === 504 || status === 502 || status === 503 ? "unavailable" : status === 403 ? "denied" : "rejected";
+    const kind: FailureKind = status === 429 || status >= 500 ? "unavailable" : status === 403 ? "denied" : "rejected";
     return new ZtsError(kind, `${what} failed: ZTS answered ${status}: ${message}`, status);
   };
 
