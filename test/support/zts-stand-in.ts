@@ -1,28 +1,42 @@
 /**
  * A ZTS stand-in: the part of Athenz ZTS that a Copper Argos SIA and an `https://` instance
- * provider see, behaving as ZTS does (see /work/shared/athenz-protocol.md sections 1 and 2).
+ * provider see, behaving as ZTS v1.12 does. Each behaviour names the Athenz source it follows
+ * (AthenZ/athenz servers/zts/src/main/java/com/yahoo/athenz/zts/...; see also
+ * /work/shared/athenz-protocol.md sections 1 to 3):
  *
- * What it does, per call:
- * - `POST /zts/v1/instance` (register, InstanceRegisterInformation JSON): parses and verifies the
- *   CSR, checks CN = `<domain>.<service>` (case-insensitive) and at most one `spiffe://` URI, takes
- *   the instance id as ZTS does (first `athenz://instanceid/<provider>/<id>` URI SAN, else the first
- *   DNS SAN containing `.instanceid.athenz.`), builds the confirmation attributes (`instanceId`,
- *   `clientIP`, `sanDNS` limited to the provider's DNS suffixes, `sanIP`, `sanURI`, `hostname`),
- *   calls `POST {endpoint}/instance` on the provider over mutual TLS (a new connection per call,
- *   provider server cert CN must equal the provider name and chain to the provider CA), maps the
- *   answer (200 -> go on, 504/network error/timeout -> 504, anything else or a bad body -> 403),
- *   signs the certificate with its signer CA for min(provider `certExpiryTime`, request
- *   `expiryTime`, default) minutes and answers 201 with an InstanceIdentity and a `Location`.
- * - `POST /zts/v1/instance/{provider}/{domain}/{service}/{instanceId}` (refresh): requires the held
- *   certificate as TLS client certificate (issued by the signer CA, CN = domain.service, carrying the
- *   URL's instance id), calls `{endpoint}/refresh` with `principal` added, answers 200. A provider
- *   that answered `certRefresh: "false"` on register makes every later refresh 403.
- * - `DELETE` on the same path (same client-certificate rule): 204.
- * - Errors are `{"code": int, "message": string}` with 400/403/404/504.
+ * - Register, `POST /zts/v1/instance` (ZTSImpl.postInstanceRegisterInformation): domain and service
+ *   lower-cased; the CSR parsed and verified, CN = `<domain>.<service>` case-insensitively and at most
+ *   one `spiffe://` URI (cert/X509CertRequest.java validate/extractSpiffeURI); DNS SANs sorted as
+ *   X509CertRequest.dnsSuffixCheck does: under a provider suffix -> forwarded in `sanDNS`, except
+ *   `*.<service>.<domain-dashed>.<...>` which ZTS approves itself and never forwards; under the
+ *   domain's own certificate DNS domain (`serviceDnsSuffix`) -> approved, not forwarded; the
+ *   requested hostname -> forwarded; anything else -> 400. The instance id from the first
+ *   `athenz://instanceid/<any provider>/<id>` URI, provider segment ignored, else the
+ *   `<id>.instanceid.athenz.` DNS name (X509CertUtils.extractRequestInstanceIdFromURI / ...FromDnsNames).
+ *   Attributes as ZTSImpl.generateInstanceConfirmObject builds them: `instanceId`, `sanDNS` (always,
+ *   possibly empty), `clientIP` (the TCP peer, printed as Java's InetAddress does: IPv6 uncompressed),
+ *   `sanIP` (IPv4-mapped IP SANs as IPv4, IPv6 uncompressed), `sanURI`, `hostname`.
+ *   The provider is called over mutual TLS on a new connection (InstanceHttpProvider): 200 -> go on,
+ *   504 or a network error -> 504, anything else or a bad body -> 403. Certificate lifetime:
+ *   `certExpiryTime` min the request's `expiryTime`, else the default (ZTSImpl.getServiceCertRequestExpiryTime).
+ *   A record is kept only when the provider did not answer `certRefresh: "false"` (insertX509CertRecord).
+ *   201 with an InstanceIdentity (unconsumed answer attributes copied) and a `Location`.
+ * - Refresh, `POST /zts/v1/instance/{provider}/{domain}/{service}/{instanceId}`
+ *   (ZTSImpl.postInstanceRefreshInformation / processProviderX509RefreshRequest): the caller's TLS
+ *   certificate must be ours and its principal `domain.service` (else 400 "Principal mismatch", 401
+ *   without one); the CSR's instance id == the URL's == the held certificate's (X509CertRequest.validateInstanceId,
+ *   400); the provider is called on `/refresh` with `principal` added; then, unless it answered
+ *   `certRefresh: "false"`, the record must exist (403 "Unable to find certificate record") and the
+ *   held serial be the current or previous one, else the record is revoked and 403 (getValidatedX509CertRecord).
+ * - Delete, `DELETE` on the same path (ZTSImpl.deleteInstanceIdentity): only the provider's own
+ *   principal (a client certificate with CN = the provider, from {@link ZtsStandIn.issueClientCert});
+ *   the instance's own certificate gets 403.
+ * - Errors `{"code": int, "message": string}`; {@link ZtsStandIn.failNext} injects 403/429/500/504.
  *
- * Test hooks: {@link ZtsStandIn.failNext} forces the next answers without calling the provider,
- * {@link ZtsStandIn.calls} counts calls, {@link ZtsStandIn.lastConfirmation} is the last body sent
- * to the provider, {@link ZtsStandIn.setProvider} points at a provider started later.
+ * Test hooks: {@link ZtsStandIn.failNext}, {@link ZtsStandIn.calls}, {@link ZtsStandIn.lastConfirmation},
+ * {@link ZtsStandIn.setProvider}, {@link ZtsStandIn.setClientIp}. With `intermediateSigner`, instance
+ * certificates come from an intermediate CA under a root and the stand-in trusts only the root for
+ * client certificates (as a ZTS whose trust store holds the root): a refresh must present the chain.
  *
  * Example:
  * ```ts
@@ -33,11 +47,13 @@
  * after(() => zts.close());
  * ```
  */
+
+import { execFileSync } from "node:child_process";
 import { randomBytes, webcrypto, X509Certificate } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, request as httpsRequest, type Server } from "node:https";
-import { isIP } from "node:net";
+import { join } from "node:path";
 import type { TLSSocket } from "node:tls";
 import * as asn1js from "asn1js";
 import * as pkijs from "pkijs";
@@ -72,6 +88,10 @@ export interface ZtsStandInOptions {
   defaultExpiryMinutes?: number;
   /** Value of `clientIP` instead of the connection's remote address (tests of IP policies). */
   clientIpOverride?: string;
+  /** The domain's own certificate DNS domain (DomainData.certDnsDomain): names under it are approved by ZTS, not forwarded. */
+  serviceDnsSuffix?: string;
+  /** Instance certificates from an intermediate CA under a root; client certificates are trusted by the root only. */
+  intermediateSigner?: boolean;
   /** Deadline of one provider call (connect + answer). Default 30 s, as ZTS. */
   providerTimeoutMs?: number;
   /** Clock for certificate validity, ms since the epoch. Default Date.now. */
@@ -125,8 +145,10 @@ export interface ZtsStandIn {
   readonly lastConfirmation: InstanceConfirmation | undefined;
   /** Every confirmation sent, oldest first. */
   readonly confirmations: readonly InstanceConfirmation[];
-  /** Makes the next `n` register/refresh answers `status` without calling the provider. */
-  failNext(n: number, status: 504 | 403, message?: string): void;
+  /** Makes the next `n` register/refresh answers `status` without calling the provider (ZTS answers 429 when throttling, 500 on its own faults). */
+  failNext(n: number, status: 504 | 403 | 429 | 500, message?: string): void;
+  /** A client certificate from the stand-in's CA, e.g. CN = a provider name for DELETE. */
+  issueClientCert(name: string, cn: string): Pem;
   /** Adds or replaces a provider. */
   setProvider(p: StandInProvider): void;
   /** Changes (or clears) the clientIP override. */
@@ -162,7 +184,8 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
   mkdirSync(opts.dir, { recursive: true });
   const principal = opts.principal ?? "athenz.zts";
   const ztsCa = opts.ztsCa ?? createCa(opts.dir, "zts-ca", "ZTS stand-in CA");
-  const signerCaPemFiles = opts.signerCa ?? createCa(opts.dir, "zts-signer-ca", "ZTS stand-in signer CA");
+  const signerRoot = opts.signerCa ?? createCa(opts.dir, "zts-signer-ca", "ZTS stand-in signer CA");
+  const signerCaPemFiles = opts.intermediateSigner ? createIntermediateCa(opts.dir, "zts-signer-intermediate", signerRoot) : signerRoot;
   const serverCert = issueCert(opts.dir, "zts-server", ztsCa, { cn: "zts.stand-in", dns: ["localhost"], ips: ["127.0.0.1", "::1"], usage: "server" });
   const clientCert = issueCert(opts.dir, "zts-client", ztsCa, { cn: principal, usage: "client" });
   const signer = await loadSigner(signerCaPemFiles);
@@ -171,8 +194,10 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
   const providerTimeoutMs = opts.providerTimeoutMs ?? 30_000;
   const providers = new Map<string, StandInProvider>();
   for (const p of opts.providers ?? []) providers.set(p.name.toLowerCase(), p);
-  /** Instance records: key provider/domain/service/instanceId (lower case). */
-  const instances = new Map<string, { certRefresh: boolean }>();
+  /** Certificate records (X509CertRecord): key provider/domain/service/instanceId (lower case); current and previous serial. */
+  const instances = new Map<string, { currentSerial: string; prevSerial: string }>();
+  /** What x509CertificateSigner carries: the signing CA, and the root above an intermediate. */
+  const signerChainPem = opts.intermediateSigner ? signer.pem + signerRoot.certPem : signer.pem;
   const calls: StandInCalls = { register: 0, refresh: 0, delete: 0, provider: 0, forced: 0 };
   const confirmations: InstanceConfirmation[] = [];
   let forced: { n: number; status: number; message: string } | undefined;
@@ -252,15 +277,17 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
       .filter((s) => s !== "")
       .map(decodeURIComponent);
     const socket = req.socket as TLSSocket;
-    const clientIP = clientIpOverride ?? normalizeIp(socket.remoteAddress ?? "");
+    // ServletRequestUtil.getRemoteAddress: the TCP peer, as Java prints it.
+    const clientIP = clientIpOverride ?? javaAddressText(socket.remoteAddress ?? "");
     if (route && (await route(req, res, { clientIP }))) return;
     if (parts[0] !== "zts" || parts[1] !== "v1" || parts[2] !== "instance") throw new HttpError(404, "not found");
     if (parts.length === 3 && req.method === "POST") {
       calls.register++;
       const body = await readJson(req);
       const provider = strField(body, "provider", DOMAIN_NAME);
-      const domain = strField(body, "domain", DOMAIN_NAME);
-      const service = strField(body, "service", SIMPLE_NAME);
+      // AthenzObject.INSTANCE_REGISTER_INFO.convertToLowerCase
+      const domain = strField(body, "domain", DOMAIN_NAME).toLowerCase();
+      const service = strField(body, "service", SIMPLE_NAME).toLowerCase();
       const attestationData = strField(body, "attestationData");
       const csrPem = strField(body, "csr");
       const hostname = optStrField(body, "hostname");
@@ -268,31 +295,42 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
       const p = providers.get(provider.toLowerCase());
       if (!p) throw new HttpError(403, `unknown provider ${provider}`);
       const csr = await parseCsr(csrPem, domain, service);
-      const instanceId = instanceIdOf(csr, provider);
-      if (!instanceId) throw new HttpError(400, "unable to extract instance id from the CSR");
+      const instanceId = instanceIdOf(csr);
+      if (!instanceId) throw new HttpError(400, "CSR validation failed - InstanceId cannot be empty");
+      const sanDNS = providerDnsNames(csr, p, domain, service, hostname, opts.serviceDnsSuffix);
       const f = takeForced();
       if (f) throw f;
-      const attributes = confirmationAttributes(csr, p, instanceId, clientIP, hostname);
+      const attributes = confirmationAttributes(csr, sanDNS, instanceId, clientIP, hostname);
       const answer = await callProvider(p, "/instance", { provider, domain, service, attestationData, attributes });
       const minutes = expiryMinutes(answer, expiryTime, defaultExpiry);
-      const certPem = await signCertificate(signer, csr, minutes, answer.certUsage, now());
-      instances.set(recordKey(provider, domain, service, instanceId), { certRefresh: answer.certRefresh?.toLowerCase() !== "false" });
+      const { pem: certPem, serial } = await signCertificate(signer, csr, minutes, answer.certUsage, now());
+      // insertX509CertRecord only when the provider allows refresh: certRefresh=false leaves no record.
+      if (answer.certRefresh?.toLowerCase() !== "false")
+        instances.set(recordKey(provider, domain, service, instanceId), { currentSerial: serial, prevSerial: "" });
       const location = `/zts/v1/instance/${provider}/${domain}/${service}/${instanceId}`;
-      send(res, 201, identity(provider, domain, service, instanceId, certPem, signer.pem, answer), { location });
+      send(res, 201, identity(provider, domain, service, instanceId, certPem, signerChainPem, answer), { location });
       return;
     }
     if (parts.length === 7 && (req.method === "POST" || req.method === "DELETE")) {
-      const [provider, domain, service, instanceId] = parts.slice(3) as [string, string, string, string];
+      const [provider, domainIn, serviceIn, instanceId] = parts.slice(3) as [string, string, string, string];
+      const domain = domainIn.toLowerCase();
+      const service = serviceIn.toLowerCase();
       const principalName = `${domain}.${service}`;
-      checkHeldCertificate(socket, signer, principalName, instanceId, provider);
       const key = recordKey(provider, domain, service, instanceId);
+      const held = heldCertificate(socket);
       if (req.method === "DELETE") {
         calls.delete++;
-        if (!instances.delete(key)) throw new HttpError(404, "unknown instance");
+        // deleteInstanceIdentity: the provider itself (or a delete grant, not modelled), never the instance.
+        if (held.principal.toLowerCase() !== provider.toLowerCase()) {
+          throw new HttpError(403, "principal not authorized to delete the requested instance record");
+        }
+        instances.delete(key);
         res.writeHead(204).end();
         return;
       }
       calls.refresh++;
+      if (!held.fromSigner) throw new HttpError(400, "Unsupported authority for TLS Certs");
+      if (held.principal.toLowerCase() !== principalName) throw new HttpError(400, `Principal mismatch: ${principalName} vs. ${held.principal}`);
       const body = await readJson(req);
       const attestationData = strField(body, "attestationData");
       const csrPem = strField(body, "csr");
@@ -300,28 +338,67 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
       const expiryTime = optIntField(body, "expiryTime");
       const p = providers.get(provider.toLowerCase());
       if (!p) throw new HttpError(403, `unknown provider ${provider}`);
-      const record = instances.get(key);
-      if (!record) throw new HttpError(403, "unable to find certificate record for the instance");
-      if (!record.certRefresh) throw new HttpError(403, "provider does not allow certificate refresh for the instance");
       const csr = await parseCsr(csrPem, domain, service);
-      const csrInstanceId = instanceIdOf(csr, provider);
-      if (csrInstanceId !== undefined && csrInstanceId !== instanceId) throw new HttpError(403, "CSR instance id does not match the URL");
+      const sanDNS = providerDnsNames(csr, p, domain, service, hostname, opts.serviceDnsSuffix);
+      // X509CertRequest.validateInstanceId: CSR == URL == the held certificate.
+      if (instanceIdOf(csr) !== instanceId || held.instanceId !== instanceId)
+        throw new HttpError(400, "CSR validation failed - instance id mismatch");
       const f = takeForced();
       if (f) throw f;
-      const attributes = confirmationAttributes(csr, p, instanceId, clientIP, hostname);
+      const attributes = confirmationAttributes(csr, sanDNS, instanceId, clientIP, hostname);
       attributes.principal = principalName;
       const answer = await callProvider(p, "/refresh", { provider, domain, service, attestationData, attributes });
+      const record = instances.get(key);
+      if (answer.certRefresh?.toLowerCase() !== "false") {
+        // getValidatedX509CertRecord
+        if (!record) throw new HttpError(403, "Unable to find certificate record");
+        if (held.serial !== record.currentSerial && held.serial !== record.prevSerial) {
+          instances.delete(key);
+          throw new HttpError(403, "Certificate revoked");
+        }
+      }
       const minutes = expiryMinutes(answer, expiryTime, defaultExpiry);
-      const certPem = await signCertificate(signer, csr, minutes, answer.certUsage, now());
-      if (answer.certRefresh?.toLowerCase() === "false") record.certRefresh = false;
-      send(res, 200, identity(provider, domain, service, instanceId, certPem, signer.pem, answer));
+      const { pem: certPem, serial } = await signCertificate(signer, csr, minutes, answer.certUsage, now());
+      if (record)
+        instances.set(key, { currentSerial: serial, prevSerial: held.serial === record.currentSerial ? record.currentSerial : record.prevSerial });
+      send(res, 200, identity(provider, domain, service, instanceId, certPem, signerChainPem, answer));
       return;
     }
     throw new HttpError(404, "not found");
   };
 
+  /** The caller's TLS client certificate: principal (CN), instance id, serial, and whether our signer issued it. */
+  const heldCertificate = (socket: TLSSocket) => {
+    const peer = socket.getPeerX509Certificate?.();
+    if (!peer || !socket.authorized) throw new HttpError(401, "authentication required: no valid client certificate");
+    const principal = /(?:^|\n)CN=([^\n]+)/.exec(peer.subject)?.[1] ?? "";
+    const fromSigner = peer.checkIssued(new X509Certificate(signer.pem));
+    const sans = (peer.subjectAltName ?? "").split(", ");
+    const uri = sans.find((s) => s.startsWith(`URI:${INSTANCE_ID_URI}`));
+    const dns = sans.find((s) => s.startsWith("DNS:") && s.includes(INSTANCE_ID_DNS));
+    const instanceId = uri
+      ? uri
+          .slice(4 + INSTANCE_ID_URI.length)
+          .split("/")
+          .slice(1)
+          .join("/")
+      : dns
+        ? dns.slice(4, dns.indexOf(INSTANCE_ID_DNS))
+        : undefined;
+    return { principal, fromSigner, instanceId, serial: BigInt(`0x${peer.serialNumber}`).toString() };
+  };
+
   const server: Server = createServer(
-    { cert: serverCert.certPem, key: serverCert.keyPem, ca: signer.pem, requestCert: true, rejectUnauthorized: false, minVersion: "TLSv1.2" },
+    // Client certificates: instance certificates (the signer, or only its root with intermediateSigner)
+    // and principals from the stand-in's own CA (a provider deleting a record).
+    {
+      cert: serverCert.certPem,
+      key: serverCert.keyPem,
+      ca: [signerRoot.certPem, ztsCa.certPem],
+      requestCert: true,
+      rejectUnauthorized: false,
+      minVersion: "TLSv1.2",
+    },
     (req, res) => {
       handle(req, res).catch((err: unknown) => {
         const status = err instanceof HttpError ? err.status : 400;
@@ -346,7 +423,7 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
     clientCaFile: ztsCa.certFile,
     clientCaPem: ztsCa.certPem,
     principal,
-    signerCaPem: signer.pem,
+    signerCaPem: signerChainPem,
     signerCaFile: signer.file,
     calls,
     get lastConfirmation() {
@@ -354,7 +431,16 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
     },
     confirmations,
     failNext(n, status, message) {
-      forced = { n, status, message: message ?? (status === 504 ? "provider timeout (forced)" : "denied (forced)") };
+      const text = {
+        504: "provider timeout (forced)",
+        403: "denied (forced)",
+        429: "Too Many Requests (forced)",
+        500: "internal server error (forced)",
+      }[status];
+      forced = { n, status, message: message ?? text };
+    },
+    issueClientCert(name, cn) {
+      return issueCert(opts.dir, name, ztsCa, { cn, usage: "client" });
     },
     setProvider(p) {
       providers.set(p.name.toLowerCase(), p);
@@ -416,8 +502,22 @@ function optIntField(body: Record<string, unknown>, name: string): number | unde
   return v;
 }
 
-function normalizeIp(ip: string): string {
-  return ip.startsWith("::ffff:") && isIP(ip.slice(7)) === 4 ? ip.slice(7) : ip;
+/** An address as Java's InetAddress.getHostAddress prints it: IPv4 dotted, IPv4-mapped as IPv4, IPv6 as 8 uncompressed hex groups. */
+function javaAddressText(ip: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  if (mapped) return mapped[1]!;
+  if (!ip.includes(":")) return ip;
+  const bytes = new Uint8Array(16);
+  const [head = "", tail] = ip.split("::") as [string, string | undefined];
+  const h = head === "" ? [] : head.split(":");
+  const t = tail === undefined || tail === "" ? [] : tail.split(":");
+  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t];
+  groups.forEach((g, i) => {
+    const n = Number.parseInt(g, 16);
+    bytes[2 * i] = n >> 8;
+    bytes[2 * i + 1] = n & 0xff;
+  });
+  return ipFromOctets(bytes);
 }
 
 function recordKey(provider: string, domain: string, service: string, instanceId: string): string {
@@ -451,12 +551,15 @@ function toPem(der: ArrayBuffer, label: string): string {
   return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
 }
 
+/** An IP SAN as ZTS reports it (Crypto.extractX509CSRIPAddresses: InetAddress.getByAddress(...).getHostAddress()). */
 function ipFromOctets(bytes: Uint8Array): string {
   if (bytes.length === 4) return Array.from(bytes).join(".");
   if (bytes.length === 16) {
+    // Java turns a 16-byte IPv4-mapped address into an Inet4Address.
+    if (bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) return Array.from(bytes.slice(12)).join(".");
     const groups: string[] = [];
     for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
-    return new URL(`http://[${groups.join(":")}]`).hostname.slice(1, -1);
+    return groups.join(":");
   }
   return "";
 }
@@ -498,41 +601,74 @@ async function parseCsr(pem: string, domain: string, service: string): Promise<P
   return out;
 }
 
-/** ZTS's rule: first athenz://instanceid/<provider>/<id> URI, else first DNS SAN with ".instanceid.athenz.". */
-function instanceIdOf(csr: ParsedCsr, _provider: string): string | undefined {
+const INSTANCE_ID_URI = "athenz://instanceid/";
+const INSTANCE_ID_DNS = ".instanceid.athenz.";
+
+/** X509CertUtils.extractRequestInstanceIdFromURI (provider segment skipped, not compared), else ...FromDnsNames. */
+function instanceIdOf(csr: ParsedCsr): string | undefined {
   for (const uri of csr.uris) {
-    const m = /^athenz:\/\/instanceid\/([^/]+)\/(.+)$/i.exec(uri);
-    if (m) return m[2]!; // ZTS does not compare the provider segment; the provider must
+    if (!uri.startsWith(INSTANCE_ID_URI)) continue;
+    const idx = uri.indexOf("/", INSTANCE_ID_URI.length);
+    if (idx !== -1) return uri.slice(idx + 1);
   }
   for (const dns of csr.dns) {
-    const idx = dns.indexOf(".instanceid.athenz.");
-    if (idx > 0) return dns.slice(0, idx);
+    const idx = dns.indexOf(INSTANCE_ID_DNS);
+    if (idx !== -1) return dns.slice(0, idx);
   }
   return undefined;
 }
 
-function confirmationAttributes(
+/**
+ * X509CertRequest.validateDnsNames / dnsSuffixCheck: the names forwarded to the provider. Provider
+ * suffixes are ".<suffix>" (DataCache keeps the dot) and compared case-sensitively, as ZTS does.
+ */
+function providerDnsNames(
   csr: ParsedCsr,
   p: StandInProvider,
+  domain: string,
+  service: string,
+  hostname: string | undefined,
+  serviceDnsSuffix: string | undefined,
+): string[] {
+  const suffixes = p.dnsSuffixes.map((s) => `.${s.replace(/^\./, "")}`);
+  const wildcardPrefix = `*.${service}.${domain.replaceAll(".", "-")}.`;
+  const forwarded: string[] = [];
+  for (const name of csr.dns) {
+    if (suffixes.some((s) => name.endsWith(s))) {
+      if (!name.startsWith(wildcardPrefix)) forwarded.push(name);
+      continue;
+    }
+    if (serviceDnsSuffix !== undefined && name.endsWith(`.${serviceDnsSuffix}`)) continue;
+    if (hostname !== undefined && name.toLowerCase() === hostname.toLowerCase()) {
+      forwarded.push(name);
+      continue;
+    }
+    throw new HttpError(400, `CSR validation failed - ${name} does not end with provider/service configured suffix or hostname`);
+  }
+  return forwarded;
+}
+
+/** ZTSImpl.generateInstanceConfirmObject. */
+function confirmationAttributes(
+  csr: ParsedCsr,
+  sanDNS: string[],
   instanceId: string,
   clientIP: string,
   hostname: string | undefined,
 ): Record<string, string> {
-  const suffixes = p.dnsSuffixes.map((s) => s.toLowerCase().replace(/^\./, ""));
-  const sanDNS = csr.dns.filter((d) => suffixes.some((s) => d.toLowerCase().endsWith(`.${s}`)));
-  const attrs: Record<string, string> = { instanceId, clientIP, sanDNS: sanDNS.join(",") };
+  const attrs: Record<string, string> = { instanceId, sanDNS: sanDNS.join(","), clientIP };
   if (csr.ips.length) attrs.sanIP = csr.ips.join(",");
   if (csr.uris.length) attrs.sanURI = csr.uris.join(",");
   if (hostname !== undefined) attrs.hostname = hostname;
   return attrs;
 }
 
+/** ZTSImpl.getServiceCertProviderRequestExpiryTime, then the default when 0 (no domain limit modelled). */
 function expiryMinutes(answer: Record<string, string>, requested: number | undefined, def: number): number {
-  let minutes = def;
-  const fromProvider = answer.certExpiryTime;
-  if (fromProvider !== undefined && /^\d+$/.test(fromProvider) && Number(fromProvider) > 0) minutes = Math.min(minutes, Number(fromProvider));
-  if (requested !== undefined && requested > 0) minutes = Math.min(minutes, requested);
-  return minutes;
+  const fromProvider = /^\d+$/.test(answer.certExpiryTime ?? "") ? Number(answer.certExpiryTime) : 0;
+  let minutes = fromProvider;
+  if (requested !== undefined && requested > 0) minutes = fromProvider === 0 ? requested : Math.min(requested, fromProvider);
+  return minutes === 0 ? def : minutes;
 }
 
 function identity(
@@ -561,7 +697,13 @@ async function loadSigner(ca: Pem): Promise<Signer> {
   return { cert, key, pem: ca.certPem, file: ca.certFile };
 }
 
-async function signCertificate(signer: Signer, csr: ParsedCsr, minutes: number, usage: string | undefined, nowMs: number): Promise<string> {
+async function signCertificate(
+  signer: Signer,
+  csr: ParsedCsr,
+  minutes: number,
+  usage: string | undefined,
+  nowMs: number,
+): Promise<{ pem: string; serial: string }> {
   const cert = new pkijs.Certificate();
   cert.version = 2;
   const serial = randomBytes(16);
@@ -590,25 +732,36 @@ async function signCertificate(signer: Signer, csr: ParsedCsr, minutes: number, 
     );
   cert.extensions = extensions;
   await cert.sign(signer.key, "SHA-256");
-  return toPem(cert.toSchema(true).toBER(false), "CERTIFICATE");
+  return { pem: toPem(cert.toSchema(true).toBER(false), "CERTIFICATE"), serial: BigInt(`0x${serial.toString("hex")}`).toString() };
 }
 
-/** The refresh/delete rule: the held certificate, from our signer, for this principal and instance. */
-function checkHeldCertificate(socket: TLSSocket, signer: Signer, principal: string, instanceId: string, provider: string): void {
-  const peer = socket.getPeerX509Certificate?.();
-  if (!peer) throw new HttpError(403, "a client certificate is required");
-  if (!socket.authorized) throw new HttpError(403, "client certificate is not trusted");
-  const issuer = new X509Certificate(signer.pem);
-  if (!peer.checkIssued(issuer)) throw new HttpError(403, "client certificate is not from the instance CA");
-  const cn = /(?:^|\n)CN=([^\n]+)/.exec(peer.subject)?.[1];
-  if (cn?.toLowerCase() !== principal.toLowerCase()) throw new HttpError(403, `client certificate principal is not ${principal}`);
-  const sans = (peer.subjectAltName ?? "").split(", ");
-  const carries = sans.some(
-    (s) =>
-      s.toLowerCase() === `uri:athenz://instanceid/${provider}/${instanceId}`.toLowerCase() ||
-      (s.startsWith("DNS:") && s.slice(4).startsWith(`${instanceId}.instanceid.athenz.`)),
-  );
-  if (!carries) throw new HttpError(403, "client certificate does not carry the instance id");
+/** An intermediate CA signed by `root` (openssl, like pki.ts), for a signer ZTS's trust store does not hold as a root. */
+function createIntermediateCa(dir: string, name: string, root: Pem): Pem {
+  const run = (args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
+  run(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", `${name}.key`]);
+  run(["req", "-new", "-key", `${name}.key`, "-out", `${name}.csr`, "-subj", "/CN=ZTS stand-in intermediate signer CA"]);
+  const ext = join(dir, `${name}.ext`);
+  writeFileSync(ext, "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n");
+  run([
+    "x509",
+    "-req",
+    "-in",
+    `${name}.csr`,
+    "-CA",
+    root.certFile,
+    "-CAkey",
+    root.keyFile,
+    "-CAcreateserial",
+    "-out",
+    `${name}.crt`,
+    "-days",
+    "2",
+    "-extfile",
+    ext,
+  ]);
+  const certFile = join(dir, `${name}.crt`);
+  const keyFile = join(dir, `${name}.key`);
+  return { certFile, keyFile, certPem: readFileSync(certFile, "utf8"), keyPem: readFileSync(keyFile, "utf8") };
 }
 
 // ---- a scripted provider -----------------------------------------------------------------------

@@ -179,6 +179,28 @@ describe("SIA agent against the ZTS stand-in", () => {
     assert.equal(zts.calls.delete, 1, "the instance record is deleted on shutdown when asked");
   });
 
+  it("refresh presents leaf + chain, so a ZTS whose signer is an intermediate accepts it; CERT_FILE holds both", async () => {
+    const z = await startZtsStandIn({
+      dir: join(tmp.dir, "zts-intermediate"),
+      providers: [{ name: PROVIDER, endpoint: provider.url, dnsSuffixes: [SUFFIX], caPem: provider.caPem }],
+      intermediateSigner: true,
+    });
+    try {
+      const dir = newDir();
+      const over = { endpoint: `${z.url}/zts/v1`, serverCaPem: z.caPem, refreshInterval: 100 };
+      await agentFor(dir, over).agent.init();
+      assert.equal(readFileSync(join(dir, "service.cert.pem"), "utf8").match(/BEGIN CERTIFICATE/g)?.length, 3, "leaf + intermediate + root");
+      const { agent, o } = agentFor(dir, over);
+      await agent.start("refresh");
+      await o.until((x) => x.operation === "refresh");
+      await agent.close();
+      remember(dir);
+      assert.deepEqual(o.seen[0], { operation: "refresh", outcome: "success" });
+    } finally {
+      await z.close();
+    }
+  });
+
   it("a restarted sidecar whose certificate expired registers again with the mounted token (refresh and run modes)", async () => {
     // A certificate that expired an hour ago, as after a sidecar that was down too long.
     const past = await startZtsStandIn({
