@@ -29,9 +29,31 @@ describe("e2e: ZTS -> gateway -> token-verifier / pod-registry / csr-inspector",
     assert.equal(h1.status, 200, h1.body);
     assert.deepEqual(h1.json().attributes, { certExpiryTime: "1440", certRefresh: "true" });
     assert.equal(h1.json().provider, PROVIDER);
+    assert.equal(h1.json().attestationData, undefined, "the token is never sent back");
+    assert.ok(!h1.body.includes(token.slice(-40)));
     const h2 = await callAsZtsH2(`${s.endpoint}/refresh`, { client: s.pki.zts, ca: s.pki.athenzCa, body: JSON.stringify(body) });
     assert.equal(h2.status, 200, h2.body);
     assert.ok(!h2.body.includes("echo-me"));
+  });
+
+  it("namespace team-a asks for domain team-a (k8s-athenz-sia's rule, the default); team.a is denied", async () => {
+    const { pod, token } = await s.newPod({ namespace: "team-a" });
+    const ok = await call(confirmationFor(pod, token, { domain: "team-a" }));
+    assert.equal(ok.status, 200, ok.body);
+    const dotted = await call(confirmationFor(pod, token, { domain: "team.a" }));
+    assert.equal(dotted.status, 403);
+    assert.deepEqual(violations(dotted), ["ERR_DOMAIN_MISMATCH"]);
+  });
+
+  it("clientIP ::ffff:<pod IP> is the pod (a dual-stack peer); an empty sanIP entry and a leading-zero IP are denied", async () => {
+    const { pod, token } = await s.newPod();
+    const ip = pod.status.podIP!;
+    assert.equal((await call(confirmationFor(pod, token, {}, { clientIP: `::ffff:${ip}` }))).status, 200);
+    const empty = await call(confirmationFor(pod, token, {}, { sanIP: `${ip},` }));
+    assert.equal(empty.status, 403);
+    assert.deepEqual(violations(empty), ["ERR_SAN_IP_NOT_ALLOWED"]);
+    const zero = await call(confirmationFor(pod, token, {}, { sanIP: ip.replace(/\.(\d+)$/, ".0$1") }));
+    assert.deepEqual(violations(zero), ["ERR_SAN_IP_NOT_ALLOWED"]);
   });
 
   it("accepts a Pending pod with an IP (init container)", async () => {

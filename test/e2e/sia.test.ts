@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { loadConfig } from "@k8s-athenz-identity/shared/config";
@@ -18,6 +19,7 @@ import { siaSpec } from "../../services/sia/src/config.js";
 import type { RetryPolicy } from "../../services/sia/src/scheduler.js";
 import { type RunningSia, type SiaDeps, startSia } from "../../services/sia/src/service.js";
 import { ZtsError } from "../../services/sia/src/zts-client.js";
+import { makeCsrWithOpenssl } from "../support/csr.js";
 import type { PodJson } from "../support/fake-kube-api.js";
 import { tempDir } from "../support/tmp.js";
 import { startZtsStandIn, type ZtsStandIn } from "../support/zts-stand-in.js";
@@ -232,5 +234,132 @@ describe("e2e: SIA -> ZTS stand-in -> gateway -> services", () => {
     s.kube.deletePod(pod.metadata.uid);
     await s.registryReaches(() => s.podRegistry.registry.getByUid(pod.metadata.uid) === undefined);
     await expectDenied(pod, dir, tokenFile, "ERR_POD_NOT_FOUND");
+  });
+});
+
+/**
+ * k8s-athenz-sia's exact requests (v3.6.0 pkg/certificate/identity.go), replayed by hand through the
+ * stand-in to the real gateway: register `{provider, domain, service, attestationData, csr}` with the
+ * token file's bytes untrimmed, a CSR made by `openssl` (not our SIA) with OU = provider, CN =
+ * domain.service, DNS service name + wildcard + instanceid name, IP, the SPIFFE URI and no instanceid
+ * URI, over a PKCS#1 RSA key; refresh `{attestationData, csr}` over mutual TLS with CERT_FILE's
+ * content (leaf + x509CertificateSigner). In both naming rules.
+ */
+describe("e2e: k8s-athenz-sia's own requests, replayed through ZTS to the gateway", () => {
+  const tmp = tempDir("e2e-k8s-athenz-sia");
+  let zts: ZtsStandIn;
+  let s: Stack;
+  let n = 0;
+
+  before(async () => {
+    zts = await startZtsStandIn({ dir: join(tmp.dir, "zts"), principal: "athenz.zts" });
+    s = await startStack({ gatewayEnv: { TLS_CLIENT_CA_FILE: zts.clientCaFile, ALLOWED_ZTS_CNS: zts.principal } });
+  });
+  after(async () => {
+    await s?.close();
+    await zts?.close();
+    tmp.cleanup();
+  });
+
+  const post = (path: string, body: string, tls?: { cert: string; key: string }) =>
+    new Promise<{ status: number; json: Record<string, unknown> }>((resolve, reject) => {
+      const req = httpsRequest(
+        `${zts.url}/zts/v1${path}`,
+        { method: "POST", ca: zts.caPem, cert: tls?.cert, key: tls?.key, agent: false, headers: { "content-type": "application/json" } },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.push(c));
+          res.on("end", () =>
+            resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString("utf8")) as Record<string, unknown> }),
+          );
+        },
+      );
+      req.on("error", reject);
+      req.end(body);
+    });
+
+  /** What k8s-athenz-sia builds for a pod: its CSR by openssl and its PKCS#1 key. */
+  const siaCsr = (domain: string, service: string, uid: string, podIp: string) => {
+    const dashed = domain.replaceAll(".", "-");
+    return makeCsrWithOpenssl(join(tmp.dir, `csr-${++n}`), {
+      cn: `${domain}.${service}`,
+      ou: [PROVIDER],
+      pkcs1: true,
+      dns: [`${service}.${dashed}.${DNS_SUFFIX}`, `*.${service}.${dashed}.${DNS_SUFFIX}`, `${uid}.instanceid.athenz.${DNS_SUFFIX}`],
+      ips: [podIp],
+      uris: [`spiffe://${domain}/sa/${service}`],
+    });
+  };
+
+  for (const [rule, domain] of [
+    ["k8s-athenz-sia", "team-a"],
+    ["k8s-athenz-identity", "team.a"],
+  ] as const) {
+    it(`NAMING_RULE=${rule}: namespace team-a registers and refreshes as domain ${domain}; the certificate carries k8s-athenz-sia's names`, async () => {
+      const gw = await s.startGateway({ TLS_CLIENT_CA_FILE: zts.clientCaFile, ALLOWED_ZTS_CNS: zts.principal, NAMING_RULE: rule });
+      zts.setProvider({ name: PROVIDER, endpoint: `${gw.zts.url}/zts-provider`, dnsSuffixes: [DNS_SUFFIX], caPem: s.pki.athenzCa.certPem });
+      const { pod, token } = await s.newPod({ namespace: "team-a", serviceAccountName: "api" });
+      const uid = pod.metadata.uid;
+      const podIp = pod.status.podIP!;
+      zts.setClientIp(podIp);
+      // The token file's bytes, newline included: k8s-athenz-sia sends string(os.ReadFile(SA_TOKEN_FILE)).
+      const tokenFileBytes = `${token}\n`;
+      const first = siaCsr(domain, "api", uid, podIp);
+      assert.match(first.keyPem, /^-----BEGIN RSA PRIVATE KEY-----/);
+      const registerBody = JSON.stringify({ provider: PROVIDER, domain, service: "api", attestationData: tokenFileBytes, csr: first.csrPem });
+      assert.deepEqual(Object.keys(JSON.parse(registerBody)), ["provider", "domain", "service", "attestationData", "csr"]);
+      const reg = await post("/instance", registerBody);
+      assert.equal(reg.status, 201, JSON.stringify(reg.json));
+      // What the gateway was asked: no instanceid URI, the wildcard not forwarded, the token untrimmed.
+      const asked = zts.lastConfirmation!;
+      assert.equal(asked.attestationData, tokenFileBytes);
+      assert.equal(asked.attributes.sanURI, `spiffe://${domain}/sa/api`);
+      assert.equal(asked.attributes.sanDNS, `api.${domain.replaceAll(".", "-")}.${DNS_SUFFIX},${uid}.instanceid.athenz.${DNS_SUFFIX}`);
+
+      const cert = new X509Certificate(reg.json.x509Certificate as string);
+      assert.deepEqual(cert.subject.split("\n").sort(), [`CN=${domain}.api`, `OU=${PROVIDER}`]);
+      const dashed = domain.replaceAll(".", "-");
+      assert.equal(
+        cert.subjectAltName,
+        `DNS:api.${dashed}.${DNS_SUFFIX}, DNS:*.api.${dashed}.${DNS_SUFFIX}, DNS:${uid}.instanceid.athenz.${DNS_SUFFIX}, IP Address:${podIp}, URI:spiffe://${domain}/sa/api`,
+      );
+      // CERT_FILE as k8s-athenz-sia writes it: x509Certificate + x509CertificateSigner.
+      const certFile = (reg.json.x509Certificate as string) + (reg.json.x509CertificateSigner as string);
+      const second = siaCsr(domain, "api", uid, podIp);
+      const refreshed = await post(
+        `/instance/${PROVIDER}/${domain}/api/${uid}`,
+        JSON.stringify({ attestationData: tokenFileBytes, csr: second.csrPem }),
+        { cert: certFile, key: first.keyPem },
+      );
+      assert.equal(refreshed.status, 200, JSON.stringify(refreshed.json));
+      assert.equal(zts.lastConfirmation?.attributes.principal, `${domain}.api`);
+
+      // The other rule's domain for the same pod is denied, naming the rule in force.
+      const other = rule === "k8s-athenz-sia" ? "team.a" : "team-a";
+      const wrong = siaCsr(other, "api", uid, podIp);
+      const denied = await post(
+        "/instance",
+        JSON.stringify({ provider: PROVIDER, domain: other, service: "api", attestationData: tokenFileBytes, csr: wrong.csrPem }),
+      );
+      assert.equal(denied.status, 403);
+      assert.match(String(denied.json.message), new RegExp(`ERR_DOMAIN_MISMATCH.*NAMING_RULE=${rule}`));
+      await gw.close();
+    });
+  }
+
+  it("a pod arriving SNATed to its node's IP is allowed; any other address is denied, naming both", async () => {
+    zts.setProvider({ name: PROVIDER, endpoint: s.endpoint, dnsSuffixes: [DNS_SUFFIX], caPem: s.pki.athenzCa.certPem });
+    const { pod, token } = await s.newPod({ namespace: "sports", serviceAccountName: "api", hostIP: "192.0.2.10" });
+    const body = (csrPem: string) => JSON.stringify({ provider: PROVIDER, domain: "sports", service: "api", attestationData: token, csr: csrPem });
+    zts.setClientIp("192.0.2.10");
+    assert.equal((await post("/instance", body(siaCsr("sports", "api", pod.metadata.uid, pod.status.podIP!).csrPem))).status, 201);
+    zts.setClientIp("198.51.100.4");
+    const denied = await post("/instance", body(siaCsr("sports", "api", pod.metadata.uid, pod.status.podIP!).csrPem));
+    assert.equal(denied.status, 403);
+    // ZTS embeds the provider's answer in its message: the reason reaches the SIA.
+    assert.match(
+      String(denied.json.message),
+      /ERR_CLIENT_IP_MISMATCH: clientIP \\"198\.51\.100\.4\\" is not the pod's address: expected pod [^;]+; node 192\.0\.2\.10/,
+    );
   });
 });

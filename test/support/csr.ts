@@ -191,6 +191,8 @@ export interface OpensslCsrOptions extends CsrSans {
   rawSans?: string[];
   /** Flip a bit of the signature. */
   brokenSignature?: boolean;
+  /** Write an RSA key as PKCS#1 (`RSA PRIVATE KEY`, what k8s-athenz-sia writes) instead of PKCS#8. */
+  pkcs1?: boolean;
 }
 
 function subjField(v: string): string {
@@ -208,7 +210,8 @@ export function makeCsrWithOpenssl(dir: string, o: OpensslCsrOptions): MadeCsr {
   const csrFile = join(dir, `${name}.csr`);
   const run = (args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
   if (o.keyFile === undefined) {
-    if ((o.key ?? "rsa") === "rsa") run(["genpkey", "-algorithm", "RSA", "-pkeyopt", `rsa_keygen_bits:${o.rsaBits ?? 2048}`, "-out", keyFile]);
+    if ((o.key ?? "rsa") === "rsa" && o.pkcs1) run(["genrsa", "-traditional", "-out", keyFile, String(o.rsaBits ?? 2048)]);
+    else if ((o.key ?? "rsa") === "rsa") run(["genpkey", "-algorithm", "RSA", "-pkeyopt", `rsa_keygen_bits:${o.rsaBits ?? 2048}`, "-out", keyFile]);
     else
       run([
         "genpkey",
