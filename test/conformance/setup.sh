@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds what the conformance tier runs: the Java driver around Athenz's own provider client
-# (test/conformance/java, com.yahoo.athenz:athenz-instance-provider from Maven Central).
+# (test/conformance/java, com.yahoo.athenz:athenz-instance-provider from Maven Central), and the Go
+# driver on Athenz's own Go libraries (test/conformance/go, github.com/AthenZ/athenz v1.12.13 from
+# the Go module proxy), built into ${K8S_ATHENZ_CACHE:-~/.cache/k8s-athenz-identity}.
 # Idempotent: when target/ is newer than the pom and the sources it does nothing; otherwise it builds
 # offline from ~/.m2 and, when something is not cached yet (a clean machine), once online.
 #
-# Usage: bash test/conformance/setup.sh        Env: MVN (default: mvn on PATH)
+# Usage: bash test/conformance/setup.sh        Env: MVN (default: mvn on PATH), GO (default: go on PATH or /usr/local/go/bin/go)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -51,3 +53,35 @@ else
   up_to_date || die "build finished but ${jar} or its classpath is missing"
 fi
 log "ready: athenz-instance-provider $(sed -n 's:.*<athenz.version>\(.*\)</athenz.version>.*:\1:p' "${java_dir}/pom.xml"), java ${java_major}"
+
+# ---- the Go driver (Athenz's clients/go/zts and libs/go/sia/util) -------------------------------
+go_dir="${here}/go"
+GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
+[[ -x "${GO}" ]] || die "go not found (need Go >= 1.23; expected on PATH or in /usr/local/go)"
+athenz_go_version="$(sed -n 's:^\s*github.com/AthenZ/athenz \(v[^ ]*\).*:\1:p' "${go_dir}/go.mod")"
+cache="${K8S_ATHENZ_CACHE:-${HOME}/.cache/k8s-athenz-identity}"
+driver_dir="${cache}/athenz-go-driver-${athenz_go_version}"
+driver="${driver_dir}/athenz-go-driver"
+if [[ -x "${driver}" && -z "$(find "${go_dir}" -newer "${driver}" -type f -print -quit)" ]]; then
+  log "go driver up to date (${driver})"
+else
+  mkdir -p "${driver_dir}"
+  logf="$(mktemp)"
+  start=${SECONDS}
+  log "building the go driver on github.com/AthenZ/athenz ${athenz_go_version} (modules from the Go module proxy on first use)"
+  (cd "${go_dir}" && "${GO}" build -trimpath -o "${driver}.tmp" .) >"${logf}" 2>&1 &
+  pid=$!
+  # Progress at least every 15 s: a cold module download can take minutes.
+  while kill -0 "${pid}" 2>/dev/null; do
+    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "${pid}" 2>/dev/null || break; sleep 1; done
+    kill -0 "${pid}" 2>/dev/null && log "still building the go driver ($((SECONDS - start))s)"
+  done
+  if ! wait "${pid}"; then
+    tail -n 40 "${logf}" >&2
+    die "go build failed after $((SECONDS - start))s (full log: ${logf})"
+  fi
+  mv "${driver}.tmp" "${driver}"
+  rm -f "${logf}"
+  log "go driver built in $((SECONDS - start))s"
+fi
+log "ready: go driver on github.com/AthenZ/athenz ${athenz_go_version} ($("${GO}" version | cut -d' ' -f3))"
