@@ -58,12 +58,12 @@ const localStack = (...args: string[]) => start(["--import", "tsx", SCRIPT, ...a
 function assertMinted(out: string): void {
   assert.match(out, /source\s+SIMULATED/);
   assert.match(out, /gateway audit\s+ALLOW\s+\/instance/);
-  assert.match(out, /subject\s+OU=k8s\.cluster1\.identityd, CN=sandbox\.demo\.demo/);
+  assert.match(out, /subject\s+OU=k8s\.cluster1\.identityd, CN=sandbox-demo\.demo/);
   assert.match(out, /DNS:demo\.sandbox-demo\.cluster1\.example\.com/);
   assert.match(out, /IP Address:10\.244\.0\.7/);
-  assert.match(out, /URI:spiffe:\/\/sandbox\.demo\/sa\/demo/);
+  assert.match(out, /URI:spiffe:\/\/sandbox-demo\/sa\/demo/);
   assert.match(out, /issuer\s+CN=ZTS stand-in signer CA/);
-  assert.match(out, /✔ certificate minted for sandbox\.demo\.demo/);
+  assert.match(out, /✔ certificate minted for sandbox-demo\.demo/);
 }
 
 const workDir = (out: string) => /\((\/\S+) is removed on exit/.exec(out)?.[1];
