@@ -434,7 +434,7 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     const env = resolveEnv(sia, pod, parseEnvFile(join(repo, "k8s/sia/sia.env")));
     const config = loadSiaConfig({ argv: [], env });
     assert.equal(config.mode, "run");
-    assert.equal(config.domain, "team.a");
+    assert.equal(config.domain, "team-a", "the shipped NAMING_RULE is k8s-athenz-sia: the namespace unchanged");
     assert.equal(config.service, "example-app");
     assert.equal(config.podUid, pod.uid);
     assert.equal(config.saTokenFile, "/var/run/secrets/kubernetes.io/bound-serviceaccount/token");
