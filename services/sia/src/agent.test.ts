@@ -179,6 +179,55 @@ describe("SIA agent against the ZTS stand-in", () => {
     assert.equal(zts.calls.delete, 1, "the instance record is deleted on shutdown when asked");
   });
 
+  it("init retries 429 and every 5xx (ZTS throttling or failing), as k8s-athenz-sia retries everything", async () => {
+    const dir = newDir();
+    const { agent, o } = agentFor(dir);
+    zts.failNext(1, 429);
+    const first = agent.init();
+    await o.until((x) => x.outcome === "unavailable");
+    zts.failNext(1, 500);
+    await first;
+    remember(dir);
+    assert.deepEqual(
+      o.seen.map((x) => `${x.error?.status ?? ""}:${x.outcome}`),
+      ["429:unavailable", "500:unavailable", ":success"],
+    );
+  });
+
+  it("DELAY_JITTER_SECONDS is one random delay at boot, before the first ZTS call", async () => {
+    const dir = newDir();
+    const slept: number[] = [];
+    const { agent, o } = agentFor(
+      dir,
+      { delayJitterSeconds: 10, refreshInterval: 100 },
+      {
+        random: () => 0.75,
+        sleep: async (ms) => {
+          slept.push(ms);
+          assert.equal(o.seen.length, 0, "no ZTS call before the boot delay");
+        },
+      },
+    );
+    await agent.start("run");
+    await o.until((x) => x.operation === "refresh" && x.outcome === "success", 2);
+    await agent.close();
+    remember(dir);
+    assert.deepEqual(slept, [7000], "one delay of floor(0.75 * 10) s, not one per refresh");
+  });
+
+  it("names every k8s-athenz-sia setting it ignores in one warning", () => {
+    const before = logs.length;
+    agentFor(newDir(), { ignoredSettings: ["TARGET_DOMAIN_ROLES", "TOKEN_TYPE"] });
+    const lines = logs
+      .slice(before)
+      .join("")
+      .trim()
+      .split("\n")
+      .filter((l) => l.includes("not implemented"));
+    assert.equal(lines.length, 1);
+    assert.match(lines[0]!, /"level":"warn".*IGNORED: TARGET_DOMAIN_ROLES, TOKEN_TYPE/);
+  });
+
   it("refresh presents leaf + chain, so a ZTS whose signer is an intermediate accepts it; CERT_FILE holds both", async () => {
     const z = await startZtsStandIn({
       dir: join(tmp.dir, "zts-intermediate"),
