@@ -68,14 +68,14 @@ describe("Athenz's Go ZTS client and SIA CSR library against the stand-in and th
       gatewayEnv: { TLS_CLIENT_CA_FILE: zts.clientCaFile, ALLOWED_ZTS_CNS: zts.principal },
       cluster: {
         kubeConfig: loadKubeConfig(registryKubeconfig),
-        verifier: {
-          mode: "both",
-          issuer: cluster.issuer,
-          audience: ATHENZ_AUDIENCE,
-          jwksUrl: `${cluster.url}/openid/v1/jwks`,
-          caFile: cluster.caFile,
-          bearerTokenFile,
-          kubeconfigPath: verifierKubeconfig,
+        verifierEnv: {
+          VERIFIER_MODE: "both",
+          TOKEN_ISSUER: cluster.issuer,
+          TOKEN_AUDIENCE: ATHENZ_AUDIENCE,
+          JWKS_URL: `${cluster.url}/openid/v1/jwks`,
+          JWKS_CA_FILE: cluster.caFile,
+          JWKS_BEARER_TOKEN_FILE: bearerTokenFile,
+          KUBECONFIG: verifierKubeconfig,
         },
       },
     });

@@ -62,8 +62,6 @@ export interface DecisionResult {
   retryReason?: string;
   /** What the audit log shows about the pod: from the token or the registry, never the token itself. */
   subject: { namespace?: string; pod?: string };
-  /** Whether the request's provider, domain, service and instanceId passed validation (the audit log writes only validated values). */
-  requestValid: boolean;
   latencyMs: number;
 }
 
@@ -295,19 +293,17 @@ export function conclude(
   c: Confirmation,
   checks: CheckResult[],
   subject: DecisionResult["subject"],
-  requestValid: boolean,
   latencyMs: number,
 ): DecisionResult {
   const violations = checks.flatMap((ch) => (ch.outcome === CheckOutcome.FAIL ? ch.violations : []));
-  if (violations.length > 0) return { outcome: Outcome.DENY, violations, checks, subject, requestValid, latencyMs };
+  if (violations.length > 0) return { outcome: Outcome.DENY, violations, checks, subject, latencyMs };
   const err = checks.find((ch) => ch.outcome === CheckOutcome.ERROR);
-  if (err) return { outcome: Outcome.RETRY, violations: [], checks, subject, requestValid, latencyMs, retryReason: `${err.name}: ${err.detail}` };
+  if (err) return { outcome: Outcome.RETRY, violations: [], checks, subject, latencyMs, retryReason: `${err.name}: ${err.detail}` };
   return {
     outcome: Outcome.ALLOW,
     violations: [],
     checks,
     subject,
-    requestValid,
     latencyMs,
     confirmation: { provider: policy.provider, domain: c.domain, service: c.service, attributes: certAttributes(policy) },
   };
@@ -349,7 +345,7 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
     const req = checkRequest(policy, c);
     if (req.token === undefined || req.instanceId === undefined) {
       const skipped = ["token", "identity", "pod", "ips", "csr"].map((name) => check(name, CheckOutcome.SKIPPED, [], "request invalid"));
-      return conclude(policy, c, [req.check, ...skipped], subject, false, now() - t0);
+      return conclude(policy, c, [req.check, ...skipped], subject, now() - t0);
     }
     const { token, instanceId } = req;
 
@@ -361,7 +357,7 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
     outer?.addEventListener("abort", onOuterAbort, { once: true });
     try {
       const checks = [req.check, ...(await gather(policy, c, token, instanceId, subject, ac.signal))];
-      return conclude(policy, c, checks, subject, true, now() - t0);
+      return conclude(policy, c, checks, subject, now() - t0);
     } finally {
       clearTimeout(timer);
       outer?.removeEventListener("abort", onOuterAbort);

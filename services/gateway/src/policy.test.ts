@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { basePolicy } from "../test/fixtures.js";
 import { createPolicyStore, sanPolicyMessage, validatePolicy } from "./policy.js";
-import { basePolicy } from "./testing.js";
 
 const san = (over: Record<string, unknown>) => basePolicy({ san: { dnsSuffixes: ["cluster1.example.com"], ...over } });
 

@@ -14,7 +14,6 @@ import {
   duration,
   int,
   loadConfig,
-
   oneOf,
   optionalStr,
   port,
