@@ -219,7 +219,7 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
       .find((l) => l.audit === true)!;
     assert.deepEqual(line.provider, { invalid: true, length: 60 * 1024, sha256: (line.provider as { sha256: string }).sha256 });
     assert.match((line.provider as { sha256: string }).sha256, /^[0-9a-f]{16}$/);
-    assert.equal((line.domain as { length: number }).length, 1000);
+    assert.equal((line.athenzDomain as { length: number }).length, 1000);
     assert.equal((line.instanceId as { invalid: boolean }).invalid, true);
     assert.equal((line.clientIP as { invalid: boolean }).invalid, true);
   });
