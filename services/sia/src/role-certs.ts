@@ -20,11 +20,12 @@
  * shared backoff while its previous certificate stays on disk.
  */
 import { createPrivateKey, createPublicKey, type KeyObject, webcrypto, X509Certificate } from "node:crypto";
+import { ipToBytes } from "@k8s-athenz-identity/identity/ip";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
 import * as asn1js from "asn1js";
 import * as pkijs from "pkijs";
 import { Counter, Gauge, type Registry } from "prom-client";
-import { ipBytes, toPem } from "./csr.js";
+import { toPem } from "./csr.js";
 import { writeFileAtomic } from "./output-files.js";
 import { createRefresher, type Refresher } from "./refresher.js";
 import { type Clock, refreshDelay } from "./scheduler.js";
@@ -105,7 +106,7 @@ export async function createRoleCsr(keyPem: string, i: RoleCsrInput): Promise<st
   const names = [
     ...sans.dns.map((value) => new pkijs.GeneralName({ type: 2, value })),
     ...sans.emails.map((value) => new pkijs.GeneralName({ type: 1, value })),
-    ...sans.ips.map((value) => new pkijs.GeneralName({ type: 7, value: new asn1js.OctetString({ valueHex: ipBytes(value) }) })),
+    ...sans.ips.map((value) => new pkijs.GeneralName({ type: 7, value: new asn1js.OctetString({ valueHex: ipToBytes(value).slice().buffer }) })),
     ...sans.uris.map((value) => new pkijs.GeneralName({ type: 6, value })),
   ];
   const extensions = new pkijs.Extensions({
