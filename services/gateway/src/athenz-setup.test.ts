@@ -43,10 +43,10 @@ describe("athenz-identity athenz-setup", () => {
       `zms-cli -d sys.auth add-regular-role ${role} k8s.prod-east.identityd`,
       `zms-cli -d sys.auth add-policy ${role} grant launch to ${role} on dns.east.example.com`,
       `zms-cli -d sys.auth add-assertion ${role} grant launch to ${role} on dns.pods.example.net`,
-      // team-a--web -> team.a-web with the prefix and suffix: the gateway's naming rule.
-      "zms-cli -d k8s.team.a-web.prod add-service frontend",
-      `zms-cli -d k8s.team.a-web.prod add-regular-role ${role} k8s.prod-east.identityd`,
-      `zms-cli -d k8s.team.a-web.prod add-policy ${role} grant launch to ${role} on service.frontend`,
+      // team-a--web unchanged with the prefix and suffix: the gateway's naming rule (k8s-athenz-sia's, the default).
+      "zms-cli -d k8s.team-a--web.prod add-service frontend",
+      `zms-cli -d k8s.team-a--web.prod add-regular-role ${role} k8s.prod-east.identityd`,
+      `zms-cli -d k8s.team-a--web.prod add-policy ${role} grant launch to ${role} on service.frontend`,
     ]);
     // The alternatives for an Athenz without the providers role, commented out.
     assert.match(r.out, /^# {4}zms-cli -d sys\.auth add-policy providers grant launch to providers on instance$/m);

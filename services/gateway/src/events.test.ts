@@ -92,7 +92,7 @@ describe("pod events: which decision gets which Event", () => {
     assert.equal(
       e.event.note,
       `Athenz identity sports.api (refresh) denied by provider ${PROVIDER}: ` +
-        "ERR_CLIENT_IP_MISMATCH: the client address is not the pod's IP; ERR_SAN_DNS_NOT_ALLOWED: a DNS SAN is not allowed",
+        `ERR_CLIENT_IP_MISMATCH: clientIP "10.9.9.9" is not the pod's address: expected pod 10.1.2.3; node (unknown); ERR_SAN_DNS_NOT_ALLOWED: a DNS SAN is not allowed`,
     );
   });
 

@@ -217,7 +217,7 @@ describe("SIA agent against the ZTS stand-in", () => {
 
   it("names every k8s-athenz-sia setting it ignores in one warning", () => {
     const before = logs.length;
-    agentFor(newDir(), { ignoredSettings: ["TARGET_DOMAIN_ROLES", "TOKEN_TYPE"] });
+    agentFor(newDir(), { ignoredSettings: ["BACKUP", "CERT_SECRET"] });
     const lines = logs
       .slice(before)
       .join("")
@@ -225,7 +225,7 @@ describe("SIA agent against the ZTS stand-in", () => {
       .split("\n")
       .filter((l) => l.includes("not implemented"));
     assert.equal(lines.length, 1);
-    assert.match(lines[0]!, /"level":"warn".*IGNORED: TARGET_DOMAIN_ROLES, TOKEN_TYPE/);
+    assert.match(lines[0]!, /"level":"warn".*IGNORED: BACKUP, CERT_SECRET/);
   });
 
   it("refresh presents leaf + chain, so a ZTS whose signer is an intermediate accepts it; CERT_FILE holds both", async () => {
