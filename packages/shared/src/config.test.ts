@@ -12,6 +12,7 @@ import {
   oneOf,
   parseDuration,
   parseFlags,
+  parseGoDuration,
   port,
   resolveConfig,
   serverSettings,
@@ -134,5 +135,24 @@ describe("settings of several targets in one process", () => {
     const help = describeConfig(a.spec, a.name);
     assert.match(help, /--port\/PORT .*\n\s+per target: --token-verifier\.port\/TOKEN_VERIFIER__PORT/);
     assert.match(help, /--log-level\/LOG_LEVEL .*\n\s+or --token-verifier\.log-level\/TOKEN_VERIFIER__LOG_LEVEL/);
+  });
+});
+
+describe("durations", () => {
+  it("reads Go durations (time.ParseDuration) and bare milliseconds", () => {
+    const cases: Array<[string, number]> = [
+      ["24h", 86_400_000],
+      ["1h30m", 5_400_000],
+      ["1.5h", 5_400_000],
+      ["2m3.5s", 123_500],
+      ["300ms", 300],
+      ["0", 0],
+      ["0s", 0],
+      ["1500us", 2],
+    ];
+    for (const [raw, ms] of cases) assert.equal(parseGoDuration(raw), ms, raw);
+    assert.equal(parseDuration("250"), 250, "a bare number is milliseconds");
+    assert.equal(parseDuration("2s"), 2000);
+    for (const bad of ["", "24", "1d", "-1h", "1h 30m", "h", "1hm", "1.5"]) assert.throws(() => parseGoDuration(bad), /Go duration/, bad);
   });
 });

@@ -271,13 +271,34 @@ export const list = (o: Omit<Setting<string[]>, "parse"> & { item?: RegExp }): S
   },
 });
 
-const unitMs: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const GO_UNITS_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
-/** Parses "250ms", "2s", "1m", "1h" or a bare number of milliseconds. */
+/**
+ * A Go duration (`time.ParseDuration`, the form k8s-athenz-sia and most Kubernetes tools read): a
+ * sequence of decimal numbers with units ns, us (µs), ms, s, m, h, e.g. "24h", "1h30m", "1.5h",
+ * "90s"; "0" alone. Negative durations are refused. Returns milliseconds (rounded). Throws an Error
+ * with the reason on anything else.
+ */
+export function parseGoDuration(raw: string): number {
+  if (raw === "0") return 0;
+  const part = /(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y;
+  let ms = 0;
+  let at = 0;
+  while (at < raw.length) {
+    part.lastIndex = at;
+    const m = part.exec(raw);
+    if (!m) throw new Error(`must be a Go duration like 24h, 1h30m, 90s or 500ms, got ${JSON.stringify(raw.slice(0, 64))}`);
+    ms += Number(m[1]) * GO_UNITS_MS[m[2]!]!;
+    at = part.lastIndex;
+  }
+  if (at === 0) throw new Error(`must be a Go duration like 24h, 1h30m, 90s or 500ms, got ${JSON.stringify(raw)}`);
+  return Math.round(ms);
+}
+
+/** Parses a Go duration ({@link parseGoDuration}) or a bare number of milliseconds. */
 export function parseDuration(raw: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(raw.trim());
-  if (!m) throw new Error(`must be a duration like 500ms, 2s, 5m, got ${JSON.stringify(raw)}`);
-  return Math.round(Number(m[1]) * unitMs[m[2] ?? "ms"]!);
+  const s = raw.trim();
+  return /^\d+$/.test(s) ? Number(s) : parseGoDuration(s);
 }
 
 /** A duration setting, in milliseconds. */

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ConfigError } from "@k8s-athenz-identity/shared/config";
-import { loadSiaConfig, parseGoDuration, UNIMPLEMENTED_K8S_ATHENZ_SIA_SETTINGS } from "./config.js";
+import { loadSiaConfig, UNIMPLEMENTED_K8S_ATHENZ_SIA_SETTINGS } from "./config.js";
 
 const env = {
   MODE: "run",
@@ -72,14 +72,17 @@ describe("SIA config", () => {
     failsNaming({ ...env, LOG_LEVEL: "loud" }, /LOG_LEVEL: must be one of TRACE, DEBUG, INFO, WARNING, ERROR, FATAL, PANIC/);
   });
 
-  it("REFRESH_INTERVAL takes Go durations", () => {
-    assert.equal(parseGoDuration("24h"), 86_400_000);
-    assert.equal(parseGoDuration("1h30m"), 5_400_000);
-    assert.equal(parseGoDuration("1.5h"), 5_400_000);
-    assert.equal(parseGoDuration("2m3.5s"), 123_500);
-    assert.equal(parseGoDuration("300ms"), 300);
-    assert.equal(parseGoDuration("0"), 0);
-    for (const bad of ["", "24", "1d", "-1h", "1h 30m", "h", "1hm"]) assert.throws(() => parseGoDuration(bad), /Go duration/, bad);
+  it("REFRESH_INTERVAL takes Go durations, as k8s-athenz-sia reads it", () => {
+    for (const [raw, ms] of [
+      ["24h", 86_400_000],
+      ["1h30m", 5_400_000],
+      ["1.5h", 5_400_000],
+      ["2m3.5s", 123_500],
+    ] as const) {
+      assert.equal(loadSiaConfig({ env: { ...env, REFRESH_INTERVAL: raw } }).refreshInterval, ms, raw);
+    }
+    for (const bad of ["24", "1d", "-1h", "1h 30m", "h", "1hm"])
+      failsNaming({ ...env, REFRESH_INTERVAL: bad }, /REFRESH_INTERVAL: must be a Go duration/);
   });
 
   it("names every k8s-athenz-sia setting it does not implement, when set", () => {

@@ -16,6 +16,7 @@ import {
   loadConfig,
   oneOf,
   optionalStr,
+  parseGoDuration,
   port,
   type Setting,
   shutdownTimeoutSetting,
@@ -38,29 +39,6 @@ const ip: Setting<string | undefined> = {
     return raw;
   },
 };
-
-const GO_UNITS_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/**
- * A Go duration (`time.ParseDuration`, what k8s-athenz-sia reads REFRESH_INTERVAL with): a sequence
- * of decimal numbers with units ns, us (µs), ms, s, m, h, e.g. "24h", "1h30m", "1.5h", "90s"; "0"
- * alone. Negative durations are refused. Returns milliseconds.
- */
-export function parseGoDuration(raw: string): number {
-  if (raw === "0") return 0;
-  const part = /(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y;
-  let ms = 0;
-  let at = 0;
-  while (at < raw.length) {
-    part.lastIndex = at;
-    const m = part.exec(raw);
-    if (!m) throw new Error(`must be a Go duration like 24h, 1h30m or 90s, got ${JSON.stringify(raw.slice(0, 64))}`);
-    ms += Number(m[1]) * GO_UNITS_MS[m[2]!]!;
-    at = part.lastIndex;
-  }
-  if (at === 0) throw new Error(`must be a Go duration like 24h, 1h30m or 90s, got ${JSON.stringify(raw)}`);
-  return Math.round(ms);
-}
 
 /** k8s-athenz-sia's LOG_LEVEL values (logrus: TRACE DEBUG INFO WARNING ERROR FATAL PANIC, any case) and pino's, as pino levels. */
 const LOG_LEVELS: Record<string, "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent"> = {

@@ -14,7 +14,7 @@
  */
 import { isIP } from "node:net";
 import { join } from "node:path";
-import { bool, ConfigError, type ConfigOf, int, optionalStr, type Setting, str } from "@k8s-athenz-identity/shared/config";
+import { bool, ConfigError, type ConfigOf, int, optionalStr, parseGoDuration, type Setting, str } from "@k8s-athenz-identity/shared/config";
 
 /** Athenz DomainName (`core/zts/src/main/rdl/Names.tdl`): dot-separated SimpleNames. */
 export const DOMAIN_NAME = /^(?:[a-zA-Z0-9_][a-zA-Z0-9_-]*\.)*[a-zA-Z0-9_][a-zA-Z0-9_-]*$/;
@@ -33,26 +33,6 @@ export interface DomainRole {
 /** `<domain>:role.<role>`, Athenz's role resource name (k8s-athenz-sia `DomainRole.String`). */
 export function roleName(t: DomainRole): string {
   return `${t.domain}:role.${t.role}`;
-}
-
-const GO_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/**
- * Parses a Go duration (`time.ParseDuration`: "30m", "1h30m", "1.5h", "300ms", "0") into milliseconds,
- * as every k8s-athenz-sia duration setting is one. Negative durations are refused. Throws on anything else.
- */
-export function parseGoDuration(raw: string): number {
-  const s = raw.trim();
-  if (s === "0") return 0;
-  const re = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/gy;
-  let ms = 0;
-  let pos = 0;
-  for (let m = re.exec(s); m !== null; m = re.exec(s)) {
-    ms += Number(m[1]) * GO_UNITS[m[2]!]!;
-    pos = re.lastIndex;
-  }
-  if (pos === 0 || pos !== s.length) throw new Error(`must be a Go duration like 30m, 1h30m or 3s, got ${JSON.stringify(raw)}`);
-  return Math.round(ms);
 }
 
 const goDuration = (o: Omit<Setting<number>, "parse">): Setting<number> => ({ ...o, parse: parseGoDuration });
