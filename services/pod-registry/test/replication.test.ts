@@ -15,12 +15,18 @@ let admin: NatsConnection;
 const LEASE_MS = 1000;
 
 before(async () => {
-  [api, nats] = await Promise.all([startFakeKubeApi(), startNatsServer()]);
+  // Keep every peer that did start, so after() closes it when another failed: with Promise.all a
+  // nats-server that cannot start dropped the already listening fake API server, whose open socket
+  // then kept this file's process alive forever after its tests had failed.
+  const [a, n] = await Promise.allSettled([startFakeKubeApi(), startNatsServer()]);
+  if (a.status === "fulfilled") api = a.value;
+  if (n.status === "fulfilled") nats = n.value;
+  for (const r of [a, n]) if (r.status === "rejected") throw r.reason;
   admin = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
 });
 after(async () => {
-  await admin.close();
-  await Promise.all([api.close(), nats.close()]);
+  await admin?.close();
+  await Promise.all([api?.close(), nats?.close()]);
 });
 
 function replica(id: string, bucket: string, namespace: string): PodRegistry {
