@@ -3,9 +3,13 @@
 // Usage: npm test [-- <path filter>...]   e.g. npm test -- services/token-verifier
 // The real-cluster tier (test/cluster), the conformance tier (test/conformance) and the observability
 // tier (test/observability: promtool, dashboard queries against the services' /metrics) have their own scripts.
+// Every tier runs against the one pinned nats-server (scripts/tools/nats-server.sh provisions it and
+// NATS_SERVER_BIN passes it on), whatever the machine has installed.
+// Env: TEST_TIMEOUT_MS  per-test limit (default 120000; a test may set its own), so that nothing hangs CI.
 import { spawnSync } from "node:child_process";
 import { readdirSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
+import { provisionNatsServer } from "./tools/provision.mjs";
 
 const root = new URL("..", import.meta.url).pathname;
 const tier = process.env.TEST_TIER ?? "unit";
@@ -45,9 +49,15 @@ if (files.length === 0) {
   console.error("no test files matched");
   process.exit(1);
 }
-const res = spawnSync(process.execPath, ["--import", "tsx", "--test", "--test-reporter=spec", ...files], {
+const natsServerBin = provisionNatsServer();
+const testTimeoutMs = Number(process.env.TEST_TIMEOUT_MS ?? 120_000);
+// --test-timeout cancels a test stuck on a promise nobody settles; --test-force-exit ends a test file
+// whose tests are over but whose event loop is still held (a server or timer leaked by a failed
+// test), which --test-timeout alone leaves running forever.
+const nodeArgs = ["--import", "tsx", "--test", `--test-timeout=${testTimeoutMs}`, "--test-force-exit", "--test-reporter=spec"];
+const res = spawnSync(process.execPath, [...nodeArgs, ...files], {
   cwd: root,
   stdio: "inherit",
-  env: { ...process.env, NODE_ENV: "test" },
+  env: { ...process.env, NODE_ENV: "test", NATS_SERVER_BIN: natsServerBin },
 });
 process.exit(res.status ?? 1);

@@ -2,15 +2,34 @@
  * Starts and stops a real `nats-server` (with JetStream, file storage in a temporary directory) on
  * a free loopback port. `restart()` brings it back on the same port and store, so clients
  * reconnect to the same URL and JetStream content survives, as with a real restart.
+ *
+ * The binary is the one pinned nats-server that `scripts/tools/nats-server.sh` provisions and the
+ * test and bench runners export as `NATS_SERVER_BIN`; there is no default path, so a machine's own
+ * (often years older) nats-server is never picked up by accident.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-export const NATS_SERVER_BIN = process.env.NATS_SERVER_BIN ?? "/usr/sbin/nats-server";
+/**
+ * The nats-server binary to run: `NATS_SERVER_BIN` from `env`.
+ * @throws Error naming the variable and how to set it, when it is unset or empty.
+ */
+export function natsServerBin(env: NodeJS.ProcessEnv = process.env): string {
+  const bin = env.NATS_SERVER_BIN;
+  if (!bin) {
+    throw new Error(
+      "NATS_SERVER_BIN is not set: run the tests through `npm test` (or `./dev test`), which provisions the pinned " +
+        "nats-server, or set it yourself: export NATS_SERVER_BIN=$(bash scripts/tools/nats-server.sh)",
+    );
+  }
+  return bin;
+}
 
 export interface NatsServerOptions {
+  /** The binary. Default: {@link natsServerBin}(). */
+  bin?: string;
   /** Enable JetStream. Default true. */
   jetstream?: boolean;
   /** Extra command-line arguments. */
@@ -35,9 +54,9 @@ export interface NatsServer {
   readonly running: boolean;
 }
 
-function launch(args: string[], timeoutMs: number): Promise<{ proc: ChildProcess; log: () => string }> {
+function launch(bin: string, args: string[], timeoutMs: number): Promise<{ proc: ChildProcess; log: () => string }> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(NATS_SERVER_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
+    const proc = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     const onData = (d: Buffer) => {
       out += d.toString();
@@ -48,20 +67,22 @@ function launch(args: string[], timeoutMs: number): Promise<{ proc: ChildProcess
         resolve({ proc, log: () => out });
       }
     };
-    const onExit = (code: number | null) => {
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
       clearTimeout(timer);
-      reject(new Error(`nats-server exited (${code}) before it was ready:\n${out.slice(-2000)}`));
+      reject(new Error(`nats-server ${bin} exited (${signal ?? code}) before it was ready:\n${out.slice(-2000)}`));
     };
     const timer = setTimeout(() => {
+      proc.off("exit", onExit);
       proc.kill("SIGKILL");
-      reject(new Error(`nats-server not ready within ${timeoutMs} ms:\n${out.slice(-2000)}`));
+      reject(new Error(`nats-server ${bin} not ready within ${timeoutMs} ms:\n${out.slice(-2000)}`));
     }, timeoutMs);
     proc.stdout!.on("data", onData);
     proc.stderr!.on("data", onData);
     proc.once("exit", onExit);
     proc.once("error", (err) => {
       clearTimeout(timer);
-      reject(err);
+      proc.off("exit", onExit);
+      reject(new Error(`nats-server ${bin} could not be started: ${err.message}`, { cause: err }));
     });
   });
 }
@@ -78,15 +99,27 @@ function waitExit(proc: ChildProcess, killAfterMs: number): Promise<void> {
 }
 
 export async function startNatsServer(opts: NatsServerOptions = {}): Promise<NatsServer> {
+  const bin = opts.bin ?? natsServerBin();
   const dir = mkdtempSync(join(tmpdir(), "nats-"));
   const store = join(dir, "store");
   const timeout = opts.startTimeoutMs ?? 10_000;
   const base = ["-a", "127.0.0.1", ...(opts.jetstream === false ? [] : ["-js", "-sd", store]), ...(opts.args ?? [])];
 
   // Port -1: the server picks a free port itself (no race with other processes) and logs it.
-  let { proc, log } = await launch([...base, "-p", "-1"], timeout);
+  let started: Awaited<ReturnType<typeof launch>>;
+  try {
+    started = await launch(bin, [...base, "-p", "-1"], timeout);
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  let { proc, log } = started;
   const m = /Listening for client connections on ([\d.]+):(\d+)/.exec(log());
-  if (!m) throw new Error(`nats-server did not log its port:\n${log().slice(-2000)}`);
+  if (!m) {
+    proc.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(`nats-server ${bin} did not log its port:\n${log().slice(-2000)}`);
+  }
   const port = Number(m[2]);
   const url = `nats://127.0.0.1:${port}`;
 
@@ -104,7 +137,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     kill: () => stopProc("SIGKILL"),
     async restart() {
       await stopProc("SIGTERM");
-      ({ proc, log } = await launch([...base, "-p", String(port)], timeout));
+      ({ proc, log } = await launch(bin, [...base, "-p", String(port)], timeout));
     },
     async close() {
       await stopProc("SIGTERM");
