@@ -33,6 +33,7 @@ NATS_SERVER_MODULE=github.com/nats-io/nats-server/v2
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=progress.sh
 source "${here}/progress.sh"
+# shellcheck disable=SC2034 # read by progress.sh
 PROGRESS_TAG=nats-server
 die() { progress_log "ERROR: $*"; exit 1; }
 
@@ -110,7 +111,7 @@ EOF
 }
 
 from_go() {
-  local go="$1" goversion info moddir total
+  local go="$1" goversion moddir total
   goversion="$("${go}" env GOVERSION)"
   export GOTOOLCHAIN=local CGO_ENABLED=0
   progress_log "building ${NATS_SERVER_MODULE}@v${NATS_SERVER_VERSION} with ${goversion} (${go}); cold: ~1 min on 2 cores"
@@ -122,7 +123,7 @@ from_go() {
   # The package count for the build's progress; listing also fetches the dependencies.
   progress_run "fetching its dependencies" \
     "progress_go_download $("${go}" env GOMODCACHE)" "${tmp}/list.log" \
-    bash -c 'cd "$1" && GOFLAGS=-mod=readonly "$2" list -deps . >"$3"' _ "${moddir}" "${go}" "${tmp}/deps.txt" || return 1
+    bash -c 'cd "$1" && "$2" list -mod=readonly -deps . >"$3"' _ "${moddir}" "${go}" "${tmp}/deps.txt" || return 1
   total="$(wc -l <"${tmp}/deps.txt")"
   # go install with a version builds exactly the module's own go.mod, as its release does.
   progress_run "go install ${NATS_SERVER_MODULE}@v${NATS_SERVER_VERSION}" \

@@ -9,11 +9,12 @@
 #       runs CMD with its output in LOG; while it runs, every PROGRESS_INTERVAL seconds (default 10, so
 #       well within 15 s) logs "LABEL: <STATUS LOG>, <N> s". STATUS is a command prefix (word-split)
 #       to which LOG is appended: one of the progress_* status helpers below, or your own function.
-#       On failure logs the last lines of LOG and returns CMD's exit status (the caller dies with a
-#       message of its own); on success logs "LABEL: done in N s" and removes LOG.
+#       On failure logs the last PROGRESS_TAIL (default 40) lines of LOG and returns CMD's exit status
+#       (the caller dies with a message of its own); on success logs "LABEL: done in N s: <STATUS LOG>"
+#       and removes LOG.
 #
 # Status helpers (print a short phrase):
-#   progress_bytes PATH LOG                       "12 MiB so far" (a file or a directory)
+#   progress_bytes PATH LOG                       "12 MiB" (a file or a directory)
 #   progress_bytes_of TOTAL_BYTES PATH LOG        "12 of 40 MiB"
 #   progress_go_build TOTAL LOG                   "312 of 1890 packages compiled" (`go build -v` output)
 #   progress_go_download MODCACHE LOG             "57 modules fetched, 210 MiB in the module cache"
@@ -31,7 +32,7 @@ progress_size() { # bytes in a file or a directory tree (0 when absent)
   printf '%s' "${n:-0}"
 }
 
-progress_bytes() { printf '%s MiB so far' "$(progress_mib "$(progress_size "$1")")"; }
+progress_bytes() { printf '%s MiB' "$(progress_mib "$(progress_size "$1")")"; }
 
 progress_bytes_of() { printf '%s of %s MiB' "$(progress_mib "$(progress_size "$2")")" "$(progress_mib "$1")"; }
 
@@ -76,10 +77,11 @@ progress_run() {
   wait "${pid}" || rc=$?
   trap - INT TERM
   if ((rc != 0)); then
-    tail -n 40 "${logf}" >&2
+    tail -n "${PROGRESS_TAIL:-40}" "${logf}" >&2
     progress_log "${label}: FAILED (exit ${rc}) after $((SECONDS - start)) s; full output in ${logf}"
     return "${rc}"
   fi
-  progress_log "${label}: done in $((SECONDS - start)) s"
+  # shellcheck disable=SC2086
+  progress_log "${label}: done in $((SECONDS - start)) s: $(${status} "${logf}" 2>/dev/null || true)"
   rm -f "${logf}"
 }

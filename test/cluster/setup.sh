@@ -4,6 +4,9 @@
 # Binaries are cached outside the clone, in ${K8S_ATHENZ_CACHE:-~/.cache/k8s-athenz-identity}/<component>-<version>/,
 # so a second run (or CI in a fresh clone on the same machine) only checks versions and takes seconds.
 #
+# A cold build (empty Go caches) takes about 5 min on 2 cores (kube-apiserver ~4, kubectl and etcd
+# ~0.5 each); every phase logs what it does, how far it is and the elapsed time at least every 10 s.
+#
 # Usage: bash test/cluster/setup.sh          (versions come from test/cluster/versions.env)
 # Env:   K8S_ATHENZ_CACHE  cache root;  GO  go binary (default: go on PATH)
 set -euo pipefail
@@ -11,11 +14,15 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "${here}/versions.env"
+# shellcheck source=../../scripts/tools/progress.sh
+source "${here}/../../scripts/tools/progress.sh"
+# shellcheck disable=SC2034 # read by progress.sh
+PROGRESS_TAG=cluster-setup
 : "${K8S_VERSION:?versions.env must set K8S_VERSION}" "${ETCD_VERSION:?versions.env must set ETCD_VERSION}"
 cache="${K8S_ATHENZ_CACHE:-${HOME}/.cache/k8s-athenz-identity}"
 GO="${GO:-go}"
 
-log() { printf '[cluster-setup %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+log() { progress_log "$@"; }
 die() { log "ERROR: $*"; exit 1; }
 
 command -v "${GO}" >/dev/null 2>&1 || die "go not found on PATH (need Go >= 1.26 to build Kubernetes ${K8S_VERSION}); install Go or set GO=/path/to/go"
@@ -23,11 +30,15 @@ command -v "${GO}" >/dev/null 2>&1 || die "go not found on PATH (need Go >= 1.26
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
 go_version="$("${GO}" env GOVERSION)"
+gomodcache="$("${GO}" env GOMODCACHE)"
 log "using ${go_version}, GOPROXY=${GOPROXY}, cache ${cache}"
 mkdir -p "${cache}"
 # Two clones on one machine (a session and its CI) must not build into the same cache at once.
 exec 9>"${cache}/.setup.lock"
-flock 9 || die "could not lock ${cache}/.setup.lock"
+if ! flock -n 9; then
+  log "another setup.sh is building into ${cache} (lock ${cache}/.setup.lock): waiting for it"
+  flock 9 || die "could not lock ${cache}/.setup.lock"
+fi
 
 # binary_ok PATH EXPECTED-SUBSTRING ARGS...: true when PATH exists and `PATH ARGS` prints the expected version.
 binary_ok() {
@@ -48,16 +59,21 @@ scratch_module() {
   (cd "${dir}" && "${GO}" mod init "${path}" >/dev/null 2>&1) || die "go mod init failed in ${dir}"
 }
 
-timed() { # timed LABEL CMD...: runs CMD, logs its duration, fails loudly with the log tail.
-  local label="$1"; shift
-  local start=${SECONDS} logf
-  logf="$(mktemp)"
-  if ! "$@" >"${logf}" 2>&1; then
-    tail -n 60 "${logf}" >&2
-    die "${label} failed after $((SECONDS - start))s (full log: ${logf})"
-  fi
-  rm -f "${logf}"
-  log "${label}: done in $((SECONDS - start))s"
+# go_build LABEL MODULE-DIR OUT PACKAGE [LDFLAGS]: lists PACKAGE's dependencies (fetching the modules
+# they are in, with progress), then builds it with `go build -v`, logging packages compiled of the
+# total. Dies with the log's tail on failure.
+go_build() {
+  local label="$1" moddir="$2" out="$3" pkg="$4" ldflags="${5:--s -w}" deps total
+  deps="$(mktemp)"
+  progress_run "${label}: fetching the modules it needs" "progress_go_download ${gomodcache}" "$(mktemp)" \
+    bash -c 'cd "$1" && "$2" list -deps "$3" >"$4"' _ "${moddir}" "${GO}" "${pkg}" "${deps}" ||
+    die "${label}: go list -deps ${pkg} failed: is the Go module proxy reachable?"
+  total="$(wc -l <"${deps}")"
+  rm -f "${deps}"
+  log "${label}: go build of ${total} packages (those in Go's build cache are not compiled again)"
+  progress_run "${label}: go build" "progress_go_build ${total}" "$(mktemp)" \
+    bash -c 'cd "$1" && "$2" build -v -trimpath -ldflags "$3" -o "$4" "$5"' _ "${moddir}" "${GO}" "${ldflags}" "${out}" "${pkg}" ||
+    die "${label}: go build ${pkg} failed"
 }
 
 # ---------------------------------------------------------------- Kubernetes (kube-apiserver, kubectl)
@@ -73,8 +89,12 @@ binary_ok "${kubectl_bin}" "Client Version: ${K8S_VERSION}" version --client && 
 
 if (( need_apiserver || need_kubectl )); then
   log "preparing k8s.io/kubernetes ${K8S_VERSION} (staging modules at ${staging_version})"
-  dl="$(cd /tmp && "${GO}" mod download -json "k8s.io/kubernetes@${K8S_VERSION}")" \
-    || die "go mod download k8s.io/kubernetes@${K8S_VERSION} failed: is the Go module proxy reachable?"
+  dl_json="$(mktemp)"
+  progress_run "fetching k8s.io/kubernetes@${K8S_VERSION}" "progress_go_download ${gomodcache}" "$(mktemp)" \
+    bash -c 'cd /tmp && "$1" mod download -json "$2" >"$3"' _ "${GO}" "k8s.io/kubernetes@${K8S_VERSION}" "${dl_json}" ||
+    die "go mod download k8s.io/kubernetes@${K8S_VERSION} failed: is the Go module proxy reachable?"
+  dl="$(cat "${dl_json}")"
+  rm -f "${dl_json}"
   gomod="$(printf '%s' "${dl}" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
   [[ -f "${gomod}" ]] || die "could not find go.mod of k8s.io/kubernetes@${K8S_VERSION} in: ${dl}"
   # Every k8s.io/* module the release pins at v0.0.0 is a staging module (replaced by ./staging/... in
@@ -104,15 +124,15 @@ if (( need_apiserver || need_kubectl )); then
 
   if (( need_apiserver )); then
     mkdir -p "$(dirname "${apiserver_bin}")"
-    log "building kube-apiserver ${K8S_VERSION} (cold: 10-25 min on 2 cores; progress is silent)"
-    timed "go build kube-apiserver" bash -c "cd '${k8s_mod_dir}' && '${GO}' build -trimpath -ldflags '${ldflags}' -o '${apiserver_bin}.tmp' k8s.io/kubernetes/cmd/kube-apiserver"
+    log "building kube-apiserver ${K8S_VERSION} (cold: ~5 min on 2 cores)"
+    go_build kube-apiserver "${k8s_mod_dir}" "${apiserver_bin}.tmp" k8s.io/kubernetes/cmd/kube-apiserver "${ldflags}"
     mv -f "${apiserver_bin}.tmp" "${apiserver_bin}"
     binary_ok "${apiserver_bin}" "Kubernetes ${K8S_VERSION}" --version || die "freshly built kube-apiserver reports the wrong version"
   fi
   if (( need_kubectl )); then
     mkdir -p "$(dirname "${kubectl_bin}")"
     log "building kubectl ${K8S_VERSION}"
-    timed "go build kubectl" bash -c "cd '${k8s_mod_dir}' && '${GO}' build -trimpath -ldflags '${ldflags}' -o '${kubectl_bin}.tmp' k8s.io/kubernetes/cmd/kubectl"
+    go_build kubectl "${k8s_mod_dir}" "${kubectl_bin}.tmp" k8s.io/kubernetes/cmd/kubectl "${ldflags}"
     mv -f "${kubectl_bin}.tmp" "${kubectl_bin}"
     binary_ok "${kubectl_bin}" "Client Version: ${K8S_VERSION}" version --client || die "freshly built kubectl reports the wrong version"
   fi
@@ -132,7 +152,7 @@ if ! binary_ok "${etcd_bin}" "etcd Version: ${ETCD_VERSION#v}" --version; then
     "${ETCD_VERSION}" "${ETCD_VERSION}" "${ETCD_VERSION}" "${ETCD_VERSION}" "${ETCD_VERSION}" >>"${etcd_mod_dir}/go.mod"
   mkdir -p "$(dirname "${etcd_bin}")"
   log "building etcd ${ETCD_VERSION}"
-  timed "go build etcd" bash -c "cd '${etcd_mod_dir}' && '${GO}' build -trimpath -ldflags '-s -w' -o '${etcd_bin}.tmp' go.etcd.io/etcd/server/v3"
+  go_build etcd "${etcd_mod_dir}" "${etcd_bin}.tmp" go.etcd.io/etcd/server/v3
   mv -f "${etcd_bin}.tmp" "${etcd_bin}"
   binary_ok "${etcd_bin}" "etcd Version: ${ETCD_VERSION#v}" --version || die "freshly built etcd reports the wrong version"
 fi
