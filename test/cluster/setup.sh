@@ -4,8 +4,9 @@
 # Binaries are cached outside the clone, in ${K8S_ATHENZ_CACHE:-~/.cache/k8s-athenz-identity}/<component>-<version>/,
 # so a second run (or CI in a fresh clone on the same machine) only checks versions and takes seconds.
 #
-# A cold build (empty Go caches) takes about 5 min on 2 cores (kube-apiserver ~4, kubectl and etcd
-# ~0.5 each); every phase logs what it does, how far it is and the elapsed time at least every 10 s.
+# A cold build (empty Go caches) takes 5 min on 2 quiet cores (kube-apiserver 4, kubectl and etcd
+# 0.5 each), 8.5 min on busy ones; every phase logs what it does, how far it is (packages compiled of
+# the total, modules fetched) and the elapsed time at least every 10 s.
 #
 # Usage: bash test/cluster/setup.sh          (versions come from test/cluster/versions.env)
 # Env:   K8S_ATHENZ_CACHE  cache root;  GO  go binary (default: go on PATH)
@@ -124,7 +125,7 @@ if (( need_apiserver || need_kubectl )); then
 
   if (( need_apiserver )); then
     mkdir -p "$(dirname "${apiserver_bin}")"
-    log "building kube-apiserver ${K8S_VERSION} (cold: ~5 min on 2 cores)"
+    log "building kube-apiserver ${K8S_VERSION} (cold: 4-6 min on 2 cores)"
     go_build kube-apiserver "${k8s_mod_dir}" "${apiserver_bin}.tmp" k8s.io/kubernetes/cmd/kube-apiserver "${ldflags}"
     mv -f "${apiserver_bin}.tmp" "${apiserver_bin}"
     binary_ok "${apiserver_bin}" "Kubernetes ${K8S_VERSION}" --version || die "freshly built kube-apiserver reports the wrong version"
