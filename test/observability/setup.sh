@@ -23,7 +23,11 @@ if [[ -z "${GO:-}" ]]; then
   if command -v go >/dev/null 2>&1; then GO=go; else GO=/usr/local/go/bin/go; fi
 fi
 
-log() { printf '[observability-setup %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=../../scripts/tools/progress.sh
+source "${here}/../../scripts/tools/progress.sh"
+# shellcheck disable=SC2034 # read by progress.sh
+PROGRESS_TAG=observability-setup
+log() { progress_log "$@"; }
 die() { log "ERROR: $*"; exit 1; }
 
 command -v "${GO}" >/dev/null 2>&1 || die "go not found (need Go >= 1.26.7 to build Prometheus ${PROMETHEUS_VERSION}); install Go or set GO=/path/to/go"
@@ -73,27 +77,19 @@ if [[ -f "${build_date}" ]]; then build_date="$(sed -n 's/.*"Time":"\([^".]*\).*
 v=github.com/prometheus/common/version
 ldflags="-s -w -X ${v}.Version=${PROMETHEUS_VERSION} -X ${v}.Branch=${PROMETHEUS_MODULE_VERSION} -X ${v}.BuildUser=k8s-athenz-identity -X ${v}.BuildDate=${build_date}"
 
-# go build -v names each package as it compiles it: count them, and say so every 10 s (15 s at most on a
-# loaded machine), so a cold build of several minutes is visibly alive in CI logs.
-logf="$(mktemp)"
-start=${SECONDS}
-log "building promtool ${PROMETHEUS_VERSION} (module ${PROMETHEUS_MODULE_VERSION}, -tags remove_all_sd; cold: 2-6 min on 2 cores)"
-(cd "${mod_dir}" && exec "${GO}" build -v -trimpath -tags remove_all_sd -ldflags "${ldflags}" \
-  -o "${promtool_bin}.tmp" github.com/prometheus/prometheus/cmd/promtool) >"${logf}" 2>&1 &
-build_pid=$!
-while kill -0 "${build_pid}" 2>/dev/null; do
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    kill -0 "${build_pid}" 2>/dev/null || break
-    sleep 1
-  done
-  kill -0 "${build_pid}" 2>/dev/null && log "building promtool: $((SECONDS - start))s, $(grep -c . "${logf}" || true) packages so far"
-done
-if ! wait "${build_pid}"; then
-  tail -n 60 "${logf}" >&2
-  die "go build promtool failed after $((SECONDS - start))s (full log: ${logf})"
-fi
-log "go build promtool: done in $((SECONDS - start))s ($(grep -c . "${logf}" || true) packages)"
-rm -f "${logf}"
+# go build -v names each package as it compiles it: scripts/tools/progress.sh counts them against the
+# total go list -deps gives, every 10 s, so a cold build of several minutes is visibly alive in CI logs.
+pkg=github.com/prometheus/prometheus/cmd/promtool
+deps="$(mktemp)"
+progress_run "promtool: fetching the modules it needs" "progress_go_download $("${GO}" env GOMODCACHE)" "$(mktemp)" \
+  bash -c 'cd "$1" && "$2" list -tags remove_all_sd -deps "$3" >"$4"' _ "${mod_dir}" "${GO}" "${pkg}" "${deps}" ||
+  die "go list -deps ${pkg} failed: is the Go module proxy reachable?"
+total="$(wc -l <"${deps}")"
+rm -f "${deps}"
+log "building promtool ${PROMETHEUS_VERSION} (module ${PROMETHEUS_MODULE_VERSION}, -tags remove_all_sd, ${total} packages; cold: 2-6 min on 2 cores)"
+progress_run "promtool: go build" "progress_go_build ${total}" "$(mktemp)" \
+  bash -c 'cd "$1" && exec "$2" build -v -trimpath -tags remove_all_sd -ldflags "$3" -o "$4" "$5"' _ "${mod_dir}" "${GO}" "${ldflags}" "${promtool_bin}.tmp" "${pkg}" ||
+  die "go build promtool failed"
 mv -f "${promtool_bin}.tmp" "${promtool_bin}"
 promtool_ok || die "freshly built promtool does not report '${want}'"
 log "promtool: ${promtool_bin}"
