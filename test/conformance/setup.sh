@@ -74,22 +74,18 @@ if [[ -x "${driver}" && -z "$(find "${go_dir}" -newer "${driver}" -type f -print
   log "go driver up to date (${driver})"
 else
   mkdir -p "${driver_dir}"
-  logf="$(mktemp)"
   start=${SECONDS}
   log "building the go driver on github.com/AthenZ/athenz ${athenz_go_version} (modules from the Go module proxy on first use)"
-  (cd "${go_dir}" && "${GO}" build -trimpath -o "${driver}.tmp" .) >"${logf}" 2>&1 &
-  pid=$!
-  # Progress at least every 15 s: a cold module download can take minutes.
-  while kill -0 "${pid}" 2>/dev/null; do
-    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "${pid}" 2>/dev/null || break; sleep 1; done
-    kill -0 "${pid}" 2>/dev/null && log "still building the go driver ($((SECONDS - start))s)"
-  done
-  if ! wait "${pid}"; then
-    tail -n 40 "${logf}" >&2
-    die "go build failed after $((SECONDS - start))s (full log: ${logf})"
-  fi
+  deps="$(mktemp)"
+  progress_run "go driver: fetching the modules it needs" "progress_go_download $("${GO}" env GOMODCACHE)" "$(mktemp)" \
+    bash -c 'cd "$1" && "$2" list -deps . >"$3"' _ "${go_dir}" "${GO}" "${deps}" ||
+    die "go list -deps in ${go_dir} failed: is the Go module proxy reachable?"
+  total="$(wc -l <"${deps}")"
+  rm -f "${deps}"
+  progress_run "go driver: go build" "progress_go_build ${total}" "$(mktemp)" \
+    bash -c 'cd "$1" && "$2" build -v -trimpath -o "$3" .' _ "${go_dir}" "${GO}" "${driver}.tmp" ||
+    die "go build failed after $((SECONDS - start))s (output above)"
   mv "${driver}.tmp" "${driver}"
-  rm -f "${logf}"
   log "go driver built in $((SECONDS - start))s"
 fi
 log "ready: go driver on github.com/AthenZ/athenz ${athenz_go_version} ($("${GO}" version | cut -d' ' -f3))"
