@@ -56,6 +56,10 @@ interface Watcher {
   namespace: string | undefined;
   selector: ((labels: Record<string, string> | undefined) => boolean) | undefined;
   bookmarks: boolean;
+  /** The client's bearer token ("" when none). */
+  client: string;
+  /** Open but dead: nothing is written to it any more, and it is never ended (a silent watch). */
+  frozen: boolean;
   close: () => void;
 }
 
@@ -69,8 +73,11 @@ export interface FakeKubeApiOptions {
 export interface FakeKubeApi {
   /** e.g. "http://127.0.0.1:34567". */
   readonly url: string;
-  /** A KubeConfig for client-node pointing at this server. */
-  kubeConfig(): KubeConfig;
+  /**
+   * A KubeConfig for client-node pointing at this server. With `token`, the client sends it as a
+   * bearer token, which names the client for {@link FakeKubeApi.cutClient}.
+   */
+  kubeConfig(opts?: { token?: string }): KubeConfig;
   /** Adds a pod (ADDED event); returns its JSON. */
   createPod(input?: PodSpecInput): PodJson;
   /** Changes a pod (MODIFIED event). */
@@ -94,8 +101,23 @@ export interface FakeKubeApi {
   failNextLists(n: number, status?: number): void;
   /** While true, every pod and lease request fails with 503 (an API server outage). */
   setUnavailable(down: boolean): void;
-  /** Open watches now. */
+  /**
+   * While on, every new watch is answered 200 and then stays silent forever (no events, no
+   * bookmarks, no end at its timeoutSeconds) while the connection stays open, and the watches open
+   * now go silent the same way. Lists and the rest keep working. Turning it off lets new watches
+   * work again; the silent ones stay silent (a dead stream does not come back).
+   */
+  silenceWatches(on: boolean): void;
+  /**
+   * Cuts one client off silently (packets dropped, no error): while on, its requests are never
+   * answered and its open watches go silent. Turning it off serves its new requests again; the
+   * hung ones stay hung (the client's own deadlines must end them).
+   */
+  cutClient(token: string, on: boolean): void;
+  /** Open watches now (silent ones included). */
   readonly openWatches: number;
+  /** Open watches that are silent. */
+  readonly silentWatches: number;
   /** Requests served, by kind. */
   readonly counts: { list: number; watch: number; get: number; lease: number };
   /** Resolves once `n` watches are open. */
@@ -138,6 +160,8 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
   let failWatches = { n: 0, status: 500 };
   let failLists = { n: 0, status: 500 };
   let unavailable = false;
+  let silent = false;
+  const cut = new Set<string>();
   let podSeq = 0;
   let watchWaiters: Array<() => void> = [];
   const bookmarkMs = opts.bookmarkIntervalMs ?? 1000;
@@ -151,6 +175,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     const ev = { rv: Number(object.metadata.resourceVersion), type, object: clone(object) };
     history.push(ev);
     for (const w of watchers) {
+      if (w.frozen) continue;
       if (w.namespace && w.namespace !== object.metadata.namespace) continue;
       if (w.selector && !w.selector(object.metadata.labels)) continue;
       w.res.write(`${JSON.stringify({ type, object: ev.object })}\n`);
@@ -196,7 +221,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     });
   };
 
-  const handleWatch = (req: http.IncomingMessage, res: http.ServerResponse, ns: string | undefined, q: URLSearchParams) => {
+  const handleWatch = (req: http.IncomingMessage, res: http.ServerResponse, ns: string | undefined, q: URLSearchParams, client: string) => {
     counts.watch++;
     if (failWatches.n > 0) {
       failWatches.n--;
@@ -204,7 +229,15 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     }
     const fromRaw = q.get("resourceVersion") ?? "";
     res.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked" });
+    // Headers out now (a real server flushes them before the first event).
+    res.flushHeaders();
     const sel = parseSelector(q.get("labelSelector"));
+    if (silent) {
+      const w: Watcher = { res, namespace: ns, selector: sel, bookmarks: false, client, frozen: true, close: () => watchers.delete(w) };
+      watchers.add(w);
+      res.on("close", w.close);
+      return notifyWatchWaiters();
+    }
     const from = fromRaw === "" || fromRaw === "0" ? rv : Number(fromRaw);
     if (!Number.isFinite(from) || from < compactedAt) {
       res.end(`${JSON.stringify({ type: "ERROR", object: status(410, "Expired", `too old resource version: ${fromRaw} (${compactedAt})`) })}\n`);
@@ -223,27 +256,31 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
       namespace: ns,
       selector: sel,
       bookmarks,
+      client,
+      frozen: false,
       close: () => {
         for (const t of timers) clearTimeout(t);
         watchers.delete(w);
       },
     };
     watchers.add(w);
-    const ws = watchWaiters;
-    watchWaiters = [];
-    for (const f of ws) f();
+    notifyWatchWaiters();
     if (bookmarks) {
-      const t = setInterval(
-        () =>
+      const t = setInterval(() => {
+        if (!w.frozen)
           res.write(
             `${JSON.stringify({ type: "BOOKMARK", object: { kind: "Pod", apiVersion: "v1", metadata: { resourceVersion: String(rv) } } })}\n`,
-          ),
-        bookmarkMs,
-      );
+          );
+      }, bookmarkMs);
       timers.push(t);
     }
     const timeout = Number(q.get("timeoutSeconds") ?? "0");
-    if (timeout > 0) timers.push(setTimeout(() => res.end(), timeout * 1000));
+    if (timeout > 0)
+      timers.push(
+        setTimeout(() => {
+          if (!w.frozen) res.end();
+        }, timeout * 1000),
+      );
     res.on("close", w.close);
     req.on("close", w.close);
   };
@@ -321,7 +358,19 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     send(res, 405, status(405, "MethodNotAllowed", "method not allowed"));
   };
 
+  const notifyWatchWaiters = () => {
+    const ws = watchWaiters;
+    watchWaiters = [];
+    for (const f of ws) f();
+  };
+  const freeze = (pred: (w: Watcher) => boolean) => {
+    for (const w of watchers) if (pred(w)) w.frozen = true;
+  };
+
   const server = http.createServer((req, res) => {
+    const client = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
+    // A silently cut client: the request is swallowed, the connection stays open.
+    if (cut.has(client)) return;
     const u = new URL(req.url ?? "/", "http://x");
     const q = u.searchParams;
     const path = u.pathname;
@@ -346,7 +395,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
       const inNs = /^\/api\/v1\/namespaces\/([^/]+)\/pods$/.exec(path);
       const ns = inNs ? inNs[1] : path === "/api/v1/pods" ? undefined : null;
       if (ns === null) return send(res, 404, status(404, "NotFound", "the server could not find the requested resource"));
-      if (q.get("watch") === "true" || q.get("watch") === "1") handleWatch(req, res, ns, q);
+      if (q.get("watch") === "true" || q.get("watch") === "1") handleWatch(req, res, ns, q, client);
       else handleList(res, ns, q);
     } catch (err) {
       fail(err);
@@ -363,11 +412,11 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
 
   const api: FakeKubeApi = {
     url,
-    kubeConfig() {
+    kubeConfig(o = {}) {
       const kc = new KubeConfig();
       kc.loadFromOptions({
         clusters: [{ name: "fake", server: url, skipTLSVerify: true }],
-        users: [{ name: "fake" }],
+        users: [{ name: "fake", ...(o.token ? { token: o.token } : {}) }],
         contexts: [{ name: "fake", cluster: "fake", user: "fake" }],
         currentContext: "fake",
       });
@@ -449,8 +498,23 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     setUnavailable(down) {
       unavailable = down;
     },
+    silenceWatches(on) {
+      silent = on;
+      if (on) freeze(() => true);
+    },
+    cutClient(token, on) {
+      if (on) {
+        cut.add(token);
+        freeze((w) => w.client === token);
+      } else cut.delete(token);
+    },
     get openWatches() {
       return watchers.size;
+    },
+    get silentWatches() {
+      let n = 0;
+      for (const w of watchers) if (w.frozen) n++;
+      return n;
     },
     counts,
     async waitForWatches(n, timeoutMs = 5000) {
