@@ -7,13 +7,29 @@
  * publish the deletions it missed. This reflector keeps nothing but the resourceVersion and
  * follows the same protocol: list, then watch from the list's resourceVersion with bookmarks; a
  * 410 Gone (HTTP status or ERROR event) relists; a clean end re-watches from the last
- * resourceVersion; any other failure re-watches (or relists) after an exponential backoff.
+ * resourceVersion; any failure re-watches (or relists) after a jittered exponential backoff.
+ *
+ * Liveness (issue 11, input 1). An open watch with nothing to say looks exactly like a dead one, so
+ * "connected" proves nothing. What counts is the last *proof* that the cache matches the API
+ * server, per watched scope:
+ * - a list (as of when it started), an event or a bookmark on the watch;
+ * - a probe: a `limit=1` list sent while the watch is open and trusted, whose resourceVersion is
+ *   not behind the watch's. kube-apiserver sends bookmarks only about once a minute, so probes,
+ *   every `probeIntervalMs`, keep a quiet healthy cluster provably fresh.
+ * The server ends every watch at its `timeoutSeconds`; a watch silent for longer than that plus a
+ * margin has broken the protocol (the stream is dead, or something between us holds it open). It
+ * is dropped and re-established, the probes made during its life stop counting (the proof falls
+ * back to its last event, bookmark or list), and probes count again only once a watch has
+ * delivered something or ended on time. Every request but the stream itself has a deadline, so a
+ * silently cut API server cannot hang the loop.
  */
 
 import type { Logger } from "@k8s-athenz-identity/shared";
 import { createBackoff, delay } from "@k8s-athenz-identity/shared/backoff";
-import { CoreV1Api, type KubeConfig, Watch } from "@kubernetes/client-node";
+import { CoreV1Api, type KubeConfig, type V1PodList, Watch } from "@kubernetes/client-node";
+import { withDeadline } from "./kube-deadline.js";
 import { type KubePodLike, type PodRecord, type PodTombstone, type ProjectionOptions, projectPod, projectTombstone } from "./pod.js";
+import { compareResourceVersions } from "./resource-version.js";
 
 /** Receives what the watcher learns. */
 export interface PodSink {
@@ -37,56 +53,148 @@ export interface PodWatcherOptions {
   logger: Logger;
   /** Page size of the list. Default 500. */
   pageSize?: number;
-  /** Asks the server to end each watch after this long (jittered), so a silently dead one is replaced. Default 300. */
+  /** `timeoutSeconds` asked of the server for each watch, jittered by ±10%. Default 60. */
   watchTimeoutSeconds?: number;
+  /** Silence tolerated past a watch's timeoutSeconds before it is dropped (ms). Default a quarter of the timeout, at least 1 s. */
+  idleMarginMs?: number;
+  /** How often an open watch is backed by a probe (ms). Default 10 s; 0 disables probes. */
+  probeIntervalMs?: number;
+  /** Deadline of every request but the watch stream itself: list pages, probes, watch start (ms). Default 30 s. */
+  requestTimeoutMs?: number;
+  /**
+   * resourceVersion per scope ("" for all namespaces) to watch from instead of listing first: a
+   * new leader resuming where the bucket's content ends. A 410 Gone falls back to a list.
+   */
+  resumeFrom?: ReadonlyMap<string, string> | undefined;
   /** Backoff after a failure. Default 250 ms doubling to 30 s. */
   backoff?: { initialMs: number; maxMs: number };
+  /** Clock (ms), for tests. */
+  now?: () => number;
 }
 
 /** Health of one watcher, for freshness. */
 export interface WatcherHealth {
-  /** Every namespace's first list is in. */
+  /** Every scope's first list is in (or its resumed watch is open). */
   synced: boolean;
-  /** Every namespace has an open watch now. */
+  /** Every scope has an open watch now. */
   connected: boolean;
-  /** When the last event, bookmark, list or successful watch start happened (ms). */
-  lastActivityMs: number;
+  /** The oldest of the scopes' last proofs of liveness (ms on `now`); 0 while a scope has none. */
+  lastProofMs: number;
+  /** No scope's watch has been caught silent since it last delivered something. */
+  trusted: boolean;
+}
+
+/** Counters, for metrics and tests. */
+export interface WatcherStats {
+  /** Watch requests sent. */
+  watches: number;
+  /** Watches dropped because they stayed silent past their timeoutSeconds plus the margin. */
+  silentDrops: number;
+  /** Lists started (the first one, after 410 Gone, after a failed resume). */
+  lists: number;
+  /** 410 Gone answers (the resourceVersion was compacted away). */
+  gone: number;
+  /** Failed list pages, watch starts and broken streams (deadlines included). */
+  failures: number;
+  probesOk: number;
+  /** Probes answered with a resourceVersion older than the watch's (a lagging API server). */
+  probesBehind: number;
+  probesFailed: number;
 }
 
 export interface PodWatcher {
   start(): void;
   stop(): Promise<void>;
   health(): WatcherHealth;
-  /** Resolves when every namespace's first list is in (or never, if stopped first). */
+  stats(): WatcherStats;
+  /** The last resourceVersion of each scope ("" = all namespaces) seen on a list, event or bookmark. */
+  resourceVersions(): Map<string, string>;
+  /** Resolves when every scope is synced (or never, if stopped first). */
   readonly synced: Promise<void>;
 }
 
 class GoneError extends Error {}
+class SilentWatchError extends Error {}
+
+function statusOf(err: unknown): number | undefined {
+  const e = err as { code?: unknown; statusCode?: unknown } | null;
+  return typeof e?.code === "number" ? e.code : typeof e?.statusCode === "number" ? e.statusCode : undefined;
+}
+
+interface Scope {
+  ns: string;
+  rv: string;
+  synced: boolean;
+  /** Id of the open watch (0: none). */
+  watch: number;
+  trusted: boolean;
+  lastProofMs: number;
+  /** Last proof that came from the stream itself (list, event, bookmark): what a silent drop falls back to. */
+  lastStreamProofMs: number;
+  probing: boolean;
+}
 
 export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
   const api = opts.kubeConfig.makeApiClient(CoreV1Api);
-  const watch = new Watch(opts.kubeConfig);
-  const scopes = opts.namespaces && opts.namespaces.length > 0 ? [...opts.namespaces] : [""];
+  const now = opts.now ?? Date.now;
   const pageSize = opts.pageSize ?? 500;
-  const timeoutSeconds = opts.watchTimeoutSeconds ?? 300;
+  const timeoutSeconds = Math.max(1, opts.watchTimeoutSeconds ?? 60);
+  const idleMarginMs = opts.idleMarginMs ?? Math.max(1000, timeoutSeconds * 250);
+  const probeIntervalMs = opts.probeIntervalMs ?? 10_000;
+  const requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
+  const watch = new Watch(opts.kubeConfig);
+  // client-node's own inactivity timer (a private field, default 30 s) would cut a quiet healthy
+  // watch before its timeoutSeconds; it is only a backstop behind ours. Should the field ever be
+  // renamed, its timeout still ends up as a silent drop (below), just possibly earlier.
+  (watch as unknown as { requestTimeoutMs: number }).requestTimeoutMs = Math.max(
+    requestTimeoutMs,
+    Math.ceil(timeoutSeconds * 1.1) * 1000 + idleMarginMs + 5000,
+  );
   const log = opts.logger;
   const abort = new AbortController();
-  const syncedScopes = new Set<string>();
-  const connectedScopes = new Set<string>();
-  let lastActivityMs = 0;
+  const scopes: Scope[] = (opts.namespaces && opts.namespaces.length > 0 ? [...opts.namespaces] : [""]).map((ns) => ({
+    ns,
+    rv: opts.resumeFrom?.get(ns) ?? "",
+    synced: false,
+    watch: 0,
+    trusted: true,
+    lastProofMs: 0,
+    lastStreamProofMs: 0,
+    probing: false,
+  }));
+  const stats: WatcherStats = { watches: 0, silentDrops: 0, lists: 0, gone: 0, failures: 0, probesOk: 0, probesBehind: 0, probesFailed: 0 };
   let resolveSynced!: () => void;
   const synced = new Promise<void>((r) => (resolveSynced = r));
   const loops: Promise<void>[] = [];
   const requests = new Set<AbortController>();
+  let watchSeq = 0;
+  let probeTimer: NodeJS.Timeout | undefined;
   let started = false;
+
+  const prove = (sc: Scope, at: number, fromStream: boolean) => {
+    if (at > sc.lastProofMs) sc.lastProofMs = at;
+    if (fromStream && at > sc.lastStreamProofMs) sc.lastStreamProofMs = at;
+  };
+
+  const markSynced = (sc: Scope, how: string) => {
+    if (sc.synced) return;
+    sc.synced = true;
+    log.info({ namespace: sc.ns || "(all)", resourceVersion: sc.rv, how }, "pod feed synced");
+    if (scopes.every((s) => s.synced)) resolveSynced();
+  };
+
+  const listPage = (ns: string, limit: number, cont: string | undefined, labelSelector: string | undefined, ms: number): Promise<V1PodList> => {
+    const common = { labelSelector, limit, _continue: cont };
+    const o = withDeadline(ms, abort.signal);
+    return ns === "" ? api.listPodForAllNamespaces(common, o) : api.listNamespacedPod({ namespace: ns, ...common }, o);
+  };
 
   async function list(ns: string): Promise<{ pods: PodRecord[]; rv: string }> {
     const pods: PodRecord[] = [];
     let cont: string | undefined;
     let rv = "";
     do {
-      const common = { labelSelector: opts.labelSelector, limit: pageSize, _continue: cont };
-      const page = ns === "" ? await api.listPodForAllNamespaces(common) : await api.listNamespacedPod({ namespace: ns, ...common });
+      const page = await listPage(ns, pageSize, cont, opts.labelSelector, requestTimeoutMs);
       for (const item of page.items) {
         try {
           pods.push(projectPod(item as KubePodLike, opts.projection));
@@ -100,22 +208,55 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
     return { pods, rv };
   }
 
-  /** One watch from `rv`; resolves with the last resourceVersion seen when it ends cleanly. */
-  function watchOnce(ns: string, rv: string): Promise<string> {
+  /** One watch from the scope's resourceVersion; resolves when it ends cleanly, with how long it lasted. */
+  function watchOnce(sc: Scope): Promise<{ lastedMs: number; requestedMs: number }> {
     return new Promise((resolve, reject) => {
-      let last = rv;
+      const requestedS = Math.max(1, Math.round(timeoutSeconds * (0.9 + Math.random() * 0.2)));
+      const idleLimitMs = requestedS * 1000 + idleMarginMs;
+      const id = ++watchSeq;
       let gone = false;
-      const path = ns === "" ? "/api/v1/pods" : `/api/v1/namespaces/${encodeURIComponent(ns)}/pods`;
-      const params: Record<string, string | number | boolean> = {
-        resourceVersion: rv,
-        allowWatchBookmarks: true,
-        timeoutSeconds: Math.round(timeoutSeconds * (0.9 + Math.random() * 0.2)),
-      };
-      if (opts.labelSelector) params.labelSelector = opts.labelSelector;
+      let finished = false;
       let ctl: AbortController | undefined;
-      const onAbort = () => ctl?.abort();
+      let idleTimer: NodeJS.Timeout | undefined;
+      const startedAt = now();
+      const path = sc.ns === "" ? "/api/v1/pods" : `/api/v1/namespaces/${encodeURIComponent(sc.ns)}/pods`;
+      const params: Record<string, string | number | boolean> = { resourceVersion: sc.rv, allowWatchBookmarks: true, timeoutSeconds: requestedS };
+      if (opts.labelSelector) params.labelSelector = opts.labelSelector;
+
+      const finish = (err: unknown) => {
+        if (finished) return;
+        finished = true;
+        clearTimeout(idleTimer);
+        clearTimeout(connectTimer);
+        abort.signal.removeEventListener("abort", onAbort);
+        if (ctl) {
+          requests.delete(ctl);
+          ctl.abort();
+        }
+        const wasOpen = sc.watch === id;
+        if (wasOpen) sc.watch = 0;
+        const code = statusOf(err);
+        // client-node's inactivity timeout on an open stream: silence, whoever noticed it first.
+        if (wasOpen && (err as { name?: string } | null)?.name === "TimeoutError") {
+          return reject(new SilentWatchError(`watch silent past client-node's inactivity timeout`));
+        }
+        if (gone || code === 410) reject(new GoneError("resource version too old"));
+        else if (err && !abort.signal.aborted) reject(err instanceof Error ? err : new Error(String(err)));
+        else resolve({ lastedMs: now() - startedAt, requestedMs: requestedS * 1000 });
+      };
+      const onAbort = () => finish(null);
+      const armIdle = () => {
+        clearTimeout(idleTimer);
+        idleTimer = setTimeout(() => finish(new SilentWatchError(`watch silent for ${idleLimitMs} ms (timeoutSeconds ${requestedS})`)), idleLimitMs);
+        idleTimer.unref();
+      };
+      // The request itself (until the response headers) has a deadline; a hung one is abandoned.
+      const connectTimer = setTimeout(() => finish(new Error(`watch request not answered within ${requestTimeoutMs} ms`)), requestTimeoutMs);
+      connectTimer.unref();
+
       const onEvent = (type: string, obj: unknown) => {
-        lastActivityMs = Date.now();
+        if (finished) return;
+        armIdle();
         const o = obj as KubePodLike & { code?: number; kind?: string };
         try {
           switch (type) {
@@ -130,7 +271,7 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
               break;
             case "ERROR":
               if (o.code === 410) gone = true;
-              else log.warn({ code: o.code, namespace: ns || undefined }, "watch error event");
+              else log.warn({ code: o.code, namespace: sc.ns || undefined }, "watch error event");
               return;
             default:
               return;
@@ -139,71 +280,97 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
           log.warn({ err, type }, "skipping unusable watch event");
         }
         const next = o.metadata?.resourceVersion;
-        if (next) last = next;
+        if (next) sc.rv = next;
+        sc.trusted = true;
+        prove(sc, now(), true);
       };
-      let finished = false;
-      const onDone = (err: unknown) => {
-        if (finished) return;
-        finished = true;
-        abort.signal.removeEventListener("abort", onAbort);
-        if (ctl) requests.delete(ctl);
-        connectedScopes.delete(ns);
-        const code = (err as { statusCode?: number; code?: number } | null)?.statusCode ?? (err as { code?: number } | null)?.code;
-        if (gone || code === 410) reject(new GoneError("resource version too old"));
-        else if (err && !abort.signal.aborted) reject(err instanceof Error ? err : new Error(String(err)));
-        else resolve(last);
-      };
-      watch.watch(path, params, onEvent, onDone).then(
+      stats.watches++;
+      watch.watch(path, params, onEvent, finish).then(
         (c) => {
+          if (finished) return void c.abort();
           ctl = c;
           requests.add(c);
-          if (abort.signal.aborted) c.abort();
-          else if (!finished) {
-            // watch() returns after the response headers: a 200, the stream is open.
-            abort.signal.addEventListener("abort", onAbort, { once: true });
-            connectedScopes.add(ns);
-            lastActivityMs = Date.now();
-          }
+          if (abort.signal.aborted) return finish(null);
+          // watch() returns after the response headers: a 200, the stream is open.
+          clearTimeout(connectTimer);
+          abort.signal.addEventListener("abort", onAbort, { once: true });
+          sc.watch = id;
+          armIdle();
+          markSynced(sc, "resumed watch");
+          if (sc.lastProofMs < now() - probeIntervalMs) void probe(sc);
         },
-        (err) => onDone(err),
+        (err: unknown) => finish(err),
       );
     });
   }
 
-  async function run(ns: string): Promise<void> {
+  /** Backs the open watch of `sc` with a cheap list; a proof when its resourceVersion is not behind. */
+  async function probe(sc: Scope): Promise<void> {
+    if (sc.probing || sc.watch === 0 || probeIntervalMs <= 0 || abort.signal.aborted) return;
+    const watchId = sc.watch;
+    const sentAt = now();
+    const rvAtStart = sc.rv;
+    sc.probing = true;
+    try {
+      // No label selector: with one, the server may scan many pods to fill even one item.
+      const page = await listPage(sc.ns, 1, undefined, undefined, Math.min(requestTimeoutMs, Math.max(500, probeIntervalMs)));
+      const prv = page.metadata?.resourceVersion ?? "";
+      const c = compareResourceVersions(prv, rvAtStart);
+      if (prv === "") stats.probesFailed++;
+      else if (c < 0) {
+        stats.probesBehind++;
+        log.warn({ namespace: sc.ns || "(all)", probe: prv, watch: rvAtStart }, "probe answered from behind the watch; not a proof");
+      } else {
+        stats.probesOk++;
+        // Only while the same watch is still open and has not been caught silent.
+        if (sc.watch === watchId && sc.trusted) prove(sc, sentAt, false);
+      }
+    } catch (err) {
+      stats.probesFailed++;
+      if (!abort.signal.aborted) log.debug({ err, namespace: sc.ns || "(all)" }, "probe failed");
+    } finally {
+      sc.probing = false;
+    }
+  }
+
+  async function run(sc: Scope): Promise<void> {
     const backoff = createBackoff(opts.backoff ?? { initialMs: 250, maxMs: 30_000 });
-    let rv = "";
     while (!abort.signal.aborted) {
       try {
-        if (rv === "") {
-          const l = await list(ns);
+        if (sc.rv === "") {
+          stats.lists++;
+          const listedAt = now();
+          const l = await list(sc.ns);
           if (abort.signal.aborted) return;
-          opts.sink.replace(ns, l.pods, l.rv);
-          rv = l.rv;
-          lastActivityMs = Date.now();
-          if (!syncedScopes.has(ns)) {
-            syncedScopes.add(ns);
-            log.info({ namespace: ns || "(all)", pods: l.pods.length, resourceVersion: rv }, "initial pod list loaded");
-            if (syncedScopes.size === scopes.length) resolveSynced();
-          }
+          opts.sink.replace(sc.ns, l.pods, l.rv);
+          sc.rv = l.rv;
+          prove(sc, listedAt, true);
+          if (!sc.synced) log.info({ namespace: sc.ns || "(all)", pods: l.pods.length }, "initial pod list loaded");
+          markSynced(sc, "list");
         }
-        const startedAt = Date.now();
-        rv = await watchOnce(ns, rv);
-        // A clean end (server timeout): watch again from where we are. Immediate unless it ended
-        // at once, which would otherwise spin.
-        if (Date.now() - startedAt < 1000) await delay(backoff.next(), abort.signal);
+        const end = await watchOnce(sc);
+        // A clean end at about its timeout: the server keeps the protocol, so its silence was quiet.
+        if (end.lastedMs >= end.requestedMs / 2) sc.trusted = true;
+        // Watch again from where we are: at once, unless it ended at once (that would spin).
+        if (end.lastedMs < 1000) await delay(backoff.next(), abort.signal);
         else backoff.reset();
       } catch (err) {
         if (abort.signal.aborted) return;
-        if (err instanceof GoneError) {
-          log.info({ namespace: ns || "(all)" }, "watch expired (410 Gone); relisting");
-          rv = "";
-          continue;
-        }
         const wait = backoff.next();
-        const code = (err as { code?: number; statusCode?: number }).code ?? (err as { statusCode?: number }).statusCode;
-        if (code === 410) rv = "";
-        log.warn({ err, code, namespace: ns || "(all)", retryInMs: wait }, "pod list/watch failed; retrying");
+        if (err instanceof GoneError || statusOf(err) === 410) {
+          stats.gone++;
+          log.info({ namespace: sc.ns || "(all)", retryInMs: wait }, "watch expired (410 Gone); relisting");
+          sc.rv = "";
+        } else if (err instanceof SilentWatchError) {
+          stats.silentDrops++;
+          sc.trusted = false;
+          // Probes made while it was silent proved nothing about it.
+          sc.lastProofMs = sc.lastStreamProofMs;
+          log.warn({ namespace: sc.ns || "(all)", err, retryInMs: wait }, "dropping a silent watch");
+        } else {
+          stats.failures++;
+          log.warn({ err, code: statusOf(err), namespace: sc.ns || "(all)", retryInMs: wait }, "pod list/watch failed; retrying");
+        }
         await delay(wait, abort.signal);
       }
     }
@@ -213,14 +380,28 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
     start() {
       if (started) return;
       started = true;
-      for (const ns of scopes) loops.push(run(ns));
+      for (const sc of scopes) loops.push(run(sc));
+      if (probeIntervalMs > 0) {
+        probeTimer = setInterval(() => {
+          for (const sc of scopes) void probe(sc);
+        }, probeIntervalMs);
+        probeTimer.unref();
+      }
     },
     async stop() {
       abort.abort();
+      clearInterval(probeTimer);
       for (const c of requests) c.abort();
       await Promise.allSettled(loops);
     },
-    health: () => ({ synced: syncedScopes.size === scopes.length, connected: connectedScopes.size === scopes.length, lastActivityMs }),
+    health: () => ({
+      synced: scopes.every((s) => s.synced),
+      connected: scopes.every((s) => s.watch !== 0),
+      lastProofMs: scopes.some((s) => s.lastProofMs === 0) ? 0 : Math.min(...scopes.map((s) => s.lastProofMs)),
+      trusted: scopes.every((s) => s.trusted),
+    }),
+    stats: () => ({ ...stats }),
+    resourceVersions: () => new Map(scopes.filter((s) => s.rv !== "").map((s) => [s.ns, s.rv])),
     synced,
   };
 }

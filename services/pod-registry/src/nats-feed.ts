@@ -32,6 +32,11 @@ interface Heartbeat {
   t: number;
   /** The leader's first list is fully published. */
   s: boolean;
+  /**
+   * Age (ms) of the leader's last proof that its feed matched the API server, as of writing;
+   * absent when it has none. Older leaders sent no `a` and wrote heartbeats only while connected.
+   */
+  a?: number;
 }
 
 /** Opens (creating when absent) the pod bucket. */
@@ -55,8 +60,11 @@ export interface NatsSubscriber {
   readonly synced: boolean;
   /** Resolves when {@link synced} first becomes true. */
   readonly whenSynced: Promise<void>;
-  /** Last feed activity (ms), 0 when none. */
-  readonly lastEventMs: number;
+  /**
+   * When (ms, local clock) the bucket's content was last proven to match the API server: the
+   * receive time of the latest heartbeat minus the proof age it carries; 0 when none.
+   */
+  readonly lastProofMs: number;
   /** Identity in the last heartbeat. */
   readonly leader: string;
   /** Entries rejected as malformed. */
@@ -69,7 +77,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   let closed = false;
   let replayDone = false;
   let leaderSynced = false;
-  let lastEventMs = 0;
+  let lastProofMs = 0;
   let leader = "";
   let rejected = 0;
   let resolveReplayed!: () => void;
@@ -85,14 +93,18 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     const operation = e.operation;
     const isUpdate = e.isUpdate;
     const live = isUpdate && replayDone;
-    if (live) lastEventMs = now();
     if (key === HEARTBEAT_KEY) {
       if (operation === "PUT") {
         try {
           const hb = JSON.parse(new TextDecoder().decode(e.value)) as Partial<Heartbeat>;
           leader = typeof hb.h === "string" ? hb.h.slice(0, 253) : "";
           if (hb.s === true) leaderSynced = true;
-          if (!live) lastEventMs = Math.max(lastEventMs, Math.min(now(), e.created.getTime()));
+          // A replayed heartbeat was written when NATS stored it, not now.
+          const at = live ? now() : Math.min(now(), e.created.getTime());
+          const age = hb.a === undefined ? 0 : typeof hb.a === "number" && hb.a >= 0 && Number.isFinite(hb.a) ? hb.a : undefined;
+          // The latest heartbeat decides, also when it says less than the one before: the leader
+          // may have found that a proof it had given was worthless (a silent watch).
+          lastProofMs = age === undefined ? 0 : at - age;
         } catch {
           rejected++;
         }
@@ -107,7 +119,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
         else rejected++;
       } catch (err) {
         rejected++;
-        logger.warn({ key: key.slice(0, 128), err }, "rejected malformed bucket entry");
+        logger.warn({ bucketKey: key.slice(0, 128), err }, "rejected malformed bucket entry");
       }
     } else {
       // DEL/PURGE: the leader dropped an expired tombstone (or an operator removed the key).
@@ -166,8 +178,8 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     get synced() {
       return replayDone && leaderSynced;
     },
-    get lastEventMs() {
-      return lastEventMs;
+    get lastProofMs() {
+      return lastProofMs;
     },
     get leader() {
       return leader;
@@ -260,8 +272,12 @@ export interface NatsPublisherOptions {
   maxInFlight?: number;
   /** How often the heartbeat is written. */
   heartbeatIntervalMs: number;
-  /** Whether the API watch is healthy; no heartbeat is written while it is not. */
-  healthy: () => boolean;
+  /**
+   * When (ms, `now`) the leader's API feed was last proven current (0: never); heartbeats carry its
+   * age, so followers turn stale exactly when the leader's feed does.
+   */
+  lastProofMs: () => number;
+  now?: () => number;
   /** Tombstones older than this are purged from the bucket. Default 10 minutes. */
   tombstoneTtlMs?: number;
 }
@@ -366,9 +382,13 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
     }
   }
 
+  const now = opts.now ?? Date.now;
   const heartbeat = () => {
-    if (stopped || !opts.healthy()) return;
+    if (stopped) return;
+    const proof = opts.lastProofMs();
     const hb: Heartbeat = { h: identity, t: Date.now(), s: synced };
+    // Written also when stale, saying so: followers learn that the leader lives but cannot vouch.
+    if (proof > 0) hb.a = Math.max(0, now() - proof);
     kv.put(HEARTBEAT_KEY, JSON.stringify(hb)).catch((err: unknown) => logger.debug({ err }, "heartbeat failed"));
   };
 

@@ -11,6 +11,7 @@ import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
 import type { KV } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type CacheEvent, PodCache } from "./cache.js";
+import { withDeadline } from "./kube-deadline.js";
 import { createPodWatcher, type PodSink, type PodWatcher } from "./kube-watcher.js";
 import { createLeaseElector, type LeaseElector } from "./lease.js";
 import { createNatsPublisher, createNatsSubscriber, type NatsPublisher, type NatsSubscriber, openPodBucket } from "./nats-feed.js";
@@ -53,6 +54,15 @@ export interface PodRegistryOptions {
   /** After a fruitless wait, GET the pod from the API server once (needs namespace and name). */
   apiFallback: boolean;
   logger: Logger;
+  /**
+   * The watch's timeoutSeconds (the server ends each watch after it; one silent for longer, plus a
+   * margin, is dropped). Default half the staleness threshold, so a dead watch is caught within it.
+   */
+  watchTimeoutSeconds?: number;
+  /** How often an open watch is backed by a probe of the API server. Default a third of the staleness threshold. */
+  probeIntervalMs?: number;
+  /** Deadline of each API request but the watch stream (list pages, probes, GETs). Default 30 s. */
+  requestTimeoutMs?: number;
   /** Backoff of the API watch; default 250 ms doubling to 30 s. */
   watchBackoff?: { initialMs: number; maxMs: number };
   /** Clock, for tests. */
@@ -63,12 +73,12 @@ export interface PodRegistryOptions {
 export interface RegistryStatusInfo {
   /** The first full list is in. */
   synced: boolean;
-  /** Events or heartbeats arrived within the staleness threshold. */
+  /** The last proof of liveness is within the staleness threshold. */
   live: boolean;
   /** synced and live: "not in the cache" can be trusted to mean "does not exist". */
   fresh: boolean;
   podCount: number;
-  /** Time since the last event or heartbeat; undefined before the first one. */
+  /** Age of the last proof that the cache matches the API server (see kube-watcher.ts); undefined before the first. */
   lastEventAgeMs: number | undefined;
   role: RegistryRole;
 }
@@ -150,6 +160,10 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       projection: opts.projection,
       logger: log,
       backoff: opts.watchBackoff,
+      watchTimeoutSeconds: opts.watchTimeoutSeconds ?? Math.max(1, Math.floor(opts.staleAfterMs / 2000)),
+      probeIntervalMs: opts.probeIntervalMs ?? Math.max(100, Math.floor(opts.staleAfterMs / 3)),
+      requestTimeoutMs: opts.requestTimeoutMs,
+      now,
     });
 
   // ---- standalone -----------------------------------------------------------------------
@@ -182,7 +196,8 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       identity: opts.identity,
       logger: log,
       heartbeatIntervalMs: heartbeatMs,
-      healthy: () => watcher?.health().connected ?? false,
+      lastProofMs: () => watcher?.health().lastProofMs ?? 0,
+      now,
       tombstoneTtlMs: rep!.tombstoneTtlMs,
     });
     watcher = newWatcher(publisher);
@@ -258,11 +273,11 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
     if (!rep) {
       const h = standalone?.health();
       isSynced = h?.synced ?? false;
-      // An open watch with nothing to say is live; bookmarks and server timeouts keep it honest.
-      lastMs = h ? (h.connected ? now() : h.lastActivityMs) : 0;
+      // Not "connected": an open watch may be dead. Only events, bookmarks, lists and probes prove.
+      lastMs = h?.lastProofMs ?? 0;
     } else {
       isSynced = subscriber?.synced ?? false;
-      lastMs = subscriber?.lastEventMs ?? 0;
+      lastMs = subscriber?.lastProofMs ?? 0;
     }
     const s = noteSynced(isSynced);
     const age = lastMs > 0 ? Math.max(0, now() - lastMs) : undefined;
@@ -324,7 +339,10 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       if (pod || !opts.apiFallback || !w.namespace || !w.name || w.signal?.aborted) return { pod, fromApiServer: false };
       coreApi ??= opts.kubeConfig.makeApiClient(CoreV1Api);
       try {
-        const raw = await coreApi.readNamespacedPod({ name: w.name, namespace: w.namespace });
+        const raw = await coreApi.readNamespacedPod(
+          { name: w.name, namespace: w.namespace },
+          withDeadline(opts.requestTimeoutMs ?? 30_000, w.signal),
+        );
         const p = projectPod(raw as KubePodLike, opts.projection);
         // Same name, other UID: not the pod asked about.
         return p.uid === uid ? { pod: p, fromApiServer: true } : { pod: undefined, fromApiServer: false };
