@@ -16,7 +16,7 @@ import { memoryUsage } from "node:process";
 import { PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
 import { createServiceClient } from "@k8s-athenz-identity/shared";
 import { PodCache } from "../services/pod-registry/src/cache.js";
-import { decodeWire, encodePod, projectPod } from "../services/pod-registry/src/pod.js";
+import { decodePodEntry, encodePodEntry, projectPod } from "../services/pod-registry/src/pod.js";
 import { startNatsServer } from "../test/support/nats-server.js";
 import { type Figure, opsPerSecond, percentile, recordFigures } from "./lib.js";
 import { absNow, benchUid, type FromWorker, type ToWorker } from "./pod-registry.worker.js";
@@ -52,12 +52,12 @@ function podJson(i: number) {
 // ---- 1. heap per cached pod ------------------------------------------------------------------
 {
   // Records as a replica gets them: decoded from the NATS encoding (fresh strings, like the wire).
-  const encoded = Array.from({ length: N }, (_, i) => encodePod(projectPod(podJson(i), { labelAllowList: ["app"] })));
+  const encoded = Array.from({ length: N }, (_, i) => encodePodEntry(projectPod(podJson(i), { labelAllowList: ["app"] }), 1));
   collect();
   const before = memoryUsage().heapUsed;
   const cache = new PodCache();
   for (const e of encoded) {
-    const w = decodeWire(e);
+    const w = decodePodEntry(e);
     if (w.kind === "pod") cache.upsert(w.pod);
   }
   encoded.length = 0;

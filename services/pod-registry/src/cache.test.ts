@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
 import { mock, test } from "node:test";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { PodPhase } from "@k8s-athenz-identity/api/common";
+import { PodEntrySchema } from "@k8s-athenz-identity/api/pod_registry_bucket";
 import { PodCache } from "./cache.js";
-import { decodeWire, encodePod, encodeTombstone, isPresent, type PodRecord, projectPod } from "./pod.js";
+import { decodePodEntry, encodePodEntry, encodeTombstoneEntry, isPresent, type PodRecord, projectPod } from "./pod.js";
 import { compareResourceVersions } from "./resource-version.js";
+
+const utf8 = (s: string) => new TextEncoder().encode(s);
 
 function pod(over: Partial<PodRecord> = {}): PodRecord {
   return {
@@ -136,7 +140,7 @@ test("subscribers see upserts and deletions; a throwing subscriber does not brea
   assert.deepEqual(seen, ["upserted:u1", "deleted:u1"]);
 });
 
-test("projection keeps only allow-listed labels/annotations; the wire encoding round-trips and rejects garbage", () => {
+test("projection keeps only allow-listed labels/annotations; the bucket encoding round-trips, reads the old JSON, and rejects garbage", () => {
   const p = projectPod(
     {
       metadata: {
@@ -156,19 +160,31 @@ test("projection keeps only allow-listed labels/annotations; the wire encoding r
   assert.deepEqual(p.labels, { app: "a" });
   assert.deepEqual(p.annotations, { "athenz/domain": "d" });
   assert.deepEqual(p.podIps, ["10.1.1.1", "fd00::2"]);
-  const back = decodeWire(encodePod(p));
-  assert.equal(back.kind, "pod");
-  assert.deepEqual(back.kind === "pod" && back.pod, p);
-  const t = decodeWire(encodeTombstone({ uid: "x", namespace: "ns", name: "n", resourceVersion: "6" }));
-  assert.deepEqual(t, { kind: "tombstone", tombstone: { uid: "x", namespace: "ns", name: "n", resourceVersion: "6" } });
-  const bad = [
-    `{"v":2,"u":"x"}`,
-    `{"v":1}`,
-    `{"v":1,"u":"x","ns":"n","n":"n","rv":"1","ips":"10.0.0.1"}`,
-    `{"v":1,"u":"x","ns":5}`,
-    "not json",
-    `{"v":1,"u":"x","ns":"a","n":"b","rv":"1","ph":99}`,
+  const back = decodePodEntry(encodePodEntry(p, 7));
+  assert.deepEqual(back, { kind: "pod", epoch: 7, pod: p });
+  const t = decodePodEntry(encodeTombstoneEntry({ uid: "x", namespace: "ns", name: "n", resourceVersion: "6" }, 8));
+  assert.deepEqual(t, { kind: "tombstone", epoch: 8, tombstone: { uid: "x", namespace: "ns", name: "n", resourceVersion: "6" } });
+
+  // The JSON of registries before the proto contract is still read (epoch 0), for rolling upgrades.
+  const legacy = decodePodEntry(utf8(`{"v":1,"u":"x","ns":"ns","n":"n","rv":"5","sa":"sa","ips":["10.1.1.1"],"ph":2,"ct":1}`));
+  assert.equal(legacy.kind === "pod" && legacy.pod.serviceAccountName, "sa");
+  assert.equal(legacy.epoch, 0);
+  assert.deepEqual(decodePodEntry(utf8(`{"v":1,"u":"x","ns":"ns","n":"n","rv":"6","del":1}`)).kind, "tombstone");
+
+  const entry = (state: Parameters<typeof create<typeof PodEntrySchema>>[1]) => toBinary(PodEntrySchema, create(PodEntrySchema, state));
+  const bad: Array<[string, Uint8Array]> = [
+    ["legacy, unknown version", utf8(`{"v":2,"u":"x"}`)],
+    ["legacy, no uid", utf8(`{"v":1}`)],
+    ["legacy, ips not an array", utf8(`{"v":1,"u":"x","ns":"n","n":"n","rv":"1","ips":"10.0.0.1"}`)],
+    ["legacy, not JSON", utf8("{not json")],
+    ["not a message", utf8("not json")],
+    ["truncated", encodePodEntry(p, 1).subarray(0, 20)],
+    ["empty entry", entry({ epoch: 1n })],
+    ["no uid", entry({ state: { case: "pod", value: { name: "n" } } })],
+    ["phase out of range", entry({ state: { case: "pod", value: { uid: "x", phase: 99 as PodPhase } } })],
+    ["too many IPs", entry({ state: { case: "pod", value: { uid: "x", podIps: Array.from({ length: 9 }, (_, i) => `10.0.0.${i}`) } } })],
+    ["oversized name", entry({ state: { case: "tombstone", value: { uid: "x", name: "n".repeat(300) } } })],
+    ["too large", new Uint8Array(70_000)],
   ];
-  for (const b of bad) assert.throws(() => decodeWire(new TextEncoder().encode(b)), Error, b);
-  assert.throws(() => decodeWire(new Uint8Array(70_000)), /too large/);
+  for (const [why, b] of bad) assert.throws(() => decodePodEntry(b), Error, why);
 });

@@ -30,6 +30,23 @@ export const podRegistrySpec = {
     default: "pod-registry",
     pattern: /^[A-Za-z0-9_-]{1,64}$/,
   }),
+  natsBucketReplicas: int({
+    env: "NATS_BUCKET_REPLICAS",
+    flag: "nats-bucket-replicas",
+    description:
+      "copies of the bucket on the JetStream cluster: 1 for a single server, 3 (or 5) for a cluster; raised on an existing bucket, never lowered",
+    default: 1,
+    min: 1,
+    max: 5,
+  }),
+  tombstoneTtl: duration({
+    env: "TOMBSTONE_TTL",
+    flag: "tombstone-ttl",
+    description: "how long a deleted pod's tombstone stays in the bucket (a NATS per-message TTL) and in memory, rejecting late updates of it",
+    default: 10 * 60_000,
+    minMs: 1000,
+    maxMs: 24 * 3600_000,
+  }),
   leaseName: str({
     env: "LEASE_NAME",
     flag: "lease-name",
@@ -56,7 +73,8 @@ export const podRegistrySpec = {
   staleAfter: duration({
     env: "STALE_AFTER",
     flag: "stale-after",
-    description: "the feed counts as broken after this long without events or heartbeats",
+    description:
+      "the feed counts as broken when its last proof of liveness (an event, bookmark, list or probe of the API server, relayed by the leader's heartbeats) is older than this; the watch timeout is half of it and probes run every third of it",
     default: 30_000,
     minMs: 500,
   }),

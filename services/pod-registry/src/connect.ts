@@ -11,6 +11,7 @@ import {
   PodRegistryService,
   type RegistryStatus,
   RegistryStatusSchema,
+  StaleReason,
   WaitForPodResponseSchema,
   WatchEventType,
   type WatchPodsResponse,
@@ -35,6 +36,9 @@ export function toProtoStatus(s: RegistryStatusInfo): RegistryStatus {
     podCount: BigInt(s.podCount),
     lastEventAge: s.lastEventAgeMs !== undefined ? durationFromMs(s.lastEventAgeMs) : undefined,
     role: s.role,
+    leader: s.leader,
+    epoch: BigInt(s.epoch),
+    staleReason: s.staleReason ?? StaleReason.UNSPECIFIED,
   });
 }
 

@@ -1,54 +1,58 @@
 /**
- * Replication through a NATS JetStream key-value bucket.
+ * Replication through the pod bucket (layout, encodings and the epoch fence: bucket.ts).
  *
- * Layout: one key per pod UID whose value is the encoded pod (see pod.ts), a tombstone value for a
- * deleted pod (so the deletion keeps its resourceVersion and orders against stale updates), and a
- * `_heartbeat` key the leader rewrites every few seconds. The bucket keeps one value per key
- * (history 1), so it is exactly the current pod set plus recent tombstones, and a KV watch replays
- * it: a new or restarted replica syncs from NATS without touching the API server. Tombstones older
- * than the tombstone TTL are purged by the leader.
- *
- * Every replica, the leader included, builds its cache from the watch ({@link createNatsSubscriber});
- * only the leader writes ({@link createNatsPublisher}).
+ * Every replica, the leader included, builds its cache from a watch of the bucket
+ * ({@link createNatsSubscriber}): the watch replays the bucket's content (the live pods and recent
+ * tombstones), so a new or restarted replica syncs from NATS without touching the API server, then
+ * follows every change. Only the leader writes ({@link createNatsPublisher}): pods and tombstones
+ * pipelined on one reply subscription, and a heartbeat that carries the age of its last proof of
+ * liveness and how far its API feed is published.
  */
 
 import type { Logger } from "@k8s-athenz-identity/shared";
 import { createBackoff, delay } from "@k8s-athenz-identity/shared/backoff";
 import type { KV, KvWatchEntry } from "@nats-io/kv";
-import { Kvm } from "@nats-io/kv";
-import { createInbox, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import { createInbox, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import {
+  decodeHeartbeat,
+  decodeLeaderEpoch,
+  EPOCH_KEY,
+  EpochFence,
+  encodeHeartbeat,
+  encodeLeaderEpoch,
+  HEARTBEAT_KEY,
+  type Heartbeat,
+  isPodKey,
+  type LeaderEpoch,
+} from "./bucket.js";
 import type { PodCache } from "./cache.js";
 import type { PodSink } from "./kube-watcher.js";
-import { decodeWire, encodePod, encodeTombstone, type PodRecord, type PodTombstone } from "./pod.js";
-
-export const HEARTBEAT_KEY = "_heartbeat";
-/** Keys NATS accepts and a UID can be; anything else is not published. */
-const KEY_RE = /^[A-Za-z0-9_=-]{1,128}$/;
-
-interface Heartbeat {
-  /** Holder identity. */
-  h: string;
-  /** Leader's clock (ms); informational only, freshness uses the local receive time. */
-  t: number;
-  /** The leader's first list is fully published. */
-  s: boolean;
-  /**
-   * Age (ms) of the leader's last proof that its feed matched the API server, as of writing;
-   * absent when it has none. Older leaders sent no `a` and wrote heartbeats only while connected.
-   */
-  a?: number;
-}
-
-/** Opens (creating when absent) the pod bucket. */
-export async function openPodBucket(nc: NatsConnection, bucket: string): Promise<KV> {
-  return new Kvm(nc).create(bucket, { history: 1, description: "pod-registry: pods by UID" });
-}
+import { type BucketPodValue, decodePodEntry, encodePodEntry, encodeTombstoneEntry, type PodRecord, type PodTombstone } from "./pod.js";
+import { compareResourceVersions, isNewer } from "./resource-version.js";
 
 export interface NatsSubscriberOptions {
   kv: KV;
   cache: PodCache;
   logger: Logger;
   now?: () => number;
+  /** A pod value was dropped by the fence (a deposed leader wrote it): the leader rewrites the key. */
+  onFenced?: (key: string) => void;
+  /** A new epoch began (a leader learns here that it was superseded). */
+  onEpoch?: (epoch: number, holder: string) => void;
+  /** A valid heartbeat arrived (a `released` one lets candidates take over at once). */
+  onHeartbeat?: (hb: Heartbeat) => void;
+}
+
+/** Counters of what the subscriber saw and refused. */
+export interface SubscriberStats {
+  /** Bucket entries handled (replayed and live; pods, tombstones, markers, heartbeats). */
+  entries: number;
+  /** Values that could not be decoded or did not fit their key (logged, counted, skipped). */
+  malformed: number;
+  /** Values a deposed leader wrote after a newer epoch had begun (dropped). */
+  fenced: number;
+  /** Values held back until the start of their epoch is seen. */
+  deferred: number;
 }
 
 export interface NatsSubscriber {
@@ -62,72 +66,141 @@ export interface NatsSubscriber {
   readonly whenSynced: Promise<void>;
   /**
    * When (ms, local clock) the bucket's content was last proven to match the API server: the
-   * receive time of the latest heartbeat minus the proof age it carries; 0 when none.
+   * receive time of the latest valid heartbeat minus the proof age it carries; 0 when none.
    */
   readonly lastProofMs: number;
-  /** Identity in the last heartbeat. */
+  /** When (ms, local clock) the latest valid heartbeat was written; 0 when none. */
+  readonly lastHeartbeatAtMs: number;
+  /** Holder named by the latest valid heartbeat. */
   readonly leader: string;
-  /** Entries rejected as malformed. */
-  readonly rejected: number;
+  /** The newest epoch seen. */
+  readonly epoch: number;
+  /** The latest valid heartbeat, for a leader taking over. */
+  readonly lastHeartbeat: Heartbeat | undefined;
+  /** The fence, for the epoch a new leader claims. */
+  readonly fence: EpochFence;
+  readonly stats: SubscriberStats;
 }
 
 export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscriber {
   const { kv, cache, logger } = opts;
   const now = opts.now ?? Date.now;
+  const fence = new EpochFence();
+  const stats: SubscriberStats = { entries: 0, malformed: 0, fenced: 0, deferred: 0 };
   let closed = false;
   let replayDone = false;
   let leaderSynced = false;
   let lastProofMs = 0;
-  let leader = "";
-  let rejected = 0;
+  let lastHeartbeatAtMs = 0;
+  let lastHeartbeat: Heartbeat | undefined;
   let resolveReplayed!: () => void;
   const replayed = new Promise<void>((r) => (resolveReplayed = r));
   let resolveSynced!: () => void;
   const whenSynced = new Promise<void>((r) => (resolveSynced = r));
   let watcher: { stop(): void } | undefined;
   let loop: Promise<void> | undefined;
+  /** Values of an epoch whose start is not seen yet, by key (a newer value for the key replaces one). */
+  const deferred = new Map<string, { v: BucketPodValue; revision: number }>();
+
+  const malformed = (key: string, err: unknown) => {
+    stats.malformed++;
+    logger.warn({ bucketKey: key.slice(0, 128), err }, "skipping a malformed bucket value");
+  };
+
+  const applyPod = (key: string, v: BucketPodValue) => {
+    if (v.kind === "pod") {
+      if (v.pod.uid === key) cache.upsert(v.pod);
+      else malformed(key, "uid does not match the key");
+    } else if (v.tombstone.uid === key) cache.delete(v.tombstone);
+    else malformed(key, "uid does not match the key");
+  };
+
+  const judgePod = (key: string, v: BucketPodValue, revision: number) => {
+    const verdict = fence.judge(v.epoch, revision);
+    if (verdict === "valid") applyPod(key, v);
+    else if (verdict === "fenced") {
+      stats.fenced++;
+      logger.warn({ bucketKey: key.slice(0, 128), epoch: v.epoch, current: fence.epoch, revision }, "dropping a value written by a deposed leader");
+      opts.onFenced?.(key);
+    } else {
+      deferred.set(key, { v, revision });
+      stats.deferred++;
+    }
+  };
+
+  const learnEpoch = (e: LeaderEpoch, revision: number) => {
+    const before = fence.epoch;
+    fence.learn(e, revision);
+    if (fence.epoch > before) {
+      logger.info({ epoch: fence.epoch, holder: fence.holder, revision }, "leader epoch began");
+      opts.onEpoch?.(fence.epoch, fence.holder);
+    }
+    if (deferred.size === 0) return;
+    const waiting = [...deferred].sort((a, b) => a[1].revision - b[1].revision);
+    for (const [key, d] of waiting) {
+      if (fence.judge(d.v.epoch, d.revision) === "unknown") continue;
+      deferred.delete(key);
+      judgePod(key, d.v, d.revision);
+    }
+  };
+
+  const onHeartbeat = (hb: Heartbeat, revision: number, at: number) => {
+    const verdict = fence.judge(hb.epoch, revision);
+    if (verdict !== "valid") {
+      if (verdict === "fenced") stats.fenced++;
+      return;
+    }
+    lastHeartbeat = hb;
+    lastHeartbeatAtMs = at;
+    if (hb.synced) leaderSynced = true;
+    // The latest heartbeat decides, also when it says less than the one before: the leader may
+    // have found that a proof it had given was worthless (a silent watch).
+    lastProofMs = hb.proofAgeMs === undefined ? 0 : at - hb.proofAgeMs;
+    opts.onHeartbeat?.(hb);
+  };
 
   const handle = (e: KvWatchEntry) => {
     // Each getter of a watch entry re-derives its value (key decoding, header lookups): read once.
     const key = e.key;
     const operation = e.operation;
     const isUpdate = e.isUpdate;
-    const live = isUpdate && replayDone;
-    if (key === HEARTBEAT_KEY) {
+    const revision = e.revision;
+    stats.entries++;
+    if (key === EPOCH_KEY) {
       if (operation === "PUT") {
         try {
-          const hb = JSON.parse(new TextDecoder().decode(e.value)) as Partial<Heartbeat>;
-          leader = typeof hb.h === "string" ? hb.h.slice(0, 253) : "";
-          if (hb.s === true) leaderSynced = true;
-          // A replayed heartbeat was written when NATS stored it, not now.
-          const at = live ? now() : Math.min(now(), e.created.getTime());
-          const age = hb.a === undefined ? 0 : typeof hb.a === "number" && hb.a >= 0 && Number.isFinite(hb.a) ? hb.a : undefined;
-          // The latest heartbeat decides, also when it says less than the one before: the leader
-          // may have found that a proof it had given was worthless (a silent watch).
-          lastProofMs = age === undefined ? 0 : at - age;
-        } catch {
-          rejected++;
+          learnEpoch(decodeLeaderEpoch(e.value), revision);
+        } catch (err) {
+          malformed(key, err);
         }
       }
+    } else if (key === HEARTBEAT_KEY) {
+      if (operation === "PUT") {
+        try {
+          // A replayed heartbeat was written when NATS stored it, not now.
+          const at = isUpdate && replayDone ? now() : Math.min(now(), e.created.getTime());
+          onHeartbeat(decodeHeartbeat(e.value), revision, at);
+        } catch (err) {
+          malformed(key, err);
+        }
+      }
+    } else if (!isPodKey(key)) {
+      malformed(key, "not a pod key");
     } else if (operation === "PUT") {
+      deferred.delete(key);
       try {
-        const w = decodeWire(e.value);
-        if (w.kind === "pod") {
-          if (w.pod.uid === key) cache.upsert(w.pod);
-          else rejected++;
-        } else if (w.tombstone.uid === key) cache.delete(w.tombstone);
-        else rejected++;
+        judgePod(key, decodePodEntry(e.value), revision);
       } catch (err) {
-        rejected++;
-        logger.warn({ bucketKey: key.slice(0, 128), err }, "rejected malformed bucket entry");
+        malformed(key, err);
       }
     } else {
-      // DEL/PURGE: the leader dropped an expired tombstone (or an operator removed the key).
+      // DEL/PURGE: the server expired a tombstone (its TTL ran out), or an operator removed the key.
+      deferred.delete(key);
       cache.forget(key);
     }
     if (isUpdate && !replayDone) {
       replayDone = true;
-      logger.info({ pods: cache.size }, "replayed the pod bucket from NATS");
+      logger.info({ pods: cache.size, epoch: fence.epoch }, "replayed the pod bucket from NATS");
       resolveReplayed();
     }
     if (replayDone && leaderSynced) resolveSynced();
@@ -138,6 +211,18 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     let resumeFrom = 0;
     while (!closed) {
       try {
+        if (resumeFrom === 0) {
+          // The epochs first: the replay delivers values in revision order, and most come before
+          // the `_epoch` write that tells which of them a deposed leader wrote.
+          const cur = await kv.get(EPOCH_KEY);
+          if (cur?.operation === "PUT" && cur.value.length > 0) {
+            try {
+              learnEpoch(decodeLeaderEpoch(cur.value), cur.revision);
+            } catch (err) {
+              malformed(EPOCH_KEY, err);
+            }
+          }
+        }
         const w = await kv.watch(resumeFrom > 0 ? { resumeFromRevision: resumeFrom } : {});
         watcher = w;
         if (closed) {
@@ -181,24 +266,55 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     get lastProofMs() {
       return lastProofMs;
     },
+    get lastHeartbeatAtMs() {
+      return lastHeartbeatAtMs;
+    },
     get leader() {
-      return leader;
+      return lastHeartbeat?.holder ?? "";
     },
-    get rejected() {
-      return rejected;
+    get epoch() {
+      return fence.epoch;
     },
+    get lastHeartbeat() {
+      return lastHeartbeat;
+    },
+    fence,
+    stats,
   };
 }
 
-/** Writes one value to a key and resolves once JetStream has stored it. */
-type KvWriter = (key: string, value: Uint8Array) => Promise<void>;
+/**
+ * Claims the next epoch for `identity`: a compare-and-set on `_epoch` over the revision read, so
+ * two would-be leaders cannot both claim one. Throws when it loses the race or NATS fails.
+ */
+export async function claimEpoch(kv: KV, identity: string, known: EpochFence): Promise<number> {
+  const cur = await kv.get(EPOCH_KEY);
+  let prev: LeaderEpoch | undefined;
+  if (cur?.operation === "PUT" && cur.value.length > 0) {
+    try {
+      prev = decodeLeaderEpoch(cur.value);
+    } catch {
+      // Unreadable: claim above everything this replica has seen.
+    }
+  }
+  const next = EpochFence.successor(prev, cur?.revision ?? 0, identity);
+  // Never below an epoch this replica has seen (the stored value may be unreadable or gone).
+  if (next.epoch <= known.epoch) next.epoch = known.epoch + 1;
+  const value = encodeLeaderEpoch(next);
+  if (cur) await kv.update(EPOCH_KEY, value, cur.revision);
+  else await kv.create(EPOCH_KEY, value);
+  return next.epoch;
+}
+
+/** Writes one value to a key (with a per-message TTL when given) and resolves once JetStream has stored it. */
+type KvWriter = (key: string, value: Uint8Array, ttl?: string) => Promise<void>;
 
 /**
  * KV puts pipelined on one reply subscription: a plain publish with a reply subject per write and
  * the JetStream acks matched by sequence, instead of `kv.put`'s request per write. nats.js builds
  * a fresh Error (a stack capture) for every request it settles and arms a timer per request;
  * at 100,000 puts that was most of the leader's CPU. Timeouts are checked by one sweep.
- * Falls back to `kv.put` when the bucket's edit subject cannot be derived.
+ * Falls back to `kv.put` when the bucket's edit subject cannot be derived (without TTLs then).
  */
 export function createKvWriter(nc: NatsConnection, kv: KV, timeoutMs = 5000): KvWriter & { close(): void } {
   const subjectForKey = (kv as unknown as { subjectForKey?: (k: string, edit: boolean) => string }).subjectForKey?.bind(kv);
@@ -238,11 +354,16 @@ export function createKvWriter(nc: NatsConnection, kv: KV, timeoutMs = 5000): Kv
     Math.min(1000, timeoutMs),
   );
   sweep.unref();
-  const write = (key: string, value: Uint8Array) =>
+  const write = (key: string, value: Uint8Array, ttl?: string) =>
     new Promise<void>((resolve, reject) => {
       const id = ++seq;
       try {
-        nc.publish(prefix + key, value, { reply: `${inbox}.${id}` });
+        if (ttl === undefined) nc.publish(prefix + key, value, { reply: `${inbox}.${id}` });
+        else {
+          const h = headers();
+          h.set("Nats-TTL", ttl);
+          nc.publish(prefix + key, value, { reply: `${inbox}.${id}`, headers: h });
+        }
       } catch (err) {
         return reject(err instanceof Error ? err : new Error(String(err)));
       }
@@ -258,15 +379,29 @@ export function createKvWriter(nc: NatsConnection, kv: KV, timeoutMs = 5000): Kv
   });
 }
 
-type Pending = { kind: "put"; pod: PodRecord } | { kind: "del"; tombstone: PodTombstone };
+type Pending = ({ kind: "put"; pod: PodRecord } | { kind: "del"; tombstone: PodTombstone }) & {
+  /** When the oldest change this value stands for was queued (ms on `now`). */
+  since: number;
+};
+
+const rvOf = (p: Pending) => (p.kind === "put" ? p.pod.resourceVersion : p.tombstone.resourceVersion);
+const nsOf = (p: Pending) => (p.kind === "put" ? p.pod.namespace : p.tombstone.namespace);
+
+/** `rv - 1` for a decimal resourceVersion; undefined otherwise (or for 0). */
+function decimalPredecessor(rv: string): string | undefined {
+  if (!/^\d+$/.test(rv) || /^0+$/.test(rv)) return undefined;
+  return (BigInt(rv) - 1n).toString();
+}
 
 export interface NatsPublisherOptions {
   kv: KV;
   /** The connection under `kv`: when given, pod writes are pipelined through {@link createKvWriter}. */
   nc?: NatsConnection;
-  /** The replica's cache (fed from NATS), to skip pods the bucket already holds. */
+  /** The replica's cache (fed from NATS), to skip what the bucket already holds. */
   cache: PodCache;
   identity: string;
+  /** This leader's epoch (from {@link claimEpoch}); written into every value. */
+  epoch: number;
   logger: Logger;
   /** Writes in flight at once (different pods; one pod's writes stay in order). Default 256. */
   maxInFlight?: number;
@@ -277,9 +412,13 @@ export interface NatsPublisherOptions {
    * age, so followers turn stale exactly when the leader's feed does.
    */
   lastProofMs: () => number;
+  /** The API feed's resourceVersion per scope, for the heartbeat's published-through mark. */
+  resourceVersions: () => Map<string, string>;
+  /** {@link feedConfigFingerprint} of this leader's feed. */
+  feedConfig: string;
+  /** Tombstones live this long in the bucket (a per-message TTL, >= 1 s). */
+  tombstoneTtlMs: number;
   now?: () => number;
-  /** Tombstones older than this are purged from the bucket. Default 10 minutes. */
-  tombstoneTtlMs?: number;
 }
 
 /** The leader's writer: a {@link PodSink} that publishes to the bucket, plus the heartbeat. */
@@ -290,14 +429,22 @@ export interface NatsPublisher extends PodSink {
   markSynced(): void;
   /** Resolves when nothing is pending or in flight. */
   idle(): Promise<void>;
+  /**
+   * Stepping down on purpose: waits (at most `maxWaitMs`) for what is queued to be stored, writes a
+   * last heartbeat saying `released`, and stops. Call after the API watch has stopped.
+   */
+  handOver(maxWaitMs: number): Promise<void>;
+  /** Rewrites `key` from the cache: after the fence dropped a deposed leader's value there. */
+  repair(key: string): void;
   readonly pending: number;
   readonly published: number;
 }
 
 export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
-  const { kv, cache, logger, identity } = opts;
+  const { kv, cache, logger, identity, epoch } = opts;
+  const now = opts.now ?? Date.now;
   const maxInFlight = opts.maxInFlight ?? 256;
-  const tombstoneTtlMs = opts.tombstoneTtlMs ?? 10 * 60_000;
+  const ttl = `${Math.max(1, Math.ceil(opts.tombstoneTtlMs / 1000))}s`;
   // Latest wanted value per UID, in arrival order. Coalescing per UID bounds memory by the pod
   // count and makes a NATS outage survivable: everything still wanted is written on recovery.
   const pending = new Map<string, Pending>();
@@ -305,15 +452,16 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
   // from which the front has been deleted).
   let queue: string[] = [];
   let head = 0;
-  const inFlight = new Set<string>();
+  const inFlight = new Map<string, Pending>();
   const backoff = createBackoff({ initialMs: 100, maxMs: 5000 });
   let stopped = false;
   let retryTimer: NodeJS.Timeout | undefined;
   let hbTimer: NodeJS.Timeout | undefined;
-  let gcTimer: NodeJS.Timeout | undefined;
   let synced = false;
   let published = 0;
   let idleWaiters: Array<() => void> = [];
+  /** Per scope: every change up to here is stored. */
+  const publishedThrough = new Map<string, string>();
   const writer = opts.nc ? createKvWriter(opts.nc, kv) : undefined;
   const put: KvWriter = writer ?? ((key, value) => kv.put(key, value).then(() => undefined));
 
@@ -325,14 +473,31 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
     }
   };
 
-  const enqueue = (uid: string, p: Pending) => {
+  /** Whether the bucket (as this replica's cache knows it) already holds `p` or something newer. */
+  const alreadyHeld = (uid: string, p: Pending): boolean => {
+    const rv = rvOf(p);
+    const held = cache.getByUid(uid);
+    if (held) return p.kind === "put" ? !isNewer(rv, held.resourceVersion) : held.resourceVersion !== rv && !isNewer(rv, held.resourceVersion);
+    const tomb = cache.tombstoneOf(uid);
+    return tomb !== undefined && !isNewer(rv, tomb);
+  };
+
+  const enqueue = (uid: string, p: Pending, force = false) => {
     if (stopped) return;
-    if (!KEY_RE.test(uid) || uid === HEARTBEAT_KEY) {
+    if (!isPodKey(uid)) {
       logger.warn({ uid: uid.slice(0, 128) }, "pod UID is not a valid bucket key; not published");
       return;
     }
+    const queued = pending.get(uid) ?? inFlight.get(uid);
+    if (!force) {
+      // A replayed or relisted change older than what is queued or stored is not written again
+      // (coalescing must never replace a newer value with an older one).
+      if (queued ? !isNewer(rvOf(p), rvOf(queued)) : alreadyHeld(uid, p)) return;
+    }
+    const waiting = pending.get(uid);
+    if (waiting) p.since = waiting.since;
     // A newer value replaces a waiting one in place; the UID keeps its place in the queue.
-    if (!pending.has(uid) && !inFlight.has(uid)) queue.push(uid);
+    else if (!inFlight.has(uid)) queue.push(uid);
     pending.set(uid, p);
     drain();
   };
@@ -350,9 +515,9 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
       const p = pending.get(uid);
       if (p === undefined || inFlight.has(uid)) continue;
       pending.delete(uid);
-      inFlight.add(uid);
-      const value = p.kind === "put" ? encodePod(p.pod) : encodeTombstone(p.tombstone);
-      put(uid, value).then(
+      inFlight.set(uid, p);
+      const write = p.kind === "put" ? put(uid, encodePodEntry(p.pod, epoch)) : put(uid, encodeTombstoneEntry(p.tombstone, epoch), ttl);
+      write.then(
         () => {
           published++;
           settle(uid);
@@ -382,72 +547,136 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
     }
   }
 
-  const now = opts.now ?? Date.now;
-  const heartbeat = () => {
-    if (stopped) return;
-    const proof = opts.lastProofMs();
-    const hb: Heartbeat = { h: identity, t: Date.now(), s: synced };
-    // Written also when stale, saying so: followers learn that the leader lives but cannot vouch.
-    if (proof > 0) hb.a = Math.max(0, now() - proof);
-    kv.put(HEARTBEAT_KEY, JSON.stringify(hb)).catch((err: unknown) => logger.debug({ err }, "heartbeat failed"));
+  /** Advances the published-through mark of each scope past everything no longer queued. */
+  const advancePublishedThrough = () => {
+    const rvs = opts.resourceVersions();
+    for (const [scope, rv] of rvs) {
+      let oldest: string | undefined;
+      for (const m of [pending, inFlight]) {
+        for (const p of m.values()) {
+          if (scope !== "" && nsOf(p) !== scope) continue;
+          const r = rvOf(p);
+          if (oldest === undefined || compareResourceVersions(r, oldest) < 0) oldest = r;
+        }
+      }
+      // Everything before the oldest change still queued is stored (or superseded by a queued one).
+      const mark = oldest === undefined ? rv : decimalPredecessor(oldest);
+      if (mark !== undefined) publishedThrough.set(scope, mark);
+    }
   };
 
-  const gc = () => {
-    for (const uid of cache.expiredTombstones(tombstoneTtlMs)) {
-      if (pending.has(uid) || inFlight.has(uid)) continue;
-      kv.purge(uid).catch((err: unknown) => logger.debug({ err }, "tombstone purge failed"));
+  /** The oldest queued change's age bounds what followers can have: it counts against the proof. */
+  const proofAgeMs = (): number | undefined => {
+    const proof = opts.lastProofMs();
+    if (proof <= 0) return undefined;
+    let oldest = proof;
+    for (let i = head; i < queue.length; i++) {
+      const p = pending.get(queue[i]!);
+      if (p) {
+        oldest = Math.min(oldest, p.since);
+        break;
+      }
     }
+    return Math.max(0, now() - oldest);
+  };
+
+  const heartbeatValue = (released: boolean) => {
+    advancePublishedThrough();
+    return encodeHeartbeat(
+      {
+        holder: identity,
+        epoch,
+        synced,
+        // Written also when stale, saying so: followers learn that the leader lives but cannot vouch.
+        proofAgeMs: proofAgeMs(),
+        publishedThrough,
+        feedConfig: opts.feedConfig,
+        released,
+      },
+      Date.now(),
+    );
+  };
+
+  const heartbeat = () => {
+    if (stopped) return;
+    kv.put(HEARTBEAT_KEY, heartbeatValue(false)).catch((err: unknown) => logger.debug({ err }, "heartbeat failed"));
+  };
+
+  const idle = (): Promise<void> => {
+    if (pending.size === 0 && inFlight.size === 0) return Promise.resolve();
+    return new Promise((r) => idleWaiters.push(r));
+  };
+
+  const stop = () => {
+    stopped = true;
+    clearInterval(hbTimer);
+    clearTimeout(retryTimer);
+    writer?.close();
+    pending.clear();
+    queue = [];
+    head = 0;
+    checkIdle();
   };
 
   return {
     start() {
       heartbeat();
       hbTimer = setInterval(heartbeat, opts.heartbeatIntervalMs);
-      gcTimer = setInterval(gc, Math.max(1000, tombstoneTtlMs / 4));
     },
-    stop() {
-      stopped = true;
-      clearInterval(hbTimer);
-      clearInterval(gcTimer);
-      clearTimeout(retryTimer);
-      writer?.close();
-      pending.clear();
-      queue = [];
-      head = 0;
-      checkIdle();
-    },
+    stop,
     markSynced() {
       synced = true;
       heartbeat();
     },
-    idle() {
-      if (pending.size === 0 && inFlight.size === 0) return Promise.resolve();
-      return new Promise((r) => idleWaiters.push(r));
+    idle,
+    async handOver(maxWaitMs) {
+      if (stopped) return;
+      clearInterval(hbTimer);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([idle(), new Promise<void>((r) => (timer = setTimeout(r, maxWaitMs)))]);
+      clearTimeout(timer);
+      try {
+        await kv.put(HEARTBEAT_KEY, heartbeatValue(true));
+      } catch (err) {
+        logger.warn({ err }, "could not write the hand-over heartbeat");
+      }
+      stop();
+    },
+    repair(key) {
+      if (stopped || pending.has(key) || inFlight.has(key)) return;
+      const held = cache.getByUid(key);
+      const t = now();
+      if (held) return enqueue(key, { kind: "put", pod: held, since: t }, true);
+      const tomb = cache.tombstoneOf(key);
+      // Nothing valid is known for the key: a tombstone at resourceVersion 0 (older than any real
+      // change, so it blocks none) overwrites the deposed leader's value, and expires.
+      enqueue(key, { kind: "del", tombstone: { uid: key, namespace: "", name: "", resourceVersion: tomb ?? "0" }, since: t }, true);
     },
     replace(namespace, pods, resourceVersion) {
+      const t = now();
       const seen = new Set<string>();
       for (const pod of pods) {
         seen.add(pod.uid);
-        const held = cache.getByUid(pod.uid);
-        if (held && held.resourceVersion === pod.resourceVersion) continue;
-        enqueue(pod.uid, { kind: "put", pod });
+        enqueue(pod.uid, { kind: "put", pod, since: t });
       }
-      // Pods the bucket holds but the API server no longer lists were deleted while nobody watched.
+      // Pods the bucket holds but the API server no longer lists were deleted while nobody watched
+      // (unless the bucket's copy is newer than the list, which a lagging list can be).
+      const gone: Array<{ uid: string; namespace: string; name: string }> = [];
+      const newerThanList = (rv: string) => compareResourceVersions(rv, resourceVersion) > 0;
       for (const held of cache.pods(namespace)) {
-        if (!seen.has(held.uid))
-          enqueue(held.uid, { kind: "del", tombstone: { uid: held.uid, namespace: held.namespace, name: held.name, resourceVersion } });
+        if (!seen.has(held.uid) && !newerThanList(held.resourceVersion)) gone.push(held);
       }
-      for (const [uid, p] of [...pending]) {
-        if (p.kind === "put" && !seen.has(uid) && (namespace === "" || p.pod.namespace === namespace)) {
-          enqueue(uid, { kind: "del", tombstone: { uid, namespace: p.pod.namespace, name: p.pod.name, resourceVersion } });
-        }
+      for (const [uid, p] of pending) {
+        if (p.kind === "put" && !seen.has(uid) && (namespace === "" || p.pod.namespace === namespace) && !newerThanList(rvOf(p))) gone.push(p.pod);
       }
+      for (const g of gone)
+        enqueue(g.uid, { kind: "del", tombstone: { uid: g.uid, namespace: g.namespace, name: g.name, resourceVersion }, since: t });
     },
     upsert(pod) {
-      enqueue(pod.uid, { kind: "put", pod });
+      enqueue(pod.uid, { kind: "put", pod, since: now() });
     },
     delete(tombstone) {
-      enqueue(tombstone.uid, { kind: "del", tombstone });
+      enqueue(tombstone.uid, { kind: "del", tombstone, since: now() });
     },
     get pending() {
       return pending.size + inFlight.size;

@@ -1,12 +1,14 @@
 /**
- * The compact projection of a pod that the registry keeps, its wire encoding on NATS, and its
- * conversion to the `Pod` message. Kept small on purpose: 100,000 of these must fit in well under
+ * The compact projection of a pod that the registry keeps, its encoding in the NATS bucket (the
+ * `PodEntry` proto message, so `buf breaking` guards rolling upgrades), and its conversion to the
+ * `Pod` message. Kept small on purpose: 100,000 of these must fit in well under
  * 100 MiB, so strings that repeat across pods (namespace, service account, node, host IP) are
  * interned and optional maps are absent rather than empty.
  */
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { type Pod, PodPhase, PodSchema } from "@k8s-athenz-identity/api/common";
+import { PodEntrySchema } from "@k8s-athenz-identity/api/pod_registry_bucket";
 
 /** One pod as the registry knows it. Immutable: a change replaces the record. */
 export interface PodRecord {
@@ -189,19 +191,109 @@ export function samePod(a: PodRecord, b: PodRecord): boolean {
   return a.resourceVersion === b.resourceVersion && a.uid === b.uid;
 }
 
-// ---- NATS wire encoding ----------------------------------------------------------------------
+// ---- NATS bucket encoding --------------------------------------------------------------------
+
+/** A decoded bucket value under a pod's UID, with the epoch of the leader that wrote it (0: none). */
+export type BucketPodValue = { kind: "pod"; pod: PodRecord; epoch: number } | { kind: "tombstone"; tombstone: PodTombstone; epoch: number };
+
+/** The value under a pod's UID: a `PodEntry` (proto/athenz/identity/v1/pod_registry_bucket.proto). */
+export function encodePodEntry(p: PodRecord, epoch: number): Uint8Array {
+  return toBinary(PodEntrySchema, create(PodEntrySchema, { epoch: BigInt(epoch), state: { case: "pod", value: toProtoPod(p) } }));
+}
+
+/** The value under a deleted pod's UID. */
+export function encodeTombstoneEntry(t: PodTombstone, epoch: number): Uint8Array {
+  return toBinary(
+    PodEntrySchema,
+    create(PodEntrySchema, {
+      epoch: BigInt(epoch),
+      state: { case: "tombstone", value: { uid: t.uid, namespace: t.namespace, name: t.name, resourceVersion: t.resourceVersion } },
+    }),
+  );
+}
+
+function checked(v: string, max: number, what: string): string {
+  if (v.length > max) throw new Error(`${what} is longer than ${max}`);
+  return v;
+}
+
+function checkedMap(m: { [k: string]: string }, what: string): Record<string, string> | undefined {
+  const keys = Object.keys(m);
+  if (keys.length === 0) return undefined;
+  if (keys.length > LIMITS.mapEntries) throw new Error(`${what} has too many entries`);
+  for (const k of keys) checked(m[k]!, LIMITS.mapValue, what);
+  return { ...m };
+}
+
+function timestampMs(t: { seconds: bigint; nanos: number } | undefined, what: string): number | undefined {
+  if (!t) return undefined;
+  const ms = Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6);
+  if (!Number.isFinite(ms)) throw new Error(`${what} out of range`);
+  return ms;
+}
 
 /**
- * Version 1 of the value stored under a pod's UID in the NATS bucket: compact JSON with short keys.
- * JSON rather than protobuf so an operator can read the bucket with the `nats` CLI.
+ * Decodes a bucket value under a pod's UID. Throws with a reason on anything malformed: NATS input
+ * is not trusted blindly (the caller logs, counts and skips it). Also reads the compact JSON of
+ * registries before the proto contract (first byte `{`, which no PodEntry starts with), as epoch 0,
+ * so a new replica can follow an old leader during the upgrade.
  */
-interface WireV1 {
+export function decodePodEntry(bytes: Uint8Array): BucketPodValue {
+  if (bytes.length > LIMITS.encoded) throw new Error("value too large");
+  if (bytes[0] === 0x7b) return decodeLegacyJson(bytes);
+  const e = fromBinary(PodEntrySchema, bytes);
+  const epoch = Number(e.epoch);
+  if (!Number.isSafeInteger(epoch)) throw new Error("epoch out of range");
+  if (e.state.case === "tombstone") {
+    const t = e.state.value;
+    const uid = checked(t.uid, LIMITS.uid, "uid");
+    if (uid === "") throw new Error("missing uid");
+    return {
+      kind: "tombstone",
+      epoch,
+      tombstone: {
+        uid,
+        namespace: intern(checked(t.namespace, LIMITS.namespace, "namespace")),
+        name: checked(t.name, LIMITS.name, "name"),
+        resourceVersion: checked(t.resourceVersion, LIMITS.resourceVersion, "resource_version"),
+      },
+    };
+  }
+  if (e.state.case !== "pod") throw new Error("neither a pod nor a tombstone");
+  const p = e.state.value;
+  const uid = checked(p.uid, LIMITS.uid, "uid");
+  if (uid === "") throw new Error("missing uid");
+  if (p.podIps.length > LIMITS.ips) throw new Error("too many pod_ips");
+  if (!Number.isInteger(p.phase) || p.phase < 0 || p.phase > PodPhase.UNKNOWN) throw new Error("phase out of range");
+  return {
+    kind: "pod",
+    epoch,
+    pod: {
+      uid,
+      namespace: intern(checked(p.namespace, LIMITS.namespace, "namespace")),
+      name: checked(p.name, LIMITS.name, "name"),
+      serviceAccountName: intern(checked(p.serviceAccountName, LIMITS.name, "service_account_name")),
+      podIps: p.podIps.map((ip) => checked(ip, LIMITS.ip, "pod_ips[]")),
+      hostIp: intern(checked(p.hostIp, LIMITS.ip, "host_ip")),
+      nodeName: intern(checked(p.nodeName, LIMITS.name, "node_name")),
+      phase: p.phase,
+      deletionTimestampMs: timestampMs(p.deletionTimestamp, "deletion_timestamp"),
+      creationTimestampMs: timestampMs(p.creationTimestamp, "creation_timestamp") ?? 0,
+      resourceVersion: checked(p.resourceVersion, LIMITS.resourceVersion, "resource_version"),
+      labels: checkedMap(p.labels, "labels"),
+      annotations: checkedMap(p.annotations, "annotations"),
+    },
+  };
+}
+
+/** The compact JSON of registries before the proto contract (read only, never written). */
+interface LegacyJson {
   v: 1;
   u: string;
   ns: string;
   n: string;
   rv: string;
-  /** Present (1) on a tombstone; the other fields below are then absent. */
+  /** Present (1) on a tombstone. */
   del?: 1;
   sa?: string;
   ips?: string[];
@@ -214,37 +306,9 @@ interface WireV1 {
   a?: Record<string, string>;
 }
 
-export type WireEntry = { kind: "pod"; pod: PodRecord } | { kind: "tombstone"; tombstone: PodTombstone };
-
-const enc = new TextEncoder();
 const dec = new TextDecoder("utf-8", { fatal: true });
 
-export function encodePod(p: PodRecord): Uint8Array {
-  const w: WireV1 = {
-    v: 1,
-    u: p.uid,
-    ns: p.namespace,
-    n: p.name,
-    rv: p.resourceVersion,
-    sa: p.serviceAccountName,
-    ips: [...p.podIps],
-    hip: p.hostIp,
-    nn: p.nodeName,
-    ph: p.phase,
-    ct: p.creationTimestampMs,
-  };
-  if (p.deletionTimestampMs !== undefined) w.dt = p.deletionTimestampMs;
-  if (p.labels) w.l = { ...p.labels };
-  if (p.annotations) w.a = { ...p.annotations };
-  return enc.encode(JSON.stringify(w));
-}
-
-export function encodeTombstone(t: PodTombstone): Uint8Array {
-  const w: WireV1 = { v: 1, u: t.uid, ns: t.namespace, n: t.name, rv: t.resourceVersion, del: 1 };
-  return enc.encode(JSON.stringify(w));
-}
-
-function wireMap(v: unknown, what: string): Record<string, string> | undefined {
+function legacyMap(v: unknown, what: string): Record<string, string> | undefined {
   if (v === undefined) return undefined;
   if (v === null || typeof v !== "object" || Array.isArray(v)) throw new Error(`${what} is not an object`);
   const entries = Object.entries(v as Record<string, unknown>);
@@ -254,28 +318,27 @@ function wireMap(v: unknown, what: string): Record<string, string> | undefined {
   return entries.length > 0 ? out : undefined;
 }
 
-function wireNum(v: unknown, what: string): number | undefined {
+function legacyNum(v: unknown, what: string): number | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== "number" || !Number.isFinite(v)) throw new Error(`${what} is not a number`);
   return v;
 }
 
-/** Decodes a bucket value. Throws with a reason on anything malformed: NATS input is not trusted blindly. */
-export function decodeWire(bytes: Uint8Array): WireEntry {
-  if (bytes.length > LIMITS.encoded) throw new Error("value too large");
-  const w = JSON.parse(dec.decode(bytes)) as Partial<WireV1> | null;
+function decodeLegacyJson(bytes: Uint8Array): BucketPodValue {
+  const w = JSON.parse(dec.decode(bytes)) as Partial<LegacyJson> | null;
   if (w === null || typeof w !== "object" || w.v !== 1) throw new Error("unknown encoding version");
   const uid = str(w.u, LIMITS.uid, "u");
   if (uid === "") throw new Error("missing uid");
   const namespace = intern(str(w.ns, LIMITS.namespace, "ns"));
   const name = str(w.n, LIMITS.name, "n");
   const resourceVersion = str(w.rv, LIMITS.resourceVersion, "rv");
-  if (w.del === 1) return { kind: "tombstone", tombstone: { uid, namespace, name, resourceVersion } };
+  if (w.del === 1) return { kind: "tombstone", epoch: 0, tombstone: { uid, namespace, name, resourceVersion } };
   if (w.ips !== undefined && (!Array.isArray(w.ips) || w.ips.length > LIMITS.ips)) throw new Error("ips is not a short array");
-  const phase = wireNum(w.ph, "ph") ?? 0;
+  const phase = legacyNum(w.ph, "ph") ?? 0;
   if (!Number.isInteger(phase) || phase < 0 || phase > PodPhase.UNKNOWN) throw new Error("ph out of range");
   return {
     kind: "pod",
+    epoch: 0,
     pod: {
       uid,
       namespace,
@@ -285,11 +348,11 @@ export function decodeWire(bytes: Uint8Array): WireEntry {
       hostIp: intern(str(w.hip, LIMITS.ip, "hip")),
       nodeName: intern(str(w.nn, LIMITS.name, "nn")),
       phase: phase as PodPhase,
-      deletionTimestampMs: wireNum(w.dt, "dt"),
-      creationTimestampMs: wireNum(w.ct, "ct") ?? 0,
+      deletionTimestampMs: legacyNum(w.dt, "dt"),
+      creationTimestampMs: legacyNum(w.ct, "ct") ?? 0,
       resourceVersion,
-      labels: wireMap(w.l, "l"),
-      annotations: wireMap(w.a, "a"),
+      labels: legacyMap(w.l, "l"),
+      annotations: legacyMap(w.a, "a"),
     },
   };
 }

@@ -4,17 +4,18 @@
  * reporting and the bounded wait for fresh pods. No transport here: connect.ts serves it.
  */
 
-import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
+import { RegistryRole, StaleReason } from "@k8s-athenz-identity/api/pod_registry";
 import { DomainError, ErrorCode, type Logger } from "@k8s-athenz-identity/shared";
 import { createBackoff, delay } from "@k8s-athenz-identity/shared/backoff";
 import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
 import type { KV } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { feedConfigFingerprint, openPodBucket } from "./bucket.js";
 import { type CacheEvent, PodCache } from "./cache.js";
 import { withDeadline } from "./kube-deadline.js";
-import { createPodWatcher, type PodSink, type PodWatcher } from "./kube-watcher.js";
-import { createLeaseElector, type LeaseElector } from "./lease.js";
-import { createNatsPublisher, createNatsSubscriber, type NatsPublisher, type NatsSubscriber, openPodBucket } from "./nats-feed.js";
+import { createPodWatcher, type PodSink, type PodWatcher, type WatcherStats } from "./kube-watcher.js";
+import { createLeaseElector, type LeaseElector, type LeaseStats } from "./lease.js";
+import { claimEpoch, createNatsPublisher, createNatsSubscriber, type NatsPublisher, type NatsSubscriber, type SubscriberStats } from "./nats-feed.js";
 import { type KubePodLike, type PodRecord, type ProjectionOptions, projectPod } from "./pod.js";
 
 export interface ReplicationOptions {
@@ -31,8 +32,13 @@ export interface ReplicationOptions {
   };
   /** How often the leader writes its heartbeat. Default a third of the staleness threshold, at most 5 s. */
   heartbeatIntervalMs?: number;
-  /** Tombstones older than this are purged from the bucket. Default 10 minutes. */
+  /**
+   * How long a deleted pod's tombstone stays in the bucket (a per-message TTL; NATS >= 2.11), and
+   * in each replica's memory. Default 10 minutes; at least 1 s.
+   */
   tombstoneTtlMs?: number;
+  /** Copies of the bucket on a JetStream cluster (1 for a single server). Default 1. */
+  bucketReplicas?: number;
 }
 
 export interface PodRegistryOptions {
@@ -81,6 +87,26 @@ export interface RegistryStatusInfo {
   /** Age of the last proof that the cache matches the API server (see kube-watcher.ts); undefined before the first. */
   lastEventAgeMs: number | undefined;
   role: RegistryRole;
+  /** The leader whose heartbeats this replica follows (replicated; "" when none). */
+  leader: string;
+  /** The leader epoch in force in the bucket (replicated; 0 when none). */
+  epoch: number;
+  /** Why not fresh; undefined when fresh. */
+  staleReason: StaleReason | undefined;
+}
+
+/** Counters and gauges for metrics. */
+export interface RegistryStats {
+  /** The API watch's counters: the standalone watcher's, or the sum over this replica's terms as leader. */
+  watch: WatcherStats;
+  /** What the bucket watch refused (replicated). */
+  bucket: SubscriberStats | undefined;
+  /** Lease election (replicated). */
+  lease: LeaseStats | undefined;
+  /** Pod values queued or in flight to the bucket (the leader). */
+  publishPending: number;
+  /** Pod values stored in the bucket by this replica. */
+  published: number;
 }
 
 export interface WaitForPodOptions {
@@ -106,6 +132,8 @@ export interface PodRegistry {
   /** Stops as a crash would: no Lease release, NATS connection dropped. For tests. */
   crash(): Promise<void>;
   status(): RegistryStatusInfo;
+  /** Counters for metrics (they only grow; gauges excepted). */
+  stats(): RegistryStats;
   getByUid(uid: string): PodRecord | undefined;
   findByName(namespace: string, name: string): PodRecord | undefined;
   findByIp(ip: string): PodRecord[];
@@ -138,7 +166,9 @@ export function cacheSink(cache: PodCache): PodSink {
 export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
   const now = opts.now ?? Date.now;
   const log = opts.logger;
-  const cache = new PodCache({ now, tombstoneTtlMs: opts.replication?.tombstoneTtlMs });
+  const rep = opts.replication;
+  const tombstoneTtlMs = Math.max(1000, rep?.tombstoneTtlMs ?? 10 * 60_000);
+  const cache = new PodCache({ now, tombstoneTtlMs });
   const waitMax = opts.waitMaxMs;
   let resolveSynced!: () => void;
   const synced = new Promise<void>((r) => (resolveSynced = r));
@@ -150,8 +180,32 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
     }
     return syncedOnce;
   };
+  const feedConfig = feedConfigFingerprint({
+    namespaces: opts.namespaces,
+    labelSelector: opts.labelSelector,
+    labelAllowList: opts.projection?.labelAllowList,
+    annotationAllowList: opts.projection?.annotationAllowList,
+  });
+  const scopes = opts.namespaces && opts.namespaces.length > 0 ? [...opts.namespaces] : [""];
 
-  const newWatcher = (sink: PodSink): PodWatcher =>
+  /** Counters of watchers that are gone (a leader's, per term), so metrics only ever grow. */
+  const retiredWatchStats: WatcherStats = {
+    watches: 0,
+    silentDrops: 0,
+    lists: 0,
+    gone: 0,
+    failures: 0,
+    probesOk: 0,
+    probesBehind: 0,
+    probesFailed: 0,
+  };
+  const retire = (w: PodWatcher | undefined) => {
+    if (!w) return;
+    const s = w.stats();
+    for (const k of Object.keys(s) as Array<keyof WatcherStats>) retiredWatchStats[k] += s[k];
+  };
+
+  const newWatcher = (sink: PodSink, resumeFrom?: Map<string, string>): PodWatcher =>
     createPodWatcher({
       kubeConfig: opts.kubeConfig,
       sink,
@@ -163,6 +217,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       watchTimeoutSeconds: opts.watchTimeoutSeconds ?? Math.max(1, Math.floor(opts.staleAfterMs / 2000)),
       probeIntervalMs: opts.probeIntervalMs ?? Math.max(100, Math.floor(opts.staleAfterMs / 3)),
       requestTimeoutMs: opts.requestTimeoutMs,
+      resumeFrom,
       now,
     });
 
@@ -170,45 +225,91 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
   let standalone: PodWatcher | undefined;
 
   // ---- replicated -----------------------------------------------------------------------
-  const rep = opts.replication;
   let nc: NatsConnection | undefined;
   let kv: KV | undefined;
   let subscriber: NatsSubscriber | undefined;
   let elector: LeaseElector | undefined;
-  let leading: { gen: number; watcher?: PodWatcher; publisher?: NatsPublisher } | undefined;
+  let leading: { gen: number; epoch: number; watcher?: PodWatcher; publisher?: NatsPublisher } | undefined;
   let gen = 0;
   let closing = false;
   let connecting: Promise<void> | undefined;
+  let published = 0;
+  const isCurrent = (g: number) => !closing && leading?.gen === g;
+
+  /**
+   * Where the predecessor's published content ends, per scope, when it can be trusted: its last
+   * valid heartbeat says its list was published, it watched and kept the same pods, and it names a
+   * resourceVersion for every scope. Then the new leader watches from there instead of listing and
+   * republishing everything (issue 11: a hand-over at 100,000 pods in well under 5 s).
+   */
+  const resumePoint = (): Map<string, string> | undefined => {
+    const hb = subscriber?.lastHeartbeat;
+    if (!hb?.synced || hb.feedConfig !== feedConfig) return undefined;
+    const m = new Map<string, string>();
+    for (const sc of scopes) {
+      const rv = hb.publishedThrough.get(sc);
+      if (!rv) return undefined;
+      m.set(sc, rv);
+    }
+    return m;
+  };
 
   const startLeading = async () => {
     const myGen = ++gen;
-    leading = { gen: myGen };
+    leading = { gen: myGen, epoch: 0 };
     if (!kv || !subscriber) return;
     // The bucket's content must be known before reconciling against a fresh list.
     await subscriber.replayed;
-    if (!leading || leading.gen !== myGen || closing) return;
+    // First of all, claim a new epoch: it fences every later write of the leader before us.
+    const backoff = createBackoff({ initialMs: 100, maxMs: 2000 });
+    let epoch = 0;
+    while (isCurrent(myGen)) {
+      try {
+        epoch = await claimEpoch(kv, opts.identity, subscriber.fence);
+        break;
+      } catch (err) {
+        const wait = backoff.next();
+        log.warn({ err, retryInMs: wait }, "could not claim a leader epoch; retrying");
+        await delay(wait);
+      }
+    }
+    if (!isCurrent(myGen) || !leading) return;
+    leading.epoch = epoch;
+    if (subscriber.epoch > epoch) {
+      // Someone claimed a newer one already: we are not the leader any more.
+      elector?.relinquish(`epoch ${epoch} superseded by ${subscriber.epoch}`);
+      return;
+    }
     const heartbeatMs = rep!.heartbeatIntervalMs ?? Math.min(5000, Math.max(100, Math.floor(opts.staleAfterMs / 3)));
+    const resume = resumePoint();
     let watcher: PodWatcher | undefined;
     const publisher = createNatsPublisher({
       kv,
       nc,
       cache,
       identity: opts.identity,
+      epoch,
       logger: log,
       heartbeatIntervalMs: heartbeatMs,
       lastProofMs: () => watcher?.health().lastProofMs ?? 0,
+      resourceVersions: () => watcher?.resourceVersions() ?? new Map(),
+      feedConfig,
+      tombstoneTtlMs,
       now,
-      tombstoneTtlMs: rep!.tombstoneTtlMs,
     });
-    watcher = newWatcher(publisher);
-    leading = { gen: myGen, watcher, publisher };
+    watcher = newWatcher(publisher, resume);
+    leading = { gen: myGen, epoch, watcher, publisher };
+    log.info(
+      { epoch, resumeFrom: resume ? Object.fromEntries(resume) : undefined },
+      resume ? "leading: resuming the predecessor's watch" : "leading: listing",
+    );
     publisher.start();
     watcher.start();
     await watcher.synced;
     await publisher.idle();
     if (leading?.gen === myGen) {
       publisher.markSynced();
-      log.info({ pods: cache.size }, "leader: first list published");
+      log.info({ pods: cache.size, epoch }, "leader: feed published");
     }
   };
 
@@ -216,8 +317,18 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
     const l = leading;
     leading = undefined;
     gen++;
+    if (l?.publisher) published += l.publisher.published;
     l?.publisher?.stop();
     await l?.watcher?.stop();
+    retire(l?.watcher);
+  };
+
+  /** A graceful leader's last act: stop watching, store what is queued, say `released`. */
+  const handOver = async () => {
+    const l = leading;
+    if (!l?.publisher) return;
+    await l.watcher?.stop();
+    await l.publisher.handOver(2000);
   };
 
   const connectNats = async () => {
@@ -231,10 +342,15 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
           name: `pod-registry/${opts.identity}`,
           maxReconnectAttempts: -1,
           reconnectTimeWait: 250,
+          reconnectJitter: 250,
           waitOnFirstConnect: true,
           noAsyncTraces: true,
         });
-        kv = await openPodBucket(nc, rep!.bucket);
+        kv = await openPodBucket(nc, rep!.bucket, {
+          replicas: rep!.bucketReplicas ?? 1,
+          markerTtlMs: Math.min(60_000, tombstoneTtlMs),
+          logger: log,
+        });
         break;
       } catch (err) {
         const wait = backoff.next();
@@ -243,7 +359,22 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       }
     }
     if (closing || !kv) return;
-    subscriber = createNatsSubscriber({ kv, cache, logger: log, now });
+    subscriber = createNatsSubscriber({
+      kv,
+      cache,
+      logger: log,
+      now,
+      onFenced: (key) => leading?.publisher?.repair(key),
+      onEpoch: (epoch, holder) => {
+        if (leading && leading.epoch > 0 && epoch > leading.epoch) {
+          log.warn({ ours: leading.epoch, theirs: epoch, holder }, "a newer leader epoch began; stepping down");
+          elector?.relinquish(`epoch ${leading.epoch} superseded by ${epoch} (${holder})`);
+        }
+      },
+      onHeartbeat: (hb) => {
+        if (hb.released && hb.holder !== opts.identity) elector?.nudge();
+      },
+    });
     subscriber.start();
     elector = createLeaseElector({
       kubeConfig: opts.kubeConfig,
@@ -268,21 +399,65 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
   const role = (): RegistryRole => (!rep ? RegistryRole.STANDALONE : elector?.isLeader ? RegistryRole.LEADER : RegistryRole.FOLLOWER);
 
   const status = (): RegistryStatusInfo => {
+    const t = now();
     let isSynced: boolean;
     let lastMs: number;
+    let reason: StaleReason;
     if (!rep) {
       const h = standalone?.health();
       isSynced = h?.synced ?? false;
       // Not "connected": an open watch may be dead. Only events, bookmarks, lists and probes prove.
       lastMs = h?.lastProofMs ?? 0;
+      reason = !h?.synced
+        ? StaleReason.NOT_SYNCED
+        : !h.trusted
+          ? StaleReason.WATCH_SILENT
+          : !h.connected
+            ? StaleReason.WATCH_DOWN
+            : StaleReason.NO_PROOF;
     } else {
       isSynced = subscriber?.synced ?? false;
       lastMs = subscriber?.lastProofMs ?? 0;
+      const hbAt = subscriber?.lastHeartbeatAtMs ?? 0;
+      reason = !isSynced
+        ? StaleReason.NOT_SYNCED
+        : hbAt === 0
+          ? StaleReason.NO_LEADER
+          : t - hbAt > opts.staleAfterMs
+            ? StaleReason.NO_HEARTBEAT
+            : StaleReason.LEADER_FEED_STALE;
     }
     const s = noteSynced(isSynced);
-    const age = lastMs > 0 ? Math.max(0, now() - lastMs) : undefined;
+    const age = lastMs > 0 ? Math.max(0, t - lastMs) : undefined;
     const live = age !== undefined && age <= opts.staleAfterMs;
-    return { synced: s, live, fresh: s && live, podCount: cache.size, lastEventAgeMs: age, role: role() };
+    const fresh = s && live;
+    return {
+      synced: s,
+      live,
+      fresh,
+      podCount: cache.size,
+      lastEventAgeMs: age,
+      role: role(),
+      leader: subscriber?.leader ?? "",
+      epoch: subscriber?.epoch ?? 0,
+      staleReason: fresh ? undefined : reason,
+    };
+  };
+
+  const stats = (): RegistryStats => {
+    const w: WatcherStats = { ...retiredWatchStats };
+    const current = standalone ?? leading?.watcher;
+    if (current) {
+      const s = current.stats();
+      for (const k of Object.keys(s) as Array<keyof WatcherStats>) w[k] += s[k];
+    }
+    return {
+      watch: w,
+      bucket: subscriber ? { ...subscriber.stats } : undefined,
+      lease: elector ? { ...elector.stats } : undefined,
+      publishPending: leading?.publisher?.pending ?? 0,
+      published: published + (leading?.publisher?.published ?? 0),
+    };
   };
 
   let coreApi: CoreV1Api | undefined;
@@ -314,6 +489,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       closing = true;
       await standalone?.stop();
       await connecting;
+      await handOver();
       await elector?.stop();
       await stopLeading();
       await subscriber?.close();
@@ -329,6 +505,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       await nc?.close().catch(() => undefined);
     },
     status,
+    stats,
     getByUid: (uid) => cache.getByUid(uid),
     findByName: (ns, name) => cache.findByName(ns, name),
     findByIp: (ip) => cache.findByIp(ip),

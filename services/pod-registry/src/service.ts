@@ -15,6 +15,7 @@ import type { KubeConfig } from "@kubernetes/client-node";
 import { Gauge, type Registry } from "prom-client";
 import { type PodRegistryConfig, podRegistrySpec } from "./config.js";
 import { podRegistryRoutes } from "./connect.js";
+import { readinessDetail, registerRegistryMetrics } from "./metrics.js";
 import { createPodRegistry, type PodRegistry } from "./registry.js";
 
 export interface PodRegistryDeps {
@@ -63,6 +64,8 @@ export async function startPodRegistry(config: PodRegistryConfig, deps: PodRegis
         ? {
             servers: natsServers,
             bucket: config.natsBucket,
+            bucketReplicas: config.natsBucketReplicas,
+            tombstoneTtlMs: config.tombstoneTtl,
             lease: { name: config.leaseName, namespace: config.leaseNamespace, durationMs: config.leaseDuration },
           }
         : undefined,
@@ -108,6 +111,7 @@ export async function startPodRegistry(config: PodRegistryConfig, deps: PodRegis
       this.set(registry.role === RegistryRole.LEADER ? 1 : 0);
     },
   });
+  registerRegistryMetrics(metrics, registry);
   await registry.start();
   let server: RunningServer;
   try {
@@ -122,17 +126,7 @@ export async function startPodRegistry(config: PodRegistryConfig, deps: PodRegis
       registry: metrics,
       readiness: () => {
         const s = registry.status();
-        return {
-          ready: s.fresh,
-          detail: {
-            synced: s.synced,
-            live: s.live,
-            fresh: s.fresh,
-            pods: s.podCount,
-            lastEventAgeMs: s.lastEventAgeMs ?? null,
-            role: ["unspecified", "standalone", "leader", "follower"][s.role],
-          },
-        };
+        return { ready: s.fresh, detail: readinessDetail(s) };
       },
       shutdownTimeoutMs: config.shutdownTimeout,
       maxTimeoutMs: Math.max(30_000, config.waitMax + 5000),

@@ -2,12 +2,12 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { PodRegistryService, RegistryRole, WatchEventType } from "@k8s-athenz-identity/api/pod_registry";
+import { PodRegistryService, RegistryRole, StaleReason, WatchEventType } from "@k8s-athenz-identity/api/pod_registry";
 import { createServiceClient, loadConfig, type ServiceClient } from "@k8s-athenz-identity/shared";
 import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
 import { podRegistrySpec } from "../src/config.js";
 import { type RunningPodRegistry, startPodRegistry } from "../src/service.js";
-import { quietLogger } from "./helpers.js";
+import { eventually, quietLogger } from "./helpers.js";
 
 let api: FakeKubeApi;
 let server: RunningPodRegistry;
@@ -107,4 +107,38 @@ test("/readyz reports synced, live, fresh, role and pod count", async () => {
   assert.equal(body.role, "standalone");
   assert.equal(body.fresh, true);
   assert.equal(typeof body.pods, "number");
+});
+
+test("a silent watch shows in GetStatus, /readyz and /metrics, with its cause", async () => {
+  const quiet = await startFakeKubeApi({ bookmarkIntervalMs: 3_600_000 });
+  const config = loadConfig(podRegistrySpec, {
+    env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", NAMESPACE: "stale", STALE_AFTER: "2s" },
+  });
+  const s = await startPodRegistry(config, { logger: quietLogger(), kubeConfig: quiet.kubeConfig() });
+  const client = createServiceClient(PodRegistryService, { baseUrl: s.url, timeoutMs: 5000 });
+  try {
+    await s.registry.synced;
+    quiet.silenceWatches(true);
+    // STALE_AFTER 2 s: watches ask for timeoutSeconds=1, so a silent one is dropped within about 2 s.
+    await eventually(() => !s.registry.status().fresh, "not fresh", 10_000);
+    const st = (await client.client.getStatus({})).status!;
+    assert.equal(st.fresh, false);
+    assert.equal(st.staleReason, StaleReason.WATCH_SILENT);
+    assert.ok(st.lastEventAge && Number(st.lastEventAge.seconds) >= 2, "the age of the last proof is past the threshold");
+
+    const ready = await fetch(`${s.adminUrl}/readyz`);
+    assert.equal(ready.status, 503);
+    const body = (await ready.json()) as Record<string, unknown>;
+    assert.deepEqual([body.ready, body.fresh, body.staleReason], [false, false, "watch-silent"]);
+
+    const metrics = await (await fetch(`${s.adminUrl}/metrics`)).text();
+    assert.match(metrics, /^pod_registry_fresh\{[^}]*\} 0$/m);
+    assert.match(metrics, /^pod_registry_stale\{reason="watch-silent"[^}]*\} 1$/m);
+    assert.match(metrics, /^pod_registry_watch_silent_drops_total\{[^}]*\} [1-9]\d*$/m);
+    assert.match(metrics, /^pod_registry_probes_total\{result="ok"[^}]*\} \d+$/m);
+  } finally {
+    client.close();
+    await s.close();
+    await quiet.close();
+  }
 });

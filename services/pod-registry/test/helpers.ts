@@ -40,3 +40,13 @@ export async function eventually(cond: () => boolean, what: string, timeoutMs = 
 export function uids(r: PodRegistry): string[] {
   return [...r.cache.pods()].map((p) => p.uid).sort();
 }
+
+/** {@link eventually} for a condition that needs I/O to check (e.g. asking NATS). */
+export async function eventuallyAsync(cond: () => Promise<boolean>, what: string, timeoutMs = 5000, everyMs = 100): Promise<number> {
+  const start = Date.now();
+  while (!(await cond())) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  return Date.now() - start;
+}

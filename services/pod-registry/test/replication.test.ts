@@ -4,8 +4,8 @@ import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
 import { type NatsServer, startNatsServer } from "../../../test/support/nats-server.js";
-import { openPodBucket } from "../src/nats-feed.js";
-import { encodePod, encodeTombstone, projectPod } from "../src/pod.js";
+import { openPodBucket } from "../src/bucket.js";
+import { encodePodEntry, encodeTombstoneEntry, projectPod } from "../src/pod.js";
 import { createPodRegistry, type PodRegistry } from "../src/registry.js";
 import { eventually, quietLogger, uids, until } from "./helpers.js";
 
@@ -77,6 +77,7 @@ test("three replicas converge through NATS with one watch; deletions reach every
       rs.map((r) => r.status().fresh),
       [true, true, true],
     );
+    await api.waitForWatches(1);
     assert.equal(api.counts.watch - watchesBefore, 1, "only the leader watches the API server");
 
     // The victim is one of the pods from before the add (the new pod's UID may sort first).
@@ -149,20 +150,29 @@ test("out-of-order, duplicate and malformed entries in the bucket do not corrupt
   const rs = await cluster("order", ns, 2);
   try {
     await until(rs, same(rs, apiUids(ns)), "converged");
-    const kv = await openPodBucket(admin, "order");
+    const kv = await openPodBucket(admin, "order", { replicas: 1, markerTtlMs: 60_000 });
     const uid = p.metadata.uid;
     const cur = projectPod(p);
-    // A stale copy (older resourceVersion), a duplicate, and garbage, written as an old leader might.
-    await kv.put(uid, encodePod({ ...cur, resourceVersion: String(Number(cur.resourceVersion) - 1), serviceAccountName: "stale" }));
-    await kv.put(uid, encodePod(cur));
+    // Values of the leader's own epoch, so that only their order and content are under test.
+    const epoch = rs[0]!.status().epoch;
+    assert.ok(epoch > 0, "a leader claimed an epoch");
+    // A stale copy (older resourceVersion), a duplicate, and garbage.
+    await kv.put(uid, encodePodEntry({ ...cur, resourceVersion: String(Number(cur.resourceVersion) - 1), serviceAccountName: "stale" }, epoch));
+    await kv.put(uid, encodePodEntry(cur, epoch));
     await kv.put(uid, "{not json");
+    await kv.put(uid, new Uint8Array([0x12, 0xff, 0xff, 0xff, 0xff, 0x0f]));
     // Then a deletion, followed by a stale update that must not resurrect the pod.
-    await kv.put(uid, encodeTombstone({ uid, namespace: ns, name: p.metadata.name, resourceVersion: String(Number(cur.resourceVersion) + 5) }));
-    await kv.put(uid, encodePod({ ...cur, resourceVersion: String(Number(cur.resourceVersion) + 2) }));
+    await kv.put(
+      uid,
+      encodeTombstoneEntry({ uid, namespace: ns, name: p.metadata.name, resourceVersion: String(Number(cur.resourceVersion) + 5) }, epoch),
+    );
+    await kv.put(uid, encodePodEntry({ ...cur, resourceVersion: String(Number(cur.resourceVersion) + 2) }, epoch));
     const marker = api.createPod({ namespace: ns });
     await until(rs, () => rs.every((r) => r.getByUid(marker.metadata.uid)), "marker after the injected entries");
     for (const r of rs) {
       assert.equal(r.getByUid(uid), undefined, "not resurrected by a stale update");
+      assert.equal(r.stats().bucket?.malformed, 2, "the two malformed values were counted and skipped");
+      assert.equal(r.status().fresh, true, "malformed values do not break the feed");
     }
   } finally {
     await Promise.all(rs.map((r) => r.close()));

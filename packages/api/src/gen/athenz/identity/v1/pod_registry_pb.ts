@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athenz/identity/v1/pod_registry.proto.
  */
 export const file_athenz_identity_v1_pod_registry: GenFile = /*@__PURE__*/
-  fileDesc("CiVhdGhlbnovaWRlbnRpdHkvdjEvcG9kX3JlZ2lzdHJ5LnByb3RvEhJhdGhlbnouaWRlbnRpdHkudjEiswEKDlJlZ2lzdHJ5U3RhdHVzEg4KBnN5bmNlZBgBIAEoCBIMCgRsaXZlGAIgASgIEhEKCXBvZF9jb3VudBgDIAEoBBIxCg5sYXN0X2V2ZW50X2FnZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgRyb2xlGAUgASgOMiAuYXRoZW56LmlkZW50aXR5LnYxLlJlZ2lzdHJ5Um9sZRINCgVmcmVzaBgGIAEoCCIcCg1HZXRQb2RSZXF1ZXN0EgsKA3VpZBgBIAEoCSJqCg5HZXRQb2RSZXNwb25zZRIkCgNwb2QYASABKAsyFy5hdGhlbnouaWRlbnRpdHkudjEuUG9kEjIKBnN0YXR1cxgCIAEoCzIiLmF0aGVuei5pZGVudGl0eS52MS5SZWdpc3RyeVN0YXR1cyIxCg5GaW5kUG9kUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSDAoEbmFtZRgCIAEoCSJrCg9GaW5kUG9kUmVzcG9uc2USJAoDcG9kGAEgASgLMhcuYXRoZW56LmlkZW50aXR5LnYxLlBvZBIyCgZzdGF0dXMYAiABKAsyIi5hdGhlbnouaWRlbnRpdHkudjEuUmVnaXN0cnlTdGF0dXMibQoRV2FpdEZvclBvZFJlcXVlc3QSCwoDdWlkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJbmFtZXNwYWNlGAMgASgJEgwKBG5hbWUYBCABKAkihwEKEldhaXRGb3JQb2RSZXNwb25zZRIkCgNwb2QYASABKAsyFy5hdGhlbnouaWRlbnRpdHkudjEuUG9kEjIKBnN0YXR1cxgCIAEoCzIiLmF0aGVuei5pZGVudGl0eS52MS5SZWdpc3RyeVN0YXR1cxIXCg9mcm9tX2FwaV9zZXJ2ZXIYAyABKAgiJQoQV2F0Y2hQb2RzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkiawoRV2F0Y2hQb2RzUmVzcG9uc2USMAoEdHlwZRgBIAEoDjIiLmF0aGVuei5pZGVudGl0eS52MS5XYXRjaEV2ZW50VHlwZRIkCgNwb2QYAiABKAsyFy5hdGhlbnouaWRlbnRpdHkudjEuUG9kIhIKEEdldFN0YXR1c1JlcXVlc3QiRwoRR2V0U3RhdHVzUmVzcG9uc2USMgoGc3RhdHVzGAEgASgLMiIuYXRoZW56LmlkZW50aXR5LnYxLlJlZ2lzdHJ5U3RhdHVzKoEBCgxSZWdpc3RyeVJvbGUSHQoZUkVHSVNUUllfUk9MRV9VTlNQRUNJRklFRBAAEhwKGFJFR0lTVFJZX1JPTEVfU1RBTkRBTE9ORRABEhgKFFJFR0lTVFJZX1JPTEVfTEVBREVSEAISGgoWUkVHSVNUUllfUk9MRV9GT0xMT1dFUhADKqsBCg5XYXRjaEV2ZW50VHlwZRIgChxXQVRDSF9FVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASHQoZV0FUQ0hfRVZFTlRfVFlQRV9TTkFQU0hPVBABEhsKF1dBVENIX0VWRU5UX1RZUEVfU1lOQ0VEEAISHQoZV0FUQ0hfRVZFTlRfVFlQRV9VUFNFUlRFRBADEhwKGFdBVENIX0VWRU5UX1RZUEVfREVMRVRFRBAEMuADChJQb2RSZWdpc3RyeVNlcnZpY2USVAoGR2V0UG9kEiEuYXRoZW56LmlkZW50aXR5LnYxLkdldFBvZFJlcXVlc3QaIi5hdGhlbnouaWRlbnRpdHkudjEuR2V0UG9kUmVzcG9uc2UiA5ACARJXCgdGaW5kUG9kEiIuYXRoZW56LmlkZW50aXR5LnYxLkZpbmRQb2RSZXF1ZXN0GiMuYXRoZW56LmlkZW50aXR5LnYxLkZpbmRQb2RSZXNwb25zZSIDkAIBEmAKCldhaXRGb3JQb2QSJS5hdGhlbnouaWRlbnRpdHkudjEuV2FpdEZvclBvZFJlcXVlc3QaJi5hdGhlbnouaWRlbnRpdHkudjEuV2FpdEZvclBvZFJlc3BvbnNlIgOQAgESWgoJV2F0Y2hQb2RzEiQuYXRoZW56LmlkZW50aXR5LnYxLldhdGNoUG9kc1JlcXVlc3QaJS5hdGhlbnouaWRlbnRpdHkudjEuV2F0Y2hQb2RzUmVzcG9uc2UwARJdCglHZXRTdGF0dXMSJC5hdGhlbnouaWRlbnRpdHkudjEuR2V0U3RhdHVzUmVxdWVzdBolLmF0aGVuei5pZGVudGl0eS52MS5HZXRTdGF0dXNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_athenz_identity_v1_common, file_google_protobuf_duration]);
+  fileDesc("CiVhdGhlbnovaWRlbnRpdHkvdjEvcG9kX3JlZ2lzdHJ5LnByb3RvEhJhdGhlbnouaWRlbnRpdHkudjEiiQIKDlJlZ2lzdHJ5U3RhdHVzEg4KBnN5bmNlZBgBIAEoCBIMCgRsaXZlGAIgASgIEhEKCXBvZF9jb3VudBgDIAEoBBIxCg5sYXN0X2V2ZW50X2FnZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgRyb2xlGAUgASgOMiAuYXRoZW56LmlkZW50aXR5LnYxLlJlZ2lzdHJ5Um9sZRINCgVmcmVzaBgGIAEoCBIOCgZsZWFkZXIYByABKAkSDQoFZXBvY2gYCCABKAQSNQoMc3RhbGVfcmVhc29uGAkgASgOMh8uYXRoZW56LmlkZW50aXR5LnYxLlN0YWxlUmVhc29uIhwKDUdldFBvZFJlcXVlc3QSCwoDdWlkGAEgASgJImoKDkdldFBvZFJlc3BvbnNlEiQKA3BvZBgBIAEoCzIXLmF0aGVuei5pZGVudGl0eS52MS5Qb2QSMgoGc3RhdHVzGAIgASgLMiIuYXRoZW56LmlkZW50aXR5LnYxLlJlZ2lzdHJ5U3RhdHVzIjEKDkZpbmRQb2RSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJImsKD0ZpbmRQb2RSZXNwb25zZRIkCgNwb2QYASABKAsyFy5hdGhlbnouaWRlbnRpdHkudjEuUG9kEjIKBnN0YXR1cxgCIAEoCzIiLmF0aGVuei5pZGVudGl0eS52MS5SZWdpc3RyeVN0YXR1cyJtChFXYWl0Rm9yUG9kUmVxdWVzdBILCgN1aWQYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCgluYW1lc3BhY2UYAyABKAkSDAoEbmFtZRgEIAEoCSKHAQoSV2FpdEZvclBvZFJlc3BvbnNlEiQKA3BvZBgBIAEoCzIXLmF0aGVuei5pZGVudGl0eS52MS5Qb2QSMgoGc3RhdHVzGAIgASgLMiIuYXRoZW56LmlkZW50aXR5LnYxLlJlZ2lzdHJ5U3RhdHVzEhcKD2Zyb21fYXBpX3NlcnZlchgDIAEoCCIlChBXYXRjaFBvZHNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCSJrChFXYXRjaFBvZHNSZXNwb25zZRIwCgR0eXBlGAEgASgOMiIuYXRoZW56LmlkZW50aXR5LnYxLldhdGNoRXZlbnRUeXBlEiQKA3BvZBgCIAEoCzIXLmF0aGVuei5pZGVudGl0eS52MS5Qb2QiEgoQR2V0U3RhdHVzUmVxdWVzdCJHChFHZXRTdGF0dXNSZXNwb25zZRIyCgZzdGF0dXMYASABKAsyIi5hdGhlbnouaWRlbnRpdHkudjEuUmVnaXN0cnlTdGF0dXMqgQEKDFJlZ2lzdHJ5Um9sZRIdChlSRUdJU1RSWV9ST0xFX1VOU1BFQ0lGSUVEEAASHAoYUkVHSVNUUllfUk9MRV9TVEFOREFMT05FEAESGAoUUkVHSVNUUllfUk9MRV9MRUFERVIQAhIaChZSRUdJU1RSWV9ST0xFX0ZPTExPV0VSEAMq/gEKC1N0YWxlUmVhc29uEhwKGFNUQUxFX1JFQVNPTl9VTlNQRUNJRklFRBAAEhsKF1NUQUxFX1JFQVNPTl9OT1RfU1lOQ0VEEAESGwoXU1RBTEVfUkVBU09OX1dBVENIX0RPV04QAhIdChlTVEFMRV9SRUFTT05fV0FUQ0hfU0lMRU5UEAMSGQoVU1RBTEVfUkVBU09OX05PX1BST09GEAQSGgoWU1RBTEVfUkVBU09OX05PX0xFQURFUhAFEh0KGVNUQUxFX1JFQVNPTl9OT19IRUFSVEJFQVQQBhIiCh5TVEFMRV9SRUFTT05fTEVBREVSX0ZFRURfU1RBTEUQByqrAQoOV2F0Y2hFdmVudFR5cGUSIAocV0FUQ0hfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEh0KGVdBVENIX0VWRU5UX1RZUEVfU05BUFNIT1QQARIbChdXQVRDSF9FVkVOVF9UWVBFX1NZTkNFRBACEh0KGVdBVENIX0VWRU5UX1RZUEVfVVBTRVJURUQQAxIcChhXQVRDSF9FVkVOVF9UWVBFX0RFTEVURUQQBDLgAwoSUG9kUmVnaXN0cnlTZXJ2aWNlElQKBkdldFBvZBIhLmF0aGVuei5pZGVudGl0eS52MS5HZXRQb2RSZXF1ZXN0GiIuYXRoZW56LmlkZW50aXR5LnYxLkdldFBvZFJlc3BvbnNlIgOQAgESVwoHRmluZFBvZBIiLmF0aGVuei5pZGVudGl0eS52MS5GaW5kUG9kUmVxdWVzdBojLmF0aGVuei5pZGVudGl0eS52MS5GaW5kUG9kUmVzcG9uc2UiA5ACARJgCgpXYWl0Rm9yUG9kEiUuYXRoZW56LmlkZW50aXR5LnYxLldhaXRGb3JQb2RSZXF1ZXN0GiYuYXRoZW56LmlkZW50aXR5LnYxLldhaXRGb3JQb2RSZXNwb25zZSIDkAIBEloKCVdhdGNoUG9kcxIkLmF0aGVuei5pZGVudGl0eS52MS5XYXRjaFBvZHNSZXF1ZXN0GiUuYXRoZW56LmlkZW50aXR5LnYxLldhdGNoUG9kc1Jlc3BvbnNlMAESXQoJR2V0U3RhdHVzEiQuYXRoZW56LmlkZW50aXR5LnYxLkdldFN0YXR1c1JlcXVlc3QaJS5hdGhlbnouaWRlbnRpdHkudjEuR2V0U3RhdHVzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_athenz_identity_v1_common, file_google_protobuf_duration]);
 
 /**
  * @generated from message athenz.identity.v1.RegistryStatus
@@ -28,7 +28,7 @@ export type RegistryStatus = Message<"athenz.identity.v1.RegistryStatus"> & {
   synced: boolean;
 
   /**
-   * The feed is live: events or heartbeats arrived within the staleness threshold.
+   * The feed is live: its last proof of liveness is within the staleness threshold.
    *
    * @generated from field: bool live = 2;
    */
@@ -40,7 +40,8 @@ export type RegistryStatus = Message<"athenz.identity.v1.RegistryStatus"> & {
   podCount: bigint;
 
   /**
-   * Time since the last event or heartbeat from the feed.
+   * Age of the last proof that the cache matched the API server: an event, bookmark, list or probe
+   * on the API watch (standalone, or the leader's, carried by its heartbeats to every replica).
    *
    * @generated from field: google.protobuf.Duration last_event_age = 4;
    */
@@ -57,6 +58,27 @@ export type RegistryStatus = Message<"athenz.identity.v1.RegistryStatus"> & {
    * @generated from field: bool fresh = 6;
    */
   fresh: boolean;
+
+  /**
+   * The leader this replica follows, from its heartbeats (replicated; empty when none).
+   *
+   * @generated from field: string leader = 7;
+   */
+  leader: string;
+
+  /**
+   * The leader epoch in force in the bucket (replicated; 0 when none).
+   *
+   * @generated from field: uint64 epoch = 8;
+   */
+  epoch: bigint;
+
+  /**
+   * Why the registry is not fresh; UNSPECIFIED when it is.
+   *
+   * @generated from field: athenz.identity.v1.StaleReason stale_reason = 9;
+   */
+  staleReason: StaleReason;
 };
 
 /**
@@ -333,6 +355,75 @@ export const RegistryRoleSchema: GenEnum<RegistryRole> = /*@__PURE__*/
   enumDesc(file_athenz_identity_v1_pod_registry, 0);
 
 /**
+ * StaleReason says why a registry is not fresh.
+ *
+ * @generated from enum athenz.identity.v1.StaleReason
+ */
+export enum StaleReason {
+  /**
+   * Fresh (or a registry too old to say).
+   *
+   * @generated from enum value: STALE_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The first full list (or the replay of the bucket and a synced leader) is not in yet.
+   *
+   * @generated from enum value: STALE_REASON_NOT_SYNCED = 1;
+   */
+  NOT_SYNCED = 1,
+
+  /**
+   * The API watch is not open (standalone).
+   *
+   * @generated from enum value: STALE_REASON_WATCH_DOWN = 2;
+   */
+  WATCH_DOWN = 2,
+
+  /**
+   * The API watch stayed silent past its timeoutSeconds and was dropped (standalone).
+   *
+   * @generated from enum value: STALE_REASON_WATCH_SILENT = 3;
+   */
+  WATCH_SILENT = 3,
+
+  /**
+   * The watch is open but nothing (event, bookmark, probe) proved it current lately (standalone).
+   *
+   * @generated from enum value: STALE_REASON_NO_PROOF = 4;
+   */
+  NO_PROOF = 4,
+
+  /**
+   * No leader has written a heartbeat this replica accepts (replicated).
+   *
+   * @generated from enum value: STALE_REASON_NO_LEADER = 5;
+   */
+  NO_LEADER = 5,
+
+  /**
+   * The leader's heartbeats stopped arriving: leader or NATS unreachable (replicated).
+   *
+   * @generated from enum value: STALE_REASON_NO_HEARTBEAT = 6;
+   */
+  NO_HEARTBEAT = 6,
+
+  /**
+   * The leader's heartbeats arrive but say its own API feed is stale (replicated).
+   *
+   * @generated from enum value: STALE_REASON_LEADER_FEED_STALE = 7;
+   */
+  LEADER_FEED_STALE = 7,
+}
+
+/**
+ * Describes the enum athenz.identity.v1.StaleReason.
+ */
+export const StaleReasonSchema: GenEnum<StaleReason> = /*@__PURE__*/
+  enumDesc(file_athenz_identity_v1_pod_registry, 1);
+
+/**
  * @generated from enum athenz.identity.v1.WatchEventType
  */
 export enum WatchEventType {
@@ -370,7 +461,7 @@ export enum WatchEventType {
  * Describes the enum athenz.identity.v1.WatchEventType.
  */
 export const WatchEventTypeSchema: GenEnum<WatchEventType> = /*@__PURE__*/
-  enumDesc(file_athenz_identity_v1_pod_registry, 1);
+  enumDesc(file_athenz_identity_v1_pod_registry, 2);
 
 /**
  * PodRegistryService answers from an in-memory cache of the cluster's pods.
