@@ -118,8 +118,8 @@ export interface FakeKubeApi {
   readonly openWatches: number;
   /** Open watches that are silent. */
   readonly silentWatches: number;
-  /** Requests served, by kind. */
-  readonly counts: { list: number; watch: number; get: number; lease: number };
+  /** Requests served, by kind (`probe`: the lists with limit=1, also counted in `list`). */
+  readonly counts: { list: number; probe: number; watch: number; get: number; lease: number };
   /** Resolves once `n` watches are open. */
   waitForWatches(n: number, timeoutMs?: number): Promise<void>;
   readLease(namespace: string, name: string): Record<string, unknown> | undefined;
@@ -156,7 +156,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
   /** Oldest resourceVersion a watch may start from. */
   let compactedAt = rv;
   const watchers = new Set<Watcher>();
-  const counts = { list: 0, watch: 0, get: 0, lease: 0 };
+  const counts = { list: 0, probe: 0, watch: 0, get: 0, lease: 0 };
   let failWatches = { n: 0, status: 500 };
   let failLists = { n: 0, status: 500 };
   let unavailable = false;
@@ -190,6 +190,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     }
     const sel = parseSelector(q.get("labelSelector"));
     const limit = Number(q.get("limit") ?? "0");
+    if (limit === 1) counts.probe++;
     let listRv = rv;
     let offset = 0;
     const cont = q.get("continue");

@@ -82,6 +82,11 @@ export interface WatcherHealth {
   lastProofMs: number;
   /** No scope's watch has been caught silent since it last delivered something. */
   trusted: boolean;
+  /**
+   * A scope's only proofs were revoked (probes of a watch later caught silent, with no list,
+   * event or bookmark before): it has no proof, and must not be read as "no proof yet".
+   */
+  revoked: boolean;
 }
 
 /** Counters, for metrics and tests. */
@@ -131,6 +136,7 @@ interface Scope {
   lastProofMs: number;
   /** Last proof that came from the stream itself (list, event, bookmark): what a silent drop falls back to. */
   lastStreamProofMs: number;
+  revoked: boolean;
   probing: boolean;
 }
 
@@ -160,6 +166,7 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
     trusted: true,
     lastProofMs: 0,
     lastStreamProofMs: 0,
+    revoked: false,
     probing: false,
   }));
   const stats: WatcherStats = { watches: 0, silentDrops: 0, lists: 0, gone: 0, failures: 0, probesOk: 0, probesBehind: 0, probesFailed: 0 };
@@ -172,6 +179,7 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
   let started = false;
 
   const prove = (sc: Scope, at: number, fromStream: boolean) => {
+    sc.revoked = false;
     if (at > sc.lastProofMs) sc.lastProofMs = at;
     if (fromStream && at > sc.lastStreamProofMs) sc.lastStreamProofMs = at;
   };
@@ -366,6 +374,7 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
           sc.trusted = false;
           // Probes made while it was silent proved nothing about it.
           sc.lastProofMs = sc.lastStreamProofMs;
+          if (sc.lastProofMs === 0) sc.revoked = true;
           log.warn({ namespace: sc.ns || "(all)", err, retryInMs: wait }, "dropping a silent watch");
         } else {
           stats.failures++;
@@ -399,6 +408,7 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
       connected: scopes.every((s) => s.watch !== 0),
       lastProofMs: scopes.some((s) => s.lastProofMs === 0) ? 0 : Math.min(...scopes.map((s) => s.lastProofMs)),
       trusted: scopes.every((s) => s.trusted),
+      revoked: scopes.some((s) => s.revoked),
     }),
     stats: () => ({ ...stats }),
     resourceVersions: () => new Map(scopes.filter((s) => s.rv !== "").map((s) => [s.ns, s.rv])),

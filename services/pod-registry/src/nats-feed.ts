@@ -154,8 +154,10 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     lastHeartbeatAtMs = at;
     if (hb.synced) leaderSynced = true;
     // The latest heartbeat decides, also when it says less than the one before: the leader may
-    // have found that a proof it had given was worthless (a silent watch).
-    lastProofMs = hb.proofAgeMs === undefined ? 0 : at - hb.proofAgeMs;
+    // have found that a proof it had given was worthless (a silent watch). A heartbeat without a
+    // proof (a new leader whose watch has not proven anything yet) leaves the bucket's last proof
+    // standing: the content it vouched for has not changed.
+    if (hb.proofAgeMs !== undefined) lastProofMs = Math.max(0, at - hb.proofAgeMs);
     opts.onHeartbeat?.(hb);
   };
 
@@ -408,10 +410,11 @@ export interface NatsPublisherOptions {
   /** How often the heartbeat is written. */
   heartbeatIntervalMs: number;
   /**
-   * When (ms, `now`) the leader's API feed was last proven current (0: never); heartbeats carry its
-   * age, so followers turn stale exactly when the leader's feed does.
+   * When (ms, `now`) the leader's API feed was last proven current (0: not yet), and whether a
+   * proof it had was revoked (a silent watch). Heartbeats carry its age, so followers turn stale
+   * exactly when the leader's feed does.
    */
-  lastProofMs: () => number;
+  proof: () => { lastProofMs: number; revoked: boolean };
   /** The API feed's resourceVersion per scope, for the heartbeat's published-through mark. */
   resourceVersions: () => Map<string, string>;
   /** {@link feedConfigFingerprint} of this leader's feed. */
@@ -565,10 +568,14 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
     }
   };
 
-  /** The oldest queued change's age bounds what followers can have: it counts against the proof. */
+  /**
+   * The age of the leader's proof, as of what followers can have: the oldest change still queued
+   * counts against it. Undefined while this leader has no proof of its own yet (the bucket's
+   * content stays as proven before); "forever" when its only proof was revoked.
+   */
   const proofAgeMs = (): number | undefined => {
-    const proof = opts.lastProofMs();
-    if (proof <= 0) return undefined;
+    const { lastProofMs: proof, revoked } = opts.proof();
+    if (proof <= 0) return revoked ? Number.MAX_SAFE_INTEGER : undefined;
     let oldest = proof;
     for (let i = head; i < queue.length; i++) {
       const p = pending.get(queue[i]!);

@@ -291,7 +291,10 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       epoch,
       logger: log,
       heartbeatIntervalMs: heartbeatMs,
-      lastProofMs: () => watcher?.health().lastProofMs ?? 0,
+      proof: () => {
+        const h = watcher?.health();
+        return { lastProofMs: h?.lastProofMs ?? 0, revoked: h?.revoked ?? false };
+      },
       resourceVersions: () => watcher?.resourceVersions() ?? new Map(),
       feedConfig,
       tombstoneTtlMs,

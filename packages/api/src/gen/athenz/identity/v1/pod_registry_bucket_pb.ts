@@ -125,7 +125,8 @@ export type FeedHeartbeat = Message<"athenz.identity.v1.FeedHeartbeat"> & {
 
   /**
    * Age, when written, of the leader's last proof that its API feed was current (an event, a
-   * bookmark, a list or a probe). Absent: the leader has no proof, and vouches for nothing.
+   * bookmark, a list or a probe); a huge age when its proofs were revoked (a silent watch).
+   * Absent: this leader has no proof of its own yet, so the bucket's previous proof stands.
    *
    * @generated from field: google.protobuf.Duration proof_age = 4;
    */
