@@ -66,6 +66,8 @@ export interface PodWatcherOptions {
    * new leader resuming where the bucket's content ends. A 410 Gone falls back to a list.
    */
   resumeFrom?: ReadonlyMap<string, string> | undefined;
+  /** Called once, when every scope first has a proof of liveness. */
+  onProven?: (() => void) | undefined;
   /** Backoff after a failure. Default 250 ms doubling to 30 s. */
   backoff?: { initialMs: number; maxMs: number };
   /** Clock (ms), for tests. */
@@ -178,10 +180,15 @@ export function createPodWatcher(opts: PodWatcherOptions): PodWatcher {
   let probeTimer: NodeJS.Timeout | undefined;
   let started = false;
 
+  let proven = false;
   const prove = (sc: Scope, at: number, fromStream: boolean) => {
     sc.revoked = false;
     if (at > sc.lastProofMs) sc.lastProofMs = at;
     if (fromStream && at > sc.lastStreamProofMs) sc.lastStreamProofMs = at;
+    if (!proven && scopes.every((s) => s.lastProofMs > 0)) {
+      proven = true;
+      opts.onProven?.();
+    }
   };
 
   const markSynced = (sc: Scope, how: string) => {

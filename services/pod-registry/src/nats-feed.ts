@@ -433,10 +433,14 @@ export interface NatsPublisher extends PodSink {
   /** Resolves when nothing is pending or in flight. */
   idle(): Promise<void>;
   /**
-   * Stepping down on purpose: waits (at most `maxWaitMs`) for what is queued to be stored, writes a
-   * last heartbeat saying `released`, and stops. Call after the API watch has stopped.
+   * Stepping down on purpose: waits (at most `maxWaitMs`) for what is queued to be stored, stops
+   * the periodic heartbeat, and returns the last one, saying `released` and how far the feed is
+   * published. The caller writes it once the Lease is released, so that the candidates it wakes
+   * find the Lease free. Call after the API watch has stopped.
    */
-  handOver(maxWaitMs: number): Promise<void>;
+  handOver(maxWaitMs: number): Promise<Uint8Array>;
+  /** Writes a heartbeat now (the first proof of a new leader's watch should not wait for the tick). */
+  heartbeatNow(): void;
   /** Rewrites `key` from the cache: after the fence dropped a deposed leader's value there. */
   repair(key: string): void;
   readonly pending: number;
@@ -637,18 +641,13 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
     },
     idle,
     async handOver(maxWaitMs) {
-      if (stopped) return;
       clearInterval(hbTimer);
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([idle(), new Promise<void>((r) => (timer = setTimeout(r, maxWaitMs)))]);
       clearTimeout(timer);
-      try {
-        await kv.put(HEARTBEAT_KEY, heartbeatValue(true));
-      } catch (err) {
-        logger.warn({ err }, "could not write the hand-over heartbeat");
-      }
-      stop();
+      return heartbeatValue(true);
     },
+    heartbeatNow: heartbeat,
     repair(key) {
       if (stopped || pending.has(key) || inFlight.has(key)) return;
       const held = cache.getByUid(key);

@@ -10,7 +10,7 @@ import { createBackoff, delay } from "@k8s-athenz-identity/shared/backoff";
 import { CoreV1Api, type KubeConfig } from "@kubernetes/client-node";
 import type { KV } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { feedConfigFingerprint, openPodBucket } from "./bucket.js";
+import { feedConfigFingerprint, HEARTBEAT_KEY, openPodBucket } from "./bucket.js";
 import { type CacheEvent, PodCache } from "./cache.js";
 import { withDeadline } from "./kube-deadline.js";
 import { createPodWatcher, type PodSink, type PodWatcher, type WatcherStats } from "./kube-watcher.js";
@@ -205,7 +205,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
     for (const k of Object.keys(s) as Array<keyof WatcherStats>) retiredWatchStats[k] += s[k];
   };
 
-  const newWatcher = (sink: PodSink, resumeFrom?: Map<string, string>): PodWatcher =>
+  const newWatcher = (sink: PodSink, resumeFrom?: Map<string, string>, onProven?: () => void): PodWatcher =>
     createPodWatcher({
       kubeConfig: opts.kubeConfig,
       sink,
@@ -218,6 +218,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       probeIntervalMs: opts.probeIntervalMs ?? Math.max(100, Math.floor(opts.staleAfterMs / 3)),
       requestTimeoutMs: opts.requestTimeoutMs,
       resumeFrom,
+      onProven,
       now,
     });
 
@@ -300,7 +301,8 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       tombstoneTtlMs,
       now,
     });
-    watcher = newWatcher(publisher, resume);
+    // Its first proof goes out at once: followers wait for it to call the new leader fresh.
+    watcher = newWatcher(publisher, resume, () => publisher.heartbeatNow());
     leading = { gen: myGen, epoch, watcher, publisher };
     log.info(
       { epoch, resumeFrom: resume ? Object.fromEntries(resume) : undefined },
@@ -326,12 +328,16 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
     retire(l?.watcher);
   };
 
-  /** A graceful leader's last act: stop watching, store what is queued, say `released`. */
-  const handOver = async () => {
+  /**
+   * A graceful leader's last acts: stop watching and store what is queued (here), then stop
+   * leading and release the Lease (the elector), then say `released` with how far the feed is
+   * published (the returned heartbeat), which wakes the candidates to a free Lease at once.
+   */
+  const handOver = async (): Promise<Uint8Array | undefined> => {
     const l = leading;
-    if (!l?.publisher) return;
+    if (!l?.publisher) return undefined;
     await l.watcher?.stop();
-    await l.publisher.handOver(2000);
+    return l.publisher.handOver(2000);
   };
 
   const connectNats = async () => {
@@ -492,8 +498,9 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       closing = true;
       await standalone?.stop();
       await connecting;
-      await handOver();
+      const released = await handOver();
       await elector?.stop();
+      if (released && kv) await kv.put(HEARTBEAT_KEY, released).catch((err: unknown) => log.warn({ err }, "could not announce the release"));
       await stopLeading();
       await subscriber?.close();
       await nc?.drain().catch(() => undefined);
