@@ -8,8 +8,8 @@
  * are started by startPodRegistry as in production). Propagation is (time a follower applied
  * the change) - (time the API server emitted it), from an absolute timestamp the API server puts
  * in an allow-listed annotation. Set BENCH_CPU_PROF=<dir> to profile the child processes.
+ * The fault figures of issue 11 (churn, hand-over) are in pod-registry-faults.bench.ts.
  */
-import { type ChildProcess, fork } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { availableParallelism, loadavg } from "node:os";
 import { memoryUsage } from "node:process";
@@ -19,7 +19,8 @@ import { PodCache } from "../services/pod-registry/src/cache.js";
 import { decodePodEntry, encodePodEntry, projectPod } from "../services/pod-registry/src/pod.js";
 import { startNatsServer } from "../test/support/nats-server.js";
 import { type Figure, opsPerSecond, percentile, recordFigures } from "./lib.js";
-import { absNow, benchUid, type FromWorker, type ToWorker } from "./pod-registry.worker.js";
+import { absNow, benchUid } from "./pod-registry.worker.js";
+import { expect, startWorker, stopWorkers } from "./pod-registry-procs.js";
 
 const N = Number(process.env.BENCH_PODS ?? 100_000);
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -81,54 +82,6 @@ function podJson(i: number) {
 collect();
 
 // ---- 2..4: real NATS, the fake API server and the replicas in their own processes -------------
-interface Worker {
-  proc: ChildProcess;
-  next(op: FromWorker["op"]): Promise<FromWorker>;
-  send(m: ToWorker): void;
-  exited: Promise<void>;
-}
-
-const workerPath = new URL("./pod-registry.worker.ts", import.meta.url).pathname;
-const profDir = process.env.BENCH_CPU_PROF;
-function startWorker(args: string[], env: Record<string, string>): Worker {
-  const execArgv = ["--expose-gc", "--import", "tsx", ...(profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [])];
-  const proc = fork(workerPath, args, { execArgv, env: { ...process.env, ...env }, stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  if (profDir) console.log(`profiling ${args.join(" ")}: pid ${proc.pid}`);
-  const queue: FromWorker[] = [];
-  let waiter: ((m: FromWorker) => void) | undefined;
-  let failed: Error | undefined;
-  proc.on("message", (m: FromWorker) => {
-    if (m.op === "error") failed = new Error(`worker ${args.join(" ")}: ${m.message}`);
-    queue.push(m);
-    const w = waiter;
-    waiter = undefined;
-    w?.(m);
-  });
-  const exited = new Promise<void>((r) => proc.once("exit", () => r()));
-  exited.then(() => waiter?.({ op: "error", message: "exited" }));
-  return {
-    proc,
-    exited,
-    send: (m) => proc.send(m),
-    async next(op) {
-      for (;;) {
-        const i = queue.findIndex((m) => m.op === op || m.op === "error");
-        if (i >= 0) {
-          const m = queue.splice(i, 1)[0]!;
-          if (m.op === "error") throw failed ?? new Error(`worker ${args.join(" ")}: ${m.message}`);
-          return m;
-        }
-        if (proc.exitCode !== null) throw new Error(`worker ${args.join(" ")} exited (${proc.exitCode})`);
-        await new Promise<FromWorker>((r) => (waiter = r));
-      }
-    },
-  };
-}
-const expect = <K extends FromWorker["op"]>(m: FromWorker, op: K) => {
-  if (m.op !== op) throw new Error(`worker answered ${m.op}, expected ${op}`);
-  return m as Extract<FromWorker, { op: K }>;
-};
-
 const load0 = loadavg();
 const nats = await startNatsServer();
 const api = startWorker(["api", String(N)], {});
@@ -230,13 +183,8 @@ figures.push({
 client.close();
 
 // The replicas first (the leader releases its Lease at the API server), then the API server.
-const stop = (ws: Worker[]) => {
-  for (const w of ws) w.send({ op: "stop" });
-  return Promise.all(ws.map((w) => Promise.race([w.exited, new Promise((r) => setTimeout(r, 5000))])));
-};
-await stop([...followers, leader]);
-await stop([api]);
-for (const w of [...followers, leader, api]) if (w.proc.exitCode === null) w.proc.kill("SIGKILL");
+await stopWorkers([...followers, leader]);
+await stopWorkers([api]);
 await nats.close();
 const load2 = loadavg();
 console.log(

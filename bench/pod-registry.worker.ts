@@ -30,11 +30,35 @@ export const benchUid = (i: number) => `00000000-0000-4000-8000-${i.toString(16)
 /** Absolute time in ms with sub-ms precision, comparable across processes of one machine. */
 export const absNow = () => performance.timeOrigin + performance.now();
 
-export type ToWorker = { op: "emit"; rate: number; seconds: number } | { op: "report"; expect: number; timeoutMs: number } | { op: "stop" };
+export type ToWorker =
+  | { op: "emit"; rate: number; seconds: number }
+  | { op: "report"; expect: number; timeoutMs: number }
+  | { op: "stop" }
+  /** api: create `count` pods and delete them again, as fast as the fake API server takes it. */
+  | { op: "churn"; count: number; namespace: string }
+  /** replica: its status and counters now. */
+  | { op: "status" }
+  /** replica: sample its status every 10 ms until told `on: false`, then answer `sampled`. */
+  | { op: "sample"; on: boolean; since: number };
+
+/** What a replica's status sampling saw (absolute times, comparable across processes). */
+export interface Sampled {
+  /** Time not fresh, summed over samples (ms). */
+  notFreshMs: number;
+  /** Largest age of the last proof seen (ms). */
+  maxProofAgeMs: number;
+  /** The first time the replica held a proof newer than `since` from a leader other than the first one sampled. */
+  vouchedAt: number | undefined;
+  /** The leaders named, in order. */
+  leaders: string[];
+}
 
 export type FromWorker =
   | { op: "ready"; url?: string; syncMs?: number; pods?: number; heapMiB?: number; rssMiB?: number; startedAt?: number }
   | { op: "emitted"; count: number; behindMaxMs: number }
+  | { op: "churned"; ms: number }
+  | { op: "status"; role: number; fresh: boolean; leader: string; pods: number; lists: number; published: number; entries: number }
+  | ({ op: "sampled" } & Sampled)
   | {
       op: "report";
       latencies: number[];
@@ -83,6 +107,23 @@ async function runApi(n: number): Promise<void> {
       await api.close();
       process.exit(0);
     }
+    if (m.op === "churn") {
+      const t0 = performance.now();
+      const made: string[] = [];
+      // In slices, so the watch streams drain between them.
+      for (let i = 0; i < m.count; i += 1000) {
+        for (let k = i; k < Math.min(m.count, i + 1000); k++) made.push(api.createPod({ namespace: m.namespace, name: `churn-${k}` }).metadata.uid);
+        await new Promise((r) => setImmediate(r));
+      }
+      for (let i = 0; i < made.length; i += 1000) {
+        for (const uid of made.slice(i, i + 1000)) api.deletePod(uid);
+        await new Promise((r) => setImmediate(r));
+      }
+      // The fake keeps every event for watches to replay; let it go, like etcd's compaction.
+      api.compact();
+      send({ op: "churned", ms: performance.now() - t0 });
+      return;
+    }
     if (m.op !== "emit") return;
     // Paced by wall clock: every tick emits what is due, so a late tick catches up (and the
     // lateness shows up in the measured latency, which starts at the real emit time).
@@ -116,13 +157,15 @@ async function runReplica(id: string): Promise<void> {
       ADMIN_PORT: "0",
       NAMESPACE,
       NATS_URL: process.env.NATS_URL,
-      NATS_BUCKET: "bench",
-      LEASE_NAME: "bench",
+      NATS_BUCKET: process.env.BENCH_BUCKET ?? "bench",
+      LEASE_NAME: process.env.BENCH_BUCKET ?? "bench",
       LEASE_NAMESPACE: "kube-system",
       POD_NAME: id,
       LABEL_ALLOWLIST: "app",
       ANNOTATION_ALLOWLIST: EMITTED_AT,
-      STALE_AFTER: "10s",
+      STALE_AFTER: process.env.BENCH_STALE_AFTER ?? "10s",
+      ...(process.env.BENCH_TOMBSTONE_TTL ? { TOMBSTONE_TTL: process.env.BENCH_TOMBSTONE_TTL } : {}),
+      ...(process.env.BENCH_LEASE_DURATION ? { LEASE_DURATION: process.env.BENCH_LEASE_DURATION } : {}),
     },
   });
   // Latencies in a preallocated buffer: no per-event allocation in the measuring hook.
@@ -157,10 +200,35 @@ async function runReplica(id: string): Promise<void> {
   const syncMs = performance.now() - t0;
   gc?.();
   const mem = memoryUsage();
+  let sampler: { stop: () => Sampled } | undefined;
   process.on("message", async (m: ToWorker) => {
     if (m.op === "stop") {
       await server.close();
       process.exit(0);
+    }
+    if (m.op === "status") {
+      const st = server.registry.status();
+      const stats = server.registry.stats();
+      send({
+        op: "status",
+        role: st.role,
+        fresh: st.fresh,
+        leader: st.leader,
+        pods: st.podCount,
+        lists: stats.watch.lists,
+        published: stats.published,
+        entries: stats.bucket?.entries ?? 0,
+      });
+      return;
+    }
+    if (m.op === "sample") {
+      if (m.on) sampler = sampleStatus(server.registry, m.since);
+      else if (sampler) {
+        const r = sampler.stop();
+        sampler = undefined;
+        send({ op: "sampled", ...r });
+      }
+      return;
     }
     if (m.op === "emit") {
       // The propagation run starts: watch this process's own stalls (event loop, GC pauses).
@@ -194,6 +262,28 @@ async function runReplica(id: string): Promise<void> {
     rssMiB: mem.rss / 2 ** 20,
     startedAt,
   });
+}
+
+/** Samples a registry's freshness every 10 ms (see {@link Sampled}). */
+function sampleStatus(registry: { status(): { fresh: boolean; lastEventAgeMs: number | undefined; leader: string } }, since: number) {
+  const out: Sampled = { notFreshMs: 0, maxProofAgeMs: 0, vouchedAt: undefined, leaders: [] };
+  let last = absNow();
+  const timer = setInterval(() => {
+    const t = absNow();
+    const s = registry.status();
+    if (!s.fresh) out.notFreshMs += t - last;
+    last = t;
+    if (s.lastEventAgeMs !== undefined) out.maxProofAgeMs = Math.max(out.maxProofAgeMs, s.lastEventAgeMs);
+    if (s.leader && out.leaders.at(-1) !== s.leader) out.leaders.push(s.leader);
+    const proofAt = s.lastEventAgeMs === undefined ? 0 : t - s.lastEventAgeMs;
+    if (out.vouchedAt === undefined && out.leaders.length > 1 && s.leader === out.leaders.at(-1) && proofAt > since) out.vouchedAt = t;
+  }, 10);
+  return {
+    stop() {
+      clearInterval(timer);
+      return out;
+    },
+  };
 }
 
 // Only as a forked child: the bench imports this module for its helpers.
