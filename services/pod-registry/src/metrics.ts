@@ -112,6 +112,9 @@ export function registerRegistryMetrics(metrics: Registry, registry: PodRegistry
     const b = registry.stats().bucket;
     return { malformed: b?.malformed ?? 0, fenced: b?.fenced ?? 0 };
   });
+  followCounter(metrics, "pod_registry_bucket_watch_restarts_total", "NATS bucket watches re-created (after an error or silence)", undefined, () => ({
+    "": registry.stats().bucket?.restarts ?? 0,
+  }));
   followCounter(metrics, "pod_registry_published_total", "pod values this replica stored in the bucket as leader", undefined, () => ({
     "": registry.stats().published,
   }));

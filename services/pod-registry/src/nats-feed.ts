@@ -41,6 +41,13 @@ export interface NatsSubscriberOptions {
   onEpoch?: (epoch: number, holder: string) => void;
   /** A valid heartbeat arrived (a `released` one lets candidates take over at once). */
   onHeartbeat?: (hb: Heartbeat) => void;
+  /**
+   * A bucket watch that delivers nothing for this long is dead and re-created from the last
+   * revision (a leader heartbeats far more often). nats.js recovers its ordered consumer by idle
+   * heartbeats too, but after losing the server that held the consumer it was measured not to
+   * within 30 s. Undefined: no such timer.
+   */
+  idleRestartMs?: number;
 }
 
 /** Counters of what the subscriber saw and refused. */
@@ -53,6 +60,8 @@ export interface SubscriberStats {
   fenced: number;
   /** Values held back until the start of their epoch is seen. */
   deferred: number;
+  /** Bucket watches re-created (after an error, or silent for idleRestartMs). */
+  restarts: number;
 }
 
 export interface NatsSubscriber {
@@ -86,7 +95,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   const { kv, cache, logger } = opts;
   const now = opts.now ?? Date.now;
   const fence = new EpochFence();
-  const stats: SubscriberStats = { entries: 0, malformed: 0, fenced: 0, deferred: 0 };
+  const stats: SubscriberStats = { entries: 0, malformed: 0, fenced: 0, deferred: 0, restarts: 0 };
   let closed = false;
   let replayDone = false;
   let leaderSynced = false;
@@ -231,19 +240,45 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
           w.stop();
           break;
         }
+        let idle: NodeJS.Timeout | undefined;
+        let silent = false;
+        const arm = () => {
+          if (opts.idleRestartMs === undefined) return;
+          clearTimeout(idle);
+          idle = setTimeout(() => {
+            silent = true;
+            w.stop();
+          }, opts.idleRestartMs);
+        };
+        arm();
         // An empty bucket delivers nothing: the replay is trivially done.
         const status = await kv.status().catch(() => undefined);
         if (status && status.values === 0 && !replayDone) {
           replayDone = true;
           resolveReplayed();
         }
-        for await (const e of w) {
-          handle(e);
-          resumeFrom = e.revision + 1;
-          backoff.reset();
+        try {
+          for await (const e of w) {
+            arm();
+            handle(e);
+            resumeFrom = e.revision + 1;
+            backoff.reset();
+          }
+        } finally {
+          clearTimeout(idle);
         }
+        if (closed) break;
+        // Ended without an error: stopped for silence, or the library gave up. Watch again.
+        stats.restarts++;
+        const wait = backoff.next();
+        logger.warn(
+          { silent, resumeFrom, retryInMs: wait },
+          silent ? "NATS bucket watch silent; re-creating it" : "NATS bucket watch ended; re-creating it",
+        );
+        await delay(wait);
       } catch (err) {
         if (closed) break;
+        stats.restarts++;
         const wait = backoff.next();
         logger.warn({ err, retryInMs: wait }, "NATS bucket watch failed; retrying");
         await delay(wait);

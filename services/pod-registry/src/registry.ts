@@ -236,6 +236,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
   let connecting: Promise<void> | undefined;
   let published = 0;
   const isCurrent = (g: number) => !closing && leading?.gen === g;
+  const heartbeatMs = rep?.heartbeatIntervalMs ?? Math.min(5000, Math.max(100, Math.floor(opts.staleAfterMs / 3)));
 
   /**
    * Where the predecessor's published content ends, per scope, when it can be trusted: its last
@@ -281,7 +282,6 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       elector?.relinquish(`epoch ${epoch} superseded by ${subscriber.epoch}`);
       return;
     }
-    const heartbeatMs = rep!.heartbeatIntervalMs ?? Math.min(5000, Math.max(100, Math.floor(opts.staleAfterMs / 3)));
     const resume = resumePoint();
     let watcher: PodWatcher | undefined;
     const publisher = createNatsPublisher({
@@ -373,6 +373,8 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       cache,
       logger: log,
       now,
+      // Three heartbeats missed: the bucket watch, not the leader, is the likelier casualty.
+      idleRestartMs: Math.max(2000, 3 * heartbeatMs),
       onFenced: (key) => leading?.publisher?.repair(key),
       onEpoch: (epoch, holder) => {
         if (leading && leading.epoch > 0 && epoch > leading.epoch) {
