@@ -7,17 +7,25 @@
  * - WaitForPod's one-GET fallback finds a pod the cache cannot see (excluded by the label selector);
  * - replicated through a real nats-server: exactly one replica holds the coordination.k8s.io Lease
  *   (checked on the Lease object), all converge, and the Lease moves on when the leader stops or
- *   crashes, with pod changes flowing on.
+ *   crashes, with pod changes flowing on; the new leader resumes its predecessor's watch instead
+ *   of listing again;
+ * - issue 11: a quiet namespace (kube-apiserver sends bookmarks about once a minute) stays fresh
+ *   through probes for 3x STALE_AFTER; and a leader whose connection to the API server is cut
+ *   silently (a TCP proxy that drops every byte) steps down before its Lease can be taken, never
+ *   alongside the next leader, and a value it writes after that is dropped by every replica.
  */
 import assert from "node:assert/strict";
+import { createServer, type Socket, connect as tcpConnect } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { PodPhase } from "@k8s-athenz-identity/api/common";
 import { PodRegistryService, RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
 import { createServiceClient, loadConfig, type ServiceClient } from "@k8s-athenz-identity/shared";
-import { CoordinationV1Api, type KubeConfig, type V1Lease } from "@kubernetes/client-node";
+import { CoordinationV1Api, KubeConfig, type V1Lease } from "@kubernetes/client-node";
+import { Kvm } from "@nats-io/kv";
+import { connect as natsConnect } from "@nats-io/transport-node";
 import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
-import { isPresent } from "../../services/pod-registry/src/pod.js";
+import { encodePodEntry, isPresent } from "../../services/pod-registry/src/pod.js";
 import { createPodRegistry, type PodRegistry, type PodRegistryOptions } from "../../services/pod-registry/src/registry.js";
 import { startPodRegistry } from "../../services/pod-registry/src/service.js";
 import { eventually, quietLogger, until } from "../../services/pod-registry/test/helpers.js";
@@ -180,6 +188,30 @@ describe("standalone pod registry on the real API server, served over Connect", 
     assert.equal(missing.pod, undefined);
   });
 
+  it("stays fresh in a quiet namespace for 3x STALE_AFTER: probes prove liveness between bookmarks", async () => {
+    const quietNs = "reg-quiet";
+    await state.ensureServiceAccount(quietNs, SA);
+    const quiet = createPodRegistry(registryOptions({ identity: "quiet", namespaces: [quietNs], staleAfterMs: 2000 }));
+    try {
+      await quiet.start();
+      await withTimeout(quiet.synced, 15_000, "quiet registry synced");
+      await eventually(() => quiet.status().fresh, "fresh", 5000);
+      let misses = 0;
+      const end = Date.now() + 6000;
+      while (Date.now() < end) {
+        if (!quiet.status().fresh) misses++;
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      const w = quiet.stats().watch;
+      console.log(`quiet 6 s: ${w.probesOk} probes ok, ${w.probesFailed} failed, ${w.watches} watches, ${w.silentDrops} silent drops`);
+      assert.equal(misses, 0, "never stale while nothing changes");
+      assert.ok(w.probesOk > 0, "probes of the API server carried the freshness");
+      assert.equal(w.silentDrops, 0, "the real API server ends every watch at its timeoutSeconds");
+    } finally {
+      await quiet.close();
+    }
+  });
+
   it("survives an API server restart: reports not fresh while it is down, converges afterwards", async () => {
     const survivor = await newPod(NS, "survivor", { labels: watched, ip: "10.1.0.20" });
     const doomed = await newPod(NS, "doomed", { labels: watched, ip: "10.1.0.21" });
@@ -315,6 +347,7 @@ describe("replicated pod registry: real nats-server, Lease on the real API serve
     console.log(`graceful handoff ${old} -> ${next} in ${took} ms (lease ${LEASE_MS} ms)`);
     assert.notEqual(next, old);
     assert.ok(took <= LEASE_MS, `handoff took ${took} ms`);
+    assert.equal(replicas.get(next)!.stats().watch.lists, 0, "the new leader resumed its predecessor's watch instead of listing");
 
     const uid = await newPod(NS, "after-stop", { ip: "10.3.0.3" });
     await until(everyone(), () => everyone().every((r) => r.getByUid(uid)?.podIps[0] === "10.3.0.3"), "pod via the new leader", 10_000);
@@ -337,6 +370,7 @@ describe("replicated pod registry: real nats-server, Lease on the real API serve
     assert.ok(took >= LEASE_MS - 2 * RETRY_MS, `took over too early: ${took} ms`);
     assert.ok(took <= LEASE_MS + 3 * RETRY_MS + 1000, `handoff took ${took} ms`);
     assert.equal((await readLease()).spec?.leaseTransitions, before + 1, "a takeover from a live holder counts as a transition");
+    assert.equal(replicas.get(next)!.stats().watch.lists, 0, "it resumed from the crashed leader's last heartbeat");
 
     const [last] = everyone();
     const uid = await newPod(NS, "after-crash", { ip: "10.3.0.4" });
@@ -344,5 +378,173 @@ describe("replicated pod registry: real nats-server, Lease on the real API serve
     await state.deletePod(NS, "after-stop");
     await until([last!], () => last!.findByName(NS, "after-stop") === undefined, "deletion via the third leader", 10_000);
     await eventually(() => last!.status().fresh, "fresh", 5000);
+  });
+});
+
+/**
+ * A TCP proxy in front of the API server that can drop every byte both ways without closing
+ * anything: a silently cut network, as a client sees it (no error, requests hang).
+ */
+async function startCuttableProxy(target: string): Promise<{ url: string; cut(on: boolean): void; close(): Promise<void> }> {
+  const t = new URL(target);
+  const sockets = new Set<Socket>();
+  let dropping = false;
+  const track = (s: Socket) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+    s.on("error", () => undefined);
+  };
+  const server = createServer((client) => {
+    track(client);
+    if (dropping) return; // accepted, and nothing it sends goes anywhere
+    const upstream = tcpConnect(Number(t.port), t.hostname);
+    track(upstream);
+    client.on("data", (d) => void (dropping || upstream.write(d)));
+    upstream.on("data", (d) => void (dropping || client.write(d)));
+    client.on("close", () => upstream.destroy());
+    // A close from the server is a packet too: while cut, the client never learns of it.
+    upstream.on("close", () => void (dropping || client.destroy()));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `https://127.0.0.1:${(server.address() as { port: number }).port}`,
+    cut(on) {
+      dropping = on;
+    },
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** The same credentials, through another server URL. */
+function throughProxy(kc: KubeConfig, url: string): KubeConfig {
+  const out = new KubeConfig();
+  out.loadFromOptions({
+    clusters: kc.clusters.map((c) => ({ ...c, server: url })),
+    users: kc.users,
+    contexts: kc.contexts,
+    currentContext: kc.currentContext,
+  });
+  return out;
+}
+
+describe("issue 11, input 3: the leader's connection to the real API server cut silently", { timeout: 120_000 }, () => {
+  const NS = "reg-cut";
+  const LEASE_MS = 2000;
+  let nats: NatsServer;
+  let leases: CoordinationV1Api;
+  const proxies = new Map<string, Awaited<ReturnType<typeof startCuttableProxy>>>();
+  const rs = new Map<string, PodRegistry>();
+
+  before(async () => {
+    nats = await startNatsServer();
+    await state.ensureServiceAccount(NS, SA);
+    leases = state.kubeConfig.makeApiClient(CoordinationV1Api);
+    for (const id of ["cut-0", "cut-1", "cut-2"]) {
+      const proxy = await startCuttableProxy(cluster.url);
+      proxies.set(id, proxy);
+      rs.set(
+        id,
+        createPodRegistry(
+          registryOptions({
+            identity: id,
+            kubeConfig: throughProxy(productKc, proxy.url),
+            namespaces: [NS],
+            staleAfterMs: 2000,
+            requestTimeoutMs: 1000,
+            replication: {
+              servers: nats.url,
+              bucket: "cut-pods",
+              lease: { name: PRODUCT_LEASE, namespace: PRODUCT_NAMESPACE, durationMs: LEASE_MS, retryPeriodMs: 250 },
+              heartbeatIntervalMs: 200,
+            },
+          }),
+        ),
+      );
+    }
+  });
+  after(async () => {
+    for (const p of proxies.values()) p.cut(false);
+    await Promise.all([...rs.values()].map((r) => r.close()));
+    for (const p of proxies.values()) await p.close();
+    await nats?.close();
+  });
+
+  it("steps down within its renew deadline, never leads alongside the next leader, and what it writes afterwards is never served", async () => {
+    const victim = await newPod(NS, "victim", { ip: "10.4.0.1" });
+    const all = [...rs.values()];
+    await Promise.all(all.map((r) => r.start()));
+    await withTimeout(Promise.all(all.map((r) => r.synced)), 20_000, "every replica synced");
+    const leaders = () => [...rs].filter(([, r]) => r.role === RegistryRole.LEADER).map(([id]) => id);
+    await eventually(() => leaders().length === 1 && all.every((r) => r.getByUid(victim)), "one leader, victim everywhere", 15_000);
+    const oldId = leaders()[0]!;
+    const old = rs.get(oldId)!;
+    const oldEpoch = old.status().epoch;
+
+    let maxAtOnce = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        maxAtOnce = Math.max(maxAtOnce, leaders().length);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    })();
+    const t0 = Date.now();
+    proxies.get(oldId)!.cut(true);
+    const stepped = await eventually(() => old.role !== RegistryRole.LEADER, "the cut leader steps down", LEASE_MS + 1000);
+    console.log(`cut leader ${oldId} stepped down ${stepped} ms after the cut (lease ${LEASE_MS} ms)`);
+    assert.ok(stepped < LEASE_MS, `stepped down after ${stepped} ms`);
+    await eventually(() => leaders().length === 1 && leaders()[0] !== oldId, "another replica leads", 4 * LEASE_MS);
+    const nextId = leaders()[0]!;
+    console.log(`new leader ${nextId} ${Date.now() - t0} ms after the cut`);
+    assert.equal((await leases.readNamespacedLease({ name: PRODUCT_LEASE, namespace: PRODUCT_NAMESPACE })).spec?.holderIdentity, nextId);
+    await state.deletePod(NS, "victim");
+    await until(all, () => all.every((r) => !r.getByUid(victim)), "the deletion reaches every replica, the cut one too (through NATS)", 15_000);
+
+    // The deposed leader's late write (a publish NATS delivers late): the deleted pod, alive.
+    const nc = await natsConnect({ servers: nats.url });
+    try {
+      const kv = await new Kvm(nc).open("cut-pods");
+      await kv.put(
+        victim,
+        encodePodEntry(
+          {
+            uid: victim,
+            namespace: NS,
+            name: "victim",
+            serviceAccountName: SA,
+            podIps: ["10.4.0.1"],
+            hostIp: "",
+            nodeName: "node-1",
+            phase: PodPhase.RUNNING,
+            deletionTimestampMs: undefined,
+            creationTimestampMs: 0,
+            resourceVersion: "999999999",
+            labels: undefined,
+            annotations: undefined,
+          },
+          oldEpoch,
+        ),
+      );
+      await eventually(() => all.every((r) => (r.stats().bucket?.fenced ?? 0) >= 1), "every replica dropped it", 10_000);
+      assert.ok(
+        all.every((r) => !r.getByUid(victim)),
+        "the deleted pod is not served",
+      );
+    } finally {
+      await nc.close();
+    }
+
+    const left = 3 * LEASE_MS - (Date.now() - t0);
+    if (left > 0) await new Promise((r) => setTimeout(r, left));
+    proxies.get(oldId)!.cut(false);
+    await eventually(() => all.every((r) => r.status().fresh), "everyone fresh after the cut heals", 20_000);
+    await new Promise((r) => setTimeout(r, LEASE_MS));
+    sampling = false;
+    await sampler;
+    assert.equal(maxAtOnce, 1, "never two replicas saying leader at once");
+    assert.deepEqual(leaders(), [nextId], "exactly one leader afterwards");
   });
 });
