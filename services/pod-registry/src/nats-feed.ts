@@ -88,6 +88,8 @@ export interface NatsSubscriber {
   readonly lastHeartbeat: Heartbeat | undefined;
   /** The fence, for the epoch a new leader claims. */
   readonly fence: EpochFence;
+  /** Keys whose latest value the fence dropped (a new leader rewrites them: its predecessor may not have). */
+  readonly fencedKeys: ReadonlySet<string>;
   readonly stats: SubscriberStats;
 }
 
@@ -108,6 +110,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   const whenSynced = new Promise<void>((r) => (resolveSynced = r));
   let watcher: { stop(): void } | undefined;
   let loop: Promise<void> | undefined;
+  const fencedKeys = new Set<string>();
   /** Values of an epoch whose start is not seen yet, by key (a newer value for the key replaces one). */
   const deferred = new Map<string, { v: BucketPodValue; revision: number }>();
 
@@ -126,9 +129,12 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
 
   const judgePod = (key: string, v: BucketPodValue, revision: number) => {
     const verdict = fence.judge(v.epoch, revision);
-    if (verdict === "valid") applyPod(key, v);
-    else if (verdict === "fenced") {
+    if (verdict === "valid") {
+      fencedKeys.delete(key);
+      applyPod(key, v);
+    } else if (verdict === "fenced") {
       stats.fenced++;
+      fencedKeys.add(key);
       logger.warn({ bucketKey: key.slice(0, 128), epoch: v.epoch, current: fence.epoch, revision }, "dropping a value written by a deposed leader");
       opts.onFenced?.(key);
     } else {
@@ -207,6 +213,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     } else {
       // DEL/PURGE: the server expired a tombstone (its TTL ran out), or an operator removed the key.
       deferred.delete(key);
+      fencedKeys.delete(key);
       cache.forget(key);
     }
     if (isUpdate && !replayDone) {
@@ -316,6 +323,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
       return lastHeartbeat;
     },
     fence,
+    fencedKeys,
     stats,
   };
 }

@@ -247,6 +247,14 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
   const resumePoint = (): Map<string, string> | undefined => {
     const hb = subscriber?.lastHeartbeat;
     if (!hb?.synced || hb.feedConfig !== feedConfig) return undefined;
+    // A deposed leader's write hid a key whose valid value this replica never saw: only a list can
+    // tell what the key holds now.
+    for (const key of subscriber?.fencedKeys ?? []) {
+      if (!cache.getByUid(key) && cache.tombstoneOf(key) === undefined) {
+        log.warn({ bucketKey: key.slice(0, 128) }, "a fenced value hides a pod this replica never saw: listing instead of resuming");
+        return undefined;
+      }
+    }
     const m = new Map<string, string>();
     for (const sc of scopes) {
       const rv = hb.publishedThrough.get(sc);
@@ -309,6 +317,8 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       resume ? "leading: resuming the predecessor's watch" : "leading: listing",
     );
     publisher.start();
+    // Values a deposed leader wrote that the leader before us did not get to rewrite.
+    for (const key of subscriber.fencedKeys) publisher.repair(key);
     watcher.start();
     await watcher.synced;
     await publisher.idle();

@@ -189,3 +189,36 @@ test("a graceful hand-over: the new leader resumes the watch without a relist, a
     await Promise.all(rs.map((r) => r.close()));
   }
 });
+
+test("a deposed leader's write that hid a pod before the next leader started: the next leader lists again and the pod is back", async () => {
+  const ns = "hidden";
+  const bucket = "hidden";
+  const pods = Array.from({ length: 3 }, () => api.createPod({ namespace: ns, phase: "Running" }));
+  const first = ["hid-a", "hid-b"].map((id) => replica(id, bucket, ns));
+  await Promise.all(first.map((r) => r.start()));
+  await Promise.all(first.map((r) => r.synced));
+  await eventually(() => leaders(first).length === 1 && first.every((r) => r.cache.size === 3), "one leader, three pods");
+  const epoch = first[0]!.status().epoch;
+  await Promise.all(first.map((r) => r.close()));
+
+  // While no replica runs, a write of an earlier epoch lands on a live pod's key: "Failed".
+  const kv = await new Kvm(admin).open(bucket);
+  const hidden = pods[0]!;
+  await kv.put(hidden.metadata.uid, encodePodEntry({ ...projectPod(hidden), phase: 4 }, epoch - 1));
+
+  const next = ["hid-c", "hid-d"].map((id) => replica(id, bucket, ns));
+  try {
+    await Promise.all(next.map((r) => r.start()));
+    await Promise.all(next.map((r) => r.synced));
+    await eventually(() => leaders(next).length === 1, "a leader");
+    const leader = leaders(next)[0]!;
+    await until(next, () => next.every((r) => r.getByUid(hidden.metadata.uid)?.phase === 2), "the hidden pod is back, Running, everywhere", 10_000);
+    assert.equal(leader.stats().watch.lists, 1, "the new leader listed instead of resuming");
+    assert.ok(
+      next.every((r) => (r.stats().bucket?.fenced ?? 0) >= 1),
+      "every replica dropped the stale value",
+    );
+  } finally {
+    await Promise.all(next.map((r) => r.close()));
+  }
+});
