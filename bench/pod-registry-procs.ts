@@ -15,6 +15,11 @@ export interface Worker {
 
 const workerPath = new URL("./pod-registry.worker.ts", import.meta.url).pathname;
 const profDir = process.env.BENCH_CPU_PROF;
+/** Every worker still running: a bench that fails half-way must not leave replicas behind. */
+const live = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const p of live) p.kill("SIGKILL");
+});
 
 /** Forks a worker with `args` (e.g. ["replica", "f1"]) and extra environment. */
 export function startWorker(args: string[], env: Record<string, string>): Worker {
@@ -31,7 +36,13 @@ export function startWorker(args: string[], env: Record<string, string>): Worker
     waiter = undefined;
     w?.(m);
   });
-  const exited = new Promise<void>((r) => proc.once("exit", () => r()));
+  live.add(proc);
+  const exited = new Promise<void>((r) =>
+    proc.once("exit", () => {
+      live.delete(proc);
+      r();
+    }),
+  );
   exited.then(() => waiter?.({ op: "error", message: "exited" }));
   return {
     proc,

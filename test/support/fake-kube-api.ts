@@ -175,7 +175,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     const ev = { rv: Number(object.metadata.resourceVersion), type, object: clone(object) };
     history.push(ev);
     for (const w of watchers) {
-      if (w.frozen) continue;
+      if (w.frozen || w.res.writableEnded) continue;
       if (w.namespace && w.namespace !== object.metadata.namespace) continue;
       if (w.selector && !w.selector(object.metadata.labels)) continue;
       w.res.write(`${JSON.stringify({ type, object: ev.object })}\n`);
@@ -268,7 +268,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     notifyWatchWaiters();
     if (bookmarks) {
       const t = setInterval(() => {
-        if (!w.frozen)
+        if (!w.frozen && !res.writableEnded)
           res.write(
             `${JSON.stringify({ type: "BOOKMARK", object: { kind: "Pod", apiVersion: "v1", metadata: { resourceVersion: String(rv) } } })}\n`,
           );
@@ -279,9 +279,14 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     if (timeout > 0)
       timers.push(
         setTimeout(() => {
-          if (!w.frozen) res.end();
+          if (w.frozen) return;
+          // Like the real server: the watch ends cleanly at its timeout, and gets nothing after that.
+          w.close();
+          res.end();
         }, timeout * 1000),
       );
+    // A client gone mid-write must not take the server down.
+    res.on("error", w.close);
     res.on("close", w.close);
     req.on("close", w.close);
   };
