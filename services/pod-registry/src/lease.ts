@@ -15,7 +15,7 @@
  */
 
 import type { Logger } from "@k8s-athenz-identity/shared";
-import { delay } from "@k8s-athenz-identity/shared/backoff";
+import { createBackoff, delay } from "@k8s-athenz-identity/shared/backoff";
 import { CoordinationV1Api, type KubeConfig, type V1Lease, V1MicroTime } from "@kubernetes/client-node";
 import { withSignal } from "./kube-deadline.js";
 
@@ -192,7 +192,11 @@ export function createLeaseElector(opts: LeaseElectorOptions): LeaseElector {
   }
 
   async function run(): Promise<void> {
+    // A candidate whose calls fail backs off (jittered, up to a lease duration); a leader keeps
+    // its retry period, since it must renew before its deadline or step down.
+    const backoff = createBackoff({ initialMs: retryMs, maxMs: Math.max(retryMs, durationMs) });
     while (!abort.signal.aborted) {
+      let failed = false;
       const t = now();
       const budget = leader ? Math.max(1, lastRenewMs + renewDeadlineMs - t) : candidateCallMs;
       try {
@@ -207,11 +211,13 @@ export function createLeaseElector(opts: LeaseElectorOptions): LeaseElector {
           stepDown("the Lease is held by another replica");
         }
       } catch (err) {
+        failed = true;
         stats.failures++;
         logger.warn({ err, lease: `${namespace}/${name}` }, "lease renewal failed");
       }
       if (leader && now() - lastRenewMs >= renewDeadlineMs) stepDown(`no renewal within ${renewDeadlineMs} ms`);
-      await delay(retryMs, AbortSignal.any([abort.signal, wake.signal]));
+      if (!failed) backoff.reset();
+      await delay(failed && !leader ? backoff.next() : retryMs, AbortSignal.any([abort.signal, wake.signal]));
       if (wake.signal.aborted) wake = new AbortController();
     }
   }
