@@ -57,7 +57,17 @@ export type FromWorker =
   | { op: "ready"; url?: string; syncMs?: number; pods?: number; heapMiB?: number; rssMiB?: number; startedAt?: number }
   | { op: "emitted"; count: number; behindMaxMs: number }
   | { op: "churned"; ms: number }
-  | { op: "status"; role: number; fresh: boolean; leader: string; pods: number; lists: number; published: number; entries: number }
+  | {
+      op: "status";
+      role: number;
+      fresh: boolean;
+      leader: string;
+      pods: number;
+      lists: number;
+      published: number;
+      pending: number;
+      entries: number;
+    }
   | ({ op: "sampled" } & Sampled)
   | {
       op: "report";
@@ -217,6 +227,7 @@ async function runReplica(id: string): Promise<void> {
         pods: st.podCount,
         lists: stats.watch.lists,
         published: stats.published,
+        pending: stats.publishPending,
         entries: stats.bucket?.entries ?? 0,
       });
       return;
