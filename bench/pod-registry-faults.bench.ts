@@ -25,6 +25,11 @@ const CHURN = Number(process.env.BENCH_CHURN ?? 100_000);
 const LIVE = 1000;
 const figures: Figure[] = [];
 const load0 = loadavg();
+/** This machine is shared: every figure says how loaded it was when its part started. */
+const loadNote = () =>
+  `load avg ${loadavg()
+    .map((x) => x.toFixed(1))
+    .join("/")} (1/5/15 min) on ${availableParallelism()} cores`;
 const nats = await startNatsServer();
 const nc = await connect({ servers: nats.url });
 
@@ -45,6 +50,7 @@ async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs: nu
 
 // ---- 1. hand-over at 100k pods ----------------------------------------------------------------
 {
+  const load = loadNote();
   const api = startWorker(["api", String(N)], {});
   const apiUrl = expect(await api.next("ready"), "ready").url!;
   // Production settings: STALE_AFTER 30 s (probes every 10 s, heartbeats every 5 s), Lease 15 s.
@@ -94,7 +100,7 @@ async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs: nu
     unit: "s",
     target: "< 5",
     met: g.gap < 5,
-    note: `from the leader's stop to the new leader's first proof at both followers; not fresh meanwhile: ${g.notFresh.toFixed(2)} s; new leader listed ${g.lists} times, republished ${g.published} values`,
+    note: `from the leader's stop to the new leader's first proof at both followers; not fresh meanwhile: ${g.notFresh.toFixed(2)} s; new leader listed ${g.lists} times, republished ${g.published} values; ${load}`,
   });
   figures.push({
     name: "graceful hand-over at 100k pods: full lists by the new leader",
@@ -120,6 +126,7 @@ async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs: nu
 
 // ---- 2. churn ---------------------------------------------------------------------------------
 {
+  const load = loadNote();
   const api = startWorker(["api", String(LIVE)], {});
   const apiUrl = expect(await api.next("ready"), "ready").url!;
   const TTL_S = 5;
@@ -172,7 +179,7 @@ async function waitFor(what: string, cond: () => Promise<boolean>, timeoutMs: nu
     value: after.values,
     unit: "messages",
     target: "report",
-    note: `${(after.size / 2 ** 20).toFixed(1)} MiB; ${LIVE} live pods, tombstones with a ${TTL_S} s TTL`,
+    note: `${(after.size / 2 ** 20).toFixed(1)} MiB; ${LIVE} live pods, tombstones with a ${TTL_S} s TTL; ${load}`,
   });
   figures.push({
     name: "bucket once the tombstone TTL ran out (100k churned, 1k live)",
