@@ -14,7 +14,7 @@ import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
 import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
-import { NATS_SERVER_BIN } from "../../../test/support/nats-server.js";
+import { natsServerBin } from "../../../test/support/nats-server.js";
 import { createPodRegistry, type PodRegistry } from "../src/registry.js";
 import { eventually, eventuallyAsync, quietLogger, until } from "./helpers.js";
 
@@ -44,7 +44,7 @@ async function startCluster(): Promise<{ urls: string[]; members: Member[]; clos
   const members = [0, 1, 2].map((i): Member => {
     const m: Member = { name: `n${i}`, log: "", proc: undefined as unknown as ChildProcess };
     m.proc = spawn(
-      NATS_SERVER_BIN,
+      natsServerBin(),
       [
         ["-a", "127.0.0.1", "-p", String(clientPorts[i])],
         ["-js", "-sd", join(dir, `n${i}`), "-n", `n${i}`],
