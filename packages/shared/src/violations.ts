@@ -45,6 +45,15 @@ export const ViolationCode = {
   PodMismatch: "ERR_POD_MISMATCH",
   PodTerminating: "ERR_POD_TERMINATING",
   PodNotRunning: "ERR_POD_NOT_RUNNING",
+  // identity policy objects (packages/policy)
+  PolicyNotSelected: "ERR_POLICY_NOT_SELECTED",
+  PolicyRuleDenied: "ERR_POLICY_RULE_DENIED",
+  PolicyRuleError: "ERR_POLICY_RULE_ERROR",
+  PolicyInvalid: "ERR_POLICY_INVALID",
+  PolicyRefreshDenied: "ERR_POLICY_REFRESH_DENIED",
+  PolicyTokenTooOld: "ERR_POLICY_TOKEN_TOO_OLD",
+  PolicyCertUsageConflict: "ERR_POLICY_CERT_USAGE_CONFLICT",
+  PolicyInputTooLarge: "ERR_POLICY_INPUT_TOO_LARGE",
 } as const;
 export type ViolationCode = (typeof ViolationCode)[keyof typeof ViolationCode];
 
