@@ -22,7 +22,9 @@ ENV NODE_ENV=production
 COPY package.json package-lock.json tsconfig.json ./
 COPY packages/api/package.json packages/api/
 COPY packages/identity/package.json packages/identity/
+COPY packages/policy/package.json packages/policy/
 COPY packages/shared/package.json packages/shared/
+COPY services/admission/package.json services/admission/
 COPY services/csr-inspector/package.json services/csr-inspector/
 COPY services/gateway/package.json services/gateway/
 COPY services/pod-registry/package.json services/pod-registry/
@@ -33,7 +35,9 @@ COPY services/token-verifier/package.json services/token-verifier/
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 COPY packages/api/src packages/api/src
 COPY packages/identity/src packages/identity/src
+COPY packages/policy/src packages/policy/src
 COPY packages/shared/src packages/shared/src
+COPY services/admission/src services/admission/src
 COPY services/csr-inspector/src services/csr-inspector/src
 COPY services/gateway/src services/gateway/src
 COPY services/pod-registry/src services/pod-registry/src
@@ -67,6 +71,10 @@ ENTRYPOINT ["node", "--import", "tsx", "services/csr-inspector/src/main.ts"]
 FROM runtime AS sia
 EXPOSE 9999
 ENTRYPOINT ["node", "--import", "tsx", "services/sia/src/main.ts"]
+
+FROM runtime AS admission
+EXPOSE 8443 9085
+ENTRYPOINT ["node", "--import", "tsx", "services/admission/src/main.ts"]
 
 FROM runtime AS gateway
 EXPOSE 8443 8084 9080 9084

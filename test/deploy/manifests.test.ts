@@ -10,6 +10,7 @@ import { describe, it } from "node:test";
 import { loadConfig, type Setting } from "@k8s-athenz-identity/shared/config";
 import { loadAllYaml, loadYaml } from "@kubernetes/client-node";
 import { entrypointOf, parseDockerfile } from "../../scripts/check-entrypoints.js";
+import { admissionSpec } from "../../services/admission/src/config.js";
 import { csrInspectorSpec } from "../../services/csr-inspector/src/config.js";
 import { gatewaySpec } from "../../services/gateway/src/config.js";
 import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
@@ -51,6 +52,7 @@ describe("k8s/ settings files", () => {
     "token-verifier": tokenVerifierSpec,
     "pod-registry": podRegistrySpec,
     "csr-inspector": csrInspectorSpec,
+    admission: admissionSpec,
   } as const;
 
   for (const [name, spec] of Object.entries(services)) {
@@ -101,8 +103,9 @@ describe("k8s/ settings files", () => {
 });
 
 describe("k8s/ workloads", () => {
-  it("has the four services and NATS", () => {
+  it("has the four services, the admission webhook and NATS", () => {
     assert.deepEqual(workloads.map((w) => `${w.kind}/${w.metadata.name}`).sort(), [
+      "Deployment/admission",
       "Deployment/csr-inspector",
       "Deployment/gateway",
       "Deployment/pod-registry",
@@ -138,7 +141,7 @@ describe("k8s/ workloads", () => {
       .filter((w) => w.spec.template.spec.automountServiceAccountToken !== false)
       .map((w) => w.metadata.name)
       .sort();
-    // The gateway writes Events on pods (POD_EVENTS).
+    // The gateway writes Events on pods (POD_EVENTS) and watches the identity policy objects.
     assert.deepEqual(mounted, ["gateway", "pod-registry", "token-verifier"]);
   });
 
@@ -155,7 +158,7 @@ describe("k8s/ workloads", () => {
     assert.equal(images.get("nats")!.newTag, `${tested}-alpine`);
   });
 
-  it("only the gateway takes ingress from outside the namespace", () => {
+  it("only the gateway (ZTS) and the admission webhook (the API server) take ingress from outside the namespace", () => {
     const policies = objects.filter((o) => o.kind === "NetworkPolicy");
     const deny = policies.find((p) => JSON.stringify(p.spec.podSelector) === "{}");
     assert.deepEqual(deny?.spec.policyTypes, ["Ingress"]);
@@ -166,7 +169,7 @@ describe("k8s/ workloads", () => {
         // loadAllYaml builds client-node models, where the ingress rule's `from` is named `_from`.
         // biome-ignore lint/suspicious/noExplicitAny: manifests of many kinds, read as plain YAML trees
         const from: any[] | undefined = rule.from ?? rule._from;
-        if (from === undefined) assert.equal(target, "gateway", `${p.metadata.name} opens ${target} to everyone`);
+        if (from === undefined) assert.ok(target === "gateway" || target === "admission", `${p.metadata.name} opens ${target} to everyone`);
         else for (const f of from) assert.ok(f.podSelector && !f.namespaceSelector && !f.ipBlock, `${p.metadata.name}: only pods of this namespace`);
       }
     }

@@ -4,11 +4,12 @@ import { flagOptionsOf } from "@k8s-athenz-identity/shared/config";
 import { identityd } from "./program.js";
 
 describe("identityd", () => {
-  it("runs the four provider services, not the SIA", () => {
+  it("runs the provider services and the admission webhook, not the SIA; all = the four provider services", () => {
     assert.deepEqual(
       identityd.targets.map((t) => t.name),
-      ["gateway", "token-verifier", "pod-registry", "csr-inspector"],
+      ["gateway", "token-verifier", "pod-registry", "csr-inspector", "admission"],
     );
+    assert.deepEqual(identityd.all, ["gateway", "token-verifier", "pod-registry", "csr-inspector"]);
   });
 
   it("declares every shared flag with one kind, so the targets' flags can be parsed together", () => {

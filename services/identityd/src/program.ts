@@ -1,5 +1,5 @@
 /**
- * identityd: the identity provider's four services as one program, any set of them in one process
+ * identityd: the identity provider's services as one program, any set of them in one process
  * (`--target=all`, the default, or a comma list such as `--target=gateway,csr-inspector`), the way
  * Grafana Loki and Mimir run as one binary with many roles. Each target is started by the same
  * `start<Name>` as its own executable, so the split deployment and the all-in-one deployment run
@@ -10,6 +10,7 @@
  * in one process, point them at 127.0.0.1 and the targets' ports.
  */
 
+import { admissionService } from "@k8s-athenz-identity/admission/service";
 import { csrInspectorService } from "@k8s-athenz-identity/csr-inspector/service";
 import { gatewayService } from "@k8s-athenz-identity/gateway/service";
 import { podRegistryService } from "@k8s-athenz-identity/pod-registry/service";
@@ -19,5 +20,8 @@ import { tokenVerifierService } from "@k8s-athenz-identity/token-verifier/servic
 export const identityd: Program = {
   name: "identityd",
   summary: "the Athenz Copper Argos identity provider for Kubernetes (gateway, token-verifier, pod-registry, csr-inspector)",
-  targets: [gatewayService, tokenVerifierService, podRegistryService, csrInspectorService],
+  targets: [gatewayService, tokenVerifierService, podRegistryService, csrInspectorService, admissionService],
+  // The admission webhook needs a serving certificate for the API server: named when wanted
+  // (`--target=all,admission`), so `all` keeps starting without one.
+  all: ["gateway", "token-verifier", "pod-registry", "csr-inspector"],
 };
