@@ -236,14 +236,19 @@ describe("invalid objects", () => {
 });
 
 describe("compileObjects", () => {
-  it("compiles an object version once", () => {
+  it("compiles a spec version (generation) once and carries the current resourceVersion", () => {
     const cache = new Map();
     const p = clusterPolicy("p", { rules: [rule("r", "true")] });
     const [a] = compileObjects([p], cache);
     const [b] = compileObjects([p], cache);
     assert.equal(a, b);
+    // A status write: new resourceVersion, same generation: not compiled again, but named by its new version.
     const [c] = compileObjects([{ ...p, metadata: { ...(p.metadata as object), resourceVersion: "999999" } }], cache);
-    assert.notEqual(a, c);
+    assert.equal(c?.rules[0], a?.rules[0]);
+    assert.equal(c?.ref.resourceVersion, "999999");
+    // A spec change: a new generation is compiled, and the old entry is dropped.
+    const [d] = compileObjects([{ ...p, metadata: { ...(p.metadata as object), resourceVersion: "1000000", generation: 2 } }], cache);
+    assert.notEqual(d?.rules[0], a?.rules[0]);
     assert.equal(cache.size, 1);
   });
 });

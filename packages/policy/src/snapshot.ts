@@ -164,17 +164,25 @@ function structuralSelectors(spec: Record<string, unknown>): CompiledObject["sel
   };
 }
 
-/** Compiles with `cache` (keyed by uid and resourceVersion), dropping entries of objects gone. */
+/**
+ * Compiles with `cache`, dropping entries of objects gone. The key is the object's uid and
+ * generation (its spec version): a status write or a label change bumps resourceVersion but not the
+ * spec, and is not compiled again; the compiled object then carries the current resourceVersion.
+ */
 export function compileObjects(raws: readonly unknown[], cache: CompileCache = new Map()): CompiledObject[] {
   const out: CompiledObject[] = [];
   const seen = new Set<string>();
   for (const raw of raws) {
     const ref = refOf(raw);
-    const key = ref && ref.resourceVersion !== "" ? `${ref.kind}/${ref.namespace}/${ref.name}/${ref.uid}/${ref.resourceVersion}` : undefined;
+    const version = ref && ref.generation > 0 ? `g${ref.generation}` : ref?.resourceVersion ? `rv${ref.resourceVersion}` : "";
+    const key = ref && version !== "" ? `${ref.kind}/${ref.namespace}/${ref.name}/${ref.uid}/${version}` : undefined;
     let c = key ? cache.get(key) : undefined;
     if (!c) {
       c = compileObject(raw);
       if (c && key) cache.set(key, c);
+    } else if (ref && c.ref.resourceVersion !== ref.resourceVersion) {
+      c = { ...c, ref };
+      cache.set(key!, c);
     }
     if (key) seen.add(key);
     if (c) out.push(c);

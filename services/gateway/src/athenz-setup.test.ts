@@ -63,10 +63,15 @@ describe("athenz-identity athenz-setup", () => {
     assert.match(r.out, /every namespace -> domain shared; service account <domain>\.<service> -> service <service>/);
   });
 
-  it("reads the gateway's policy file over its settings", () => {
-    const policyFile = join(tmp.dir, "policy.json");
-    writeFileSync(policyFile, JSON.stringify({ san: { dnsSuffixes: ["from-policy.example.org"] }, naming: { prefix: "p." } }));
-    const r = setup(["--namespace", "ns", "--service-account", "sa"], { ...BASE, POLICY_FILE: policyFile });
+  it("reads the gateway's settings (POLICY_FILE holds policy objects, not settings)", () => {
+    const policyFile = join(tmp.dir, "policy.yaml");
+    writeFileSync(policyFile, "apiVersion: identity.k8s-athenz-identity.io/v1alpha1\nkind: ClusterIdentityPolicy\nmetadata: { name: default }\n");
+    const r = setup(["--namespace", "ns", "--service-account", "sa"], {
+      ...BASE,
+      DNS_SUFFIXES: "from-policy.example.org",
+      ATHENZ_PREFIX: "p.",
+      POLICY_FILE: policyFile,
+    });
     assert.equal(r.code, 0, r.err);
     assert.ok(r.commands.some((c) => c.endsWith(" on dns.from-policy.example.org")));
     assert.ok(!r.out.includes("east.example.com"));

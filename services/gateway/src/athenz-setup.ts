@@ -19,7 +19,7 @@
 import { readFileSync } from "node:fs";
 import { parseArgs, parseEnv } from "node:util";
 import { ConfigError, loadConfig } from "@k8s-athenz-identity/shared/config";
-import { gatewaySpec, readPolicy } from "./config.js";
+import { gatewaySpec, policyFromConfig } from "./config.js";
 import { namingOf, type Policy, PolicyError, validatePolicy } from "./policy.js";
 
 export const ATHENZ_SETUP_USAGE = `athenz-identity athenz-setup: the zms-cli commands that register this provider in Athenz
@@ -186,7 +186,7 @@ export function runAthenzSetup(
     try {
       const config = loadConfig(gatewaySpec, { env });
       urlPrefix = config.urlPrefix;
-      policy = validatePolicy(readPolicy(config));
+      policy = validatePolicy(policyFromConfig(config));
     } catch (e) {
       if (e instanceof ConfigError || e instanceof PolicyError) throw new UsageError(`the gateway's settings: ${e.message}`);
       throw new UsageError(`the gateway's settings: ${(e as Error).message}`);

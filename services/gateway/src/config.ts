@@ -1,5 +1,4 @@
 /** The gateway's settings (flags and environment), and the initial policy built from them. */
-import { readFileSync } from "node:fs";
 import { DEFAULT_NAMING_RULE, NAMING_RULE_SUMMARY, NAMING_RULES, type NamingRule } from "@k8s-athenz-identity/identity/naming";
 import { CLIENT_IP_RULES, type ClientIpRule } from "@k8s-athenz-identity/identity/san";
 import { bool, type ConfigOf, duration, int, list, oneOf, optionalStr, port, serverSettings, str } from "@k8s-athenz-identity/shared";
@@ -72,11 +71,25 @@ export const gatewaySpec = {
     description: "DEVELOPMENT ONLY: serve the ZTS endpoint over plain HTTP without client certificates",
     default: false,
   }),
+  policySource: oneOf({
+    env: "POLICY_SOURCE",
+    flag: "policy-source",
+    description:
+      "where the identity policy objects (ClusterIdentityPolicy, IdentityPolicy) come from: kubernetes (watched through KUBECONFIG or the in-cluster account), file (POLICY_FILE), none (the settings alone); empty: file when POLICY_FILE is set, else none",
+    default: "",
+    values: ["", "none", "file", "kubernetes"] as const,
+  }),
   policyFile: optionalStr({
     env: "POLICY_FILE",
     flag: "policy-file",
     description:
-      'JSON policy file (overrides the policy settings below; re-read on change); also the only place for san.extraDnsNames, e.g. {"san":{"extraDnsNames":{"rules":[{"namespace":"team-a","dnsNames":["www.<dns suffix>"]}]}}}',
+      "identity policy objects for use outside a cluster: YAML or JSON documents of kind ClusterIdentityPolicy, IdentityPolicy (and Namespace, for labels), the same schema as the CRDs; re-read on change",
+  }),
+  policyStatus: bool({
+    env: "POLICY_STATUS",
+    flag: "policy-status",
+    description: "write each policy object's status (Ready, or Invalid with the compiler's error) when the source is kubernetes",
+    default: true,
   }),
   policyReloadInterval: duration({
     env: "POLICY_RELOAD_INTERVAL",
@@ -188,26 +201,6 @@ export function policyFromConfig(c: GatewayConfig): Record<string, unknown> {
   };
 }
 
-/**
- * The policy from the settings with a policy file's sections laid over it (each top-level key of the
- * file replaces the settings' value; "naming", "san" and "cert" are merged field by field).
- */
-export function readPolicy(c: GatewayConfig): Record<string, unknown> {
-  const base = policyFromConfig(c);
-  if (!c.policyFile) return base;
-  const file: unknown = JSON.parse(readFileSync(c.policyFile, "utf8"));
-  if (typeof file !== "object" || file === null || Array.isArray(file)) throw new Error(`policy file ${c.policyFile} must hold a JSON object`);
-  const out: Record<string, unknown> = { ...base };
-  for (const [k, v] of Object.entries(file as Record<string, unknown>)) {
-    const prev = out[k];
-    out[k] =
-      (k === "naming" || k === "san" || k === "cert") && typeof v === "object" && v !== null && !Array.isArray(v) && typeof prev === "object"
-        ? { ...(prev as object), ...v }
-        : v;
-  }
-  return out;
-}
-
 /** The setting each policy field comes from (the inverse of {@link policyFromConfig}), to name it in errors. */
 const POLICY_FIELD_SETTINGS: Record<string, string> = {
   provider: "--provider-service/PROVIDER_SERVICE",
@@ -222,9 +215,12 @@ const POLICY_FIELD_SETTINGS: Record<string, string> = {
   podWaitMs: "--pod-wait/POD_WAIT",
 };
 
-/** The setting(s) an invalid policy field may come from: its own setting, and the policy file when there is one. */
-export function settingOfPolicyField(c: Pick<GatewayConfig, "policyFile">, field: string): string {
-  const own = POLICY_FIELD_SETTINGS[field] ?? POLICY_FIELD_SETTINGS[field.split(".")[0]!];
-  if (!c.policyFile) return own ?? "the policy settings";
-  return own ? `--policy-file/POLICY_FILE (${field}) or ${own}` : `--policy-file/POLICY_FILE (${field})`;
+/** The setting an invalid policy field comes from. */
+export function settingOfPolicyField(field: string): string {
+  return POLICY_FIELD_SETTINGS[field] ?? POLICY_FIELD_SETTINGS[field.split(".")[0]!] ?? "the policy settings";
+}
+
+/** The policy objects' source: POLICY_SOURCE, or file/none by POLICY_FILE when it is empty. */
+export function policySourceOf(c: Pick<GatewayConfig, "policySource" | "policyFile">): "none" | "file" | "kubernetes" {
+  return c.policySource === "" ? (c.policyFile ? "file" : "none") : c.policySource;
 }

@@ -9,9 +9,10 @@ import {
   IdentityProviderService,
   type InstanceConfirmation,
   InstanceConfirmationSchema,
+  PolicyEvaluationSchema,
 } from "@k8s-athenz-identity/api/identity_provider";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared";
-import { type Confirmation, type DecisionEngine, type DecisionResult, Operation } from "./decision.js";
+import { CheckOutcome, type Confirmation, type DecisionEngine, type DecisionResult, Operation } from "./decision.js";
 import type { GatewayObserver } from "./observe.js";
 
 export interface IdentityProviderRoutesOptions {
@@ -34,6 +35,24 @@ function toDecision(r: DecisionResult): Decision {
     outcome: r.outcome,
     violations: r.violations,
     confirmation: r.confirmation ? create(InstanceConfirmationSchema, r.confirmation) : undefined,
+  });
+}
+
+const RULE_OUTCOMES = { pass: CheckOutcome.PASS, fail: CheckOutcome.FAIL, error: CheckOutcome.ERROR } as const;
+
+function toPolicyEvaluation(p: NonNullable<DecisionResult["policy"]>) {
+  const ref = (r: (typeof p.applied)[number]) => ({
+    kind: r.kind,
+    namespace: r.namespace,
+    name: r.name,
+    resourceVersion: r.resourceVersion,
+    generation: BigInt(r.generation),
+  });
+  return create(PolicyEvaluationSchema, {
+    applied: p.applied.map(ref),
+    rules: p.rules.map((x) => ({ policy: ref(x.policy), rule: x.rule, outcome: RULE_OUTCOMES[x.outcome], message: x.message })),
+    snapshotVersion: BigInt(p.snapshotVersion),
+    clusterPolicies: p.clusterPolicies,
   });
 }
 
@@ -66,6 +85,7 @@ export function identityProviderRoutes(o: IdentityProviderRoutesOptions): (route
               latency: durationOf(ch.latencyMs),
             }),
           ),
+          policy: result.policy ? toPolicyEvaluation(result.policy) : undefined,
         };
       },
     });

@@ -329,6 +329,7 @@ describe("decision", () => {
         ["pod", "PASS"],
         ["ips", "PASS"],
         ["csr", "PASS"],
+        ["policy", "PASS"],
       ],
     );
   });

@@ -9,15 +9,24 @@
  * Deny only on evidence: a check whose input was unavailable (dependency down, registry not fresh,
  * budget over) is an ERROR, never a FAIL. Any FAIL => DENY; otherwise any ERROR => RETRY; else ALLOW.
  */
-import { create } from "@bufbuild/protobuf";
+import { create, fromJson } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { ExpectedIdentitySchema, type Pod, PodPhase, type VerifiedToken, type Violation } from "@k8s-athenz-identity/api/common";
+import {
+  ExpectedIdentitySchema,
+  type ExtraDnsNamesPolicy,
+  ExtraDnsNamesPolicySchema,
+  type Pod,
+  PodPhase,
+  type VerifiedToken,
+  type Violation,
+} from "@k8s-athenz-identity/api/common";
 import type { InspectAttributesResponse } from "@k8s-athenz-identity/api/csr_inspector";
 import { InspectAttributesRequestSchema } from "@k8s-athenz-identity/api/csr_inspector";
 import { CheckOutcome, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
 import type { GetPodResponse, RegistryStatus } from "@k8s-athenz-identity/api/pod_registry";
 import { isDomainName, isPodUid, isProviderName, isServiceName } from "@k8s-athenz-identity/identity/names";
-import { checkClientIp, checkSans, compileSanRules } from "@k8s-athenz-identity/identity/san";
+import { type ClientIpRule, checkClientIp, checkSans, clientIpPolicy, compileSanRules } from "@k8s-athenz-identity/identity/san";
+import type { PolicyInput, PolicyRef, PolicyVerdict, RuleOutcome, Snapshot } from "@k8s-athenz-identity/policy";
 import { isTransient, ViolationCode, violation } from "@k8s-athenz-identity/shared";
 import type { Dependencies } from "./dependencies.js";
 import { certAttributes, namespaceForDomain, namingOf, type Policy, type PolicyStore, sanPolicyMessage } from "./policy.js";
@@ -63,6 +72,22 @@ export interface DecisionResult {
   /** What the audit log shows about the pod: from the token or the registry, never the token itself. */
   subject: { namespace?: string; pod?: string };
   latencyMs: number;
+  /** What the identity policy objects decided (absent when the policy check did not run). */
+  policy?: PolicyEvaluationResult;
+}
+
+/** The identity policy objects that decided, for audit lines and ExplainInstance. */
+export interface PolicyEvaluationResult {
+  snapshotVersion: number;
+  clusterPolicies: boolean;
+  applied: PolicyRef[];
+  rules: RuleOutcome[];
+}
+
+/** Where the decision reads the identity policy objects (policy-objects.ts). */
+export interface PolicyObjectsView {
+  snapshot(): Snapshot | undefined;
+  namespaceLabels(name: string): Readonly<Record<string, string>> | undefined;
 }
 
 export interface DecisionEngineOptions {
@@ -73,8 +98,12 @@ export interface DecisionEngineOptions {
   budgetMs: number;
   /** Observes each dependency call's latency (metrics). */
   onDependency?: (name: "token-verifier" | "pod-registry" | "csr-inspector", ms: number, ok: boolean) => void;
+  /** The identity policy objects; absent: none (the settings alone decide). */
+  policyObjects?: PolicyObjectsView;
   /** Clock, injected in tests. */
   now?: () => number;
+  /** Wall clock for the policy rules' `now` and the token's age; injected in tests. */
+  wallClock?: () => Date;
 }
 
 export interface DecisionEngine {
@@ -249,35 +278,52 @@ export function checkPod(lookup: PodLookup, instanceId: string, verified: Verifi
  * IP SANs are the pod's; clientIP is the pod's, its node's (SNAT) or a proxy's, per the clientIP
  * rule. Both through the identity library, so every textual form of an address reads the same.
  */
-export function checkIps(policy: Policy, c: Confirmation, instanceId: string, pod: Pod | undefined): CheckResult {
+export function checkIps(
+  policy: Policy,
+  c: Confirmation,
+  instanceId: string,
+  pod: Pod | undefined,
+  clientIpRules?: ReadonlyArray<{ rule: ClientIpRule; proxyCidrs: readonly string[]; source?: PolicyRef }>,
+): CheckResult {
   if (!pod) return check("ips", CheckOutcome.SKIPPED, [], "no usable pod");
-  let rules: ReturnType<typeof compileSanRules>;
+  const expected = {
+    provider: policy.provider,
+    domain: c.domain,
+    service: c.service,
+    namespace: pod.namespace,
+    instanceId,
+    podIps: pod.podIps,
+    hostIp: pod.hostIp,
+  };
+  // The clientIP rules in force: the identity policy objects' (every one must accept), else the setting.
+  const ipRules = clientIpRules ?? [{ rule: policy.san.clientIpRule, proxyCidrs: policy.san.proxyCidrs }];
+  let compiled: Array<ReturnType<typeof compileSanRules>>;
   try {
-    rules = compileSanRules(
-      {
-        provider: policy.provider,
-        domain: c.domain,
-        service: c.service,
-        namespace: pod.namespace,
-        instanceId,
-        podIps: pod.podIps,
-        hostIp: pod.hostIp,
-      },
-      sanPolicyMessage(policy),
-    );
+    compiled = ipRules.map((r) => {
+      const sp = sanPolicyMessage(policy);
+      Object.assign(sp, clientIpPolicy(r.rule));
+      sp.proxyCidrs = [...r.proxyCidrs];
+      return compileSanRules(expected, sp);
+    });
   } catch (err) {
     // The registry's pod carries an address the library cannot read: not evidence against the pod.
     return check("ips", CheckOutcome.ERROR, [], `pod addresses unusable (${(err as Error).message.slice(0, 200)})`);
   }
   const sanIp = c.attributes.sanIP;
-  const v = checkSans({ dns: [], ips: sanIp === undefined || sanIp === "" ? [] : sanIp.split(","), uris: [] }, rules, {
+  const v = checkSans({ dns: [], ips: sanIp === undefined || sanIp === "" ? [] : sanIp.split(","), uris: [] }, compiled[0]!, {
     dns: "attributes.sanDNS",
     ips: "attributes.sanIP",
     uris: "attributes.sanURI",
   });
-  const client = checkClientIp(c.attributes.clientIP, rules);
-  if (client) v.push(client);
-  return passOrFail("ips", v, `clientIP rule ${policy.san.clientIpRule}`);
+  for (const [i, rules] of compiled.entries()) {
+    const client = checkClientIp(c.attributes.clientIP, rules);
+    if (client) {
+      const src = ipRules[i]?.source;
+      v.push(src ? { ...client, message: `${client.message} (clientIP rule ${ipRules[i]!.rule} of ${src.kind} ${src.name})` } : client);
+      break;
+    }
+  }
+  return passOrFail("ips", v, `clientIP rule ${ipRules.map((r) => r.rule).join(" and ")}`);
 }
 
 /** The csr-inspector's answer on the SAN attributes. */
@@ -294,18 +340,26 @@ export function conclude(
   checks: CheckResult[],
   subject: DecisionResult["subject"],
   latencyMs: number,
+  decided: { verdict?: PolicyVerdict; evaluation?: PolicyEvaluationResult } = {},
 ): DecisionResult {
+  const extra = decided.evaluation ? { policy: decided.evaluation } : {};
   const violations = checks.flatMap((ch) => (ch.outcome === CheckOutcome.FAIL ? ch.violations : []));
-  if (violations.length > 0) return { outcome: Outcome.DENY, violations, checks, subject, latencyMs };
+  if (violations.length > 0) return { outcome: Outcome.DENY, violations, checks, subject, latencyMs, ...extra };
   const err = checks.find((ch) => ch.outcome === CheckOutcome.ERROR);
-  if (err) return { outcome: Outcome.RETRY, violations: [], checks, subject, latencyMs, retryReason: `${err.name}: ${err.detail}` };
+  if (err) return { outcome: Outcome.RETRY, violations: [], checks, subject, latencyMs, retryReason: `${err.name}: ${err.detail}`, ...extra };
   return {
     outcome: Outcome.ALLOW,
     violations: [],
     checks,
     subject,
     latencyMs,
-    confirmation: { provider: policy.provider, domain: c.domain, service: c.service, attributes: certAttributes(policy) },
+    ...extra,
+    confirmation: {
+      provider: policy.provider,
+      domain: c.domain,
+      service: c.service,
+      attributes: decided.verdict ? verdictAttributes(decided.verdict) : certAttributes(policy),
+    },
   };
 }
 
@@ -344,7 +398,7 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
     const subject: DecisionResult["subject"] = {};
     const req = checkRequest(policy, c);
     if (req.token === undefined || req.instanceId === undefined) {
-      const skipped = ["token", "identity", "pod", "ips", "csr"].map((name) => check(name, CheckOutcome.SKIPPED, [], "request invalid"));
+      const skipped = ["token", "identity", "pod", "ips", "csr", "policy"].map((name) => check(name, CheckOutcome.SKIPPED, [], "request invalid"));
       return conclude(policy, c, [req.check, ...skipped], subject, now() - t0);
     }
     const { token, instanceId } = req;
@@ -356,8 +410,9 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
     const onOuterAbort = () => ac.abort(outer?.reason);
     outer?.addEventListener("abort", onOuterAbort, { once: true });
     try {
-      const checks = [req.check, ...(await gather(policy, c, token, instanceId, subject, ac.signal))];
-      return conclude(policy, c, checks, subject, now() - t0);
+      const decided: { verdict?: PolicyVerdict; evaluation?: PolicyEvaluationResult } = {};
+      const checks = [req.check, ...(await gather(policy, operation, c, token, instanceId, subject, decided, ac.signal))];
+      return conclude(policy, c, checks, subject, now() - t0, decided);
     } finally {
       clearTimeout(timer);
       outer?.removeEventListener("abort", onOuterAbort);
@@ -367,10 +422,12 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
   /** Makes the calls (all at once), waits for a pod the token names, and runs the checks. */
   async function gather(
     policy: Policy,
+    operation: Operation,
     c: Confirmation,
     token: string,
     instanceId: string,
     subject: DecisionResult["subject"],
+    decided: { verdict?: PolicyVerdict; evaluation?: PolicyEvaluationResult },
     signal: AbortSignal,
   ): Promise<CheckResult[]> {
     // The SAN inspection only needs names known before the token is verified (the request's
@@ -387,6 +444,9 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
       const sanPolicy = sanPolicyMessage(policy);
       sanPolicy.requireClientIpMatch = false;
       sanPolicy.proxyCidrs = [];
+      // Extra DNS names come from the identity policy objects in force when there is a source.
+      const snap = o.policyObjects?.snapshot();
+      if (snap) sanPolicy.extraDnsNames = extraDnsNamesOf(snap);
       return o.deps.inspectAttributes(
         create(InspectAttributesRequestSchema, {
           expected: create(ExpectedIdentitySchema, {
@@ -422,7 +482,23 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
       subject.namespace ??= lookup.result.value.pod.namespace;
       subject.pod ??= lookup.result.value.pod.name;
     }
-    return [tok.check, checkIdentity(policy, c, instanceId, tok.verified), pod.check, checkIps(policy, c, instanceId, pod.pod), checkCsr(inspectR)];
+    // The identity policy objects run before the IP checks: their clientIP rules apply there.
+    let policyCheck: CheckResult;
+    if (!pod.pod || !tok.verified) policyCheck = check("policy", CheckOutcome.SKIPPED, [], "needs a verified token and a usable pod");
+    else {
+      const r = evaluatePolicy(o, operation, c, tok.verified, pod.pod);
+      policyCheck = r.check;
+      if (r.verdict) decided.verdict = r.verdict;
+      if (r.evaluation) decided.evaluation = r.evaluation;
+    }
+    return [
+      tok.check,
+      checkIdentity(policy, c, instanceId, tok.verified),
+      pod.check,
+      checkIps(policy, c, instanceId, pod.pod, decided.verdict && !decided.verdict.retry ? decided.verdict.clientIp : undefined),
+      checkCsr(inspectR),
+      policyCheck,
+    ];
   }
 
   /** A pod the registry has not seen yet is waited for, briefly, only when the token names it. */
@@ -443,4 +519,66 @@ export function createDecisionEngine(o: DecisionEngineOptions): DecisionEngine {
   }
 
   return { decide };
+}
+
+// ---- identity policy objects -------------------------------------------------------------------
+
+const OPERATION_NAMES: Record<number, "register" | "refresh"> = { [Operation.REGISTER]: "register", [Operation.REFRESH]: "refresh" };
+
+/** Runs the policy snapshot in force over the request, the verified token and the registry's pod. */
+export function evaluatePolicy(
+  o: Pick<DecisionEngineOptions, "policyObjects" | "wallClock">,
+  operation: Operation,
+  c: Confirmation,
+  token: VerifiedToken,
+  pod: Pod,
+): { check: CheckResult; verdict?: PolicyVerdict; evaluation?: PolicyEvaluationResult } {
+  const t0 = performance.now();
+  const view = o.policyObjects;
+  if (!view) return { check: check("policy", CheckOutcome.PASS, [], "no policy objects source") };
+  const snapshot = view.snapshot();
+  // Missing evidence, not a deny: the gateway is not ready yet (its /readyz says so too).
+  if (!snapshot) return { check: check("policy", CheckOutcome.ERROR, [], "policy objects not loaded yet") };
+  const input: PolicyInput = {
+    operation: OPERATION_NAMES[operation] ?? "register",
+    domain: c.domain,
+    service: c.service,
+    attributes: c.attributes,
+    token,
+    pod,
+    namespaceLabels: view.namespaceLabels(pod.namespace),
+    now: (o.wallClock ?? (() => new Date()))(),
+  };
+  const verdict = snapshot.evaluate(input);
+  const evaluation: PolicyEvaluationResult = {
+    snapshotVersion: snapshot.version,
+    clusterPolicies: snapshot.clusterPolicies,
+    applied: verdict.applied,
+    rules: verdict.rules,
+  };
+  const ms = performance.now() - t0;
+  const applied = verdict.applied.map((r) => `${r.kind} ${r.namespace ? `${r.namespace}/` : ""}${r.name}@${r.resourceVersion}`).join(", ");
+  const detail = `snapshot ${snapshot.version}; ${verdict.applied.length} object(s) applied${applied ? `: ${applied.slice(0, 600)}` : ""}; ${verdict.rules.length} rule(s)`;
+  if (verdict.violations.length > 0) return { check: check("policy", CheckOutcome.FAIL, verdict.violations, detail, ms), verdict, evaluation };
+  if (verdict.retry) return { check: check("policy", CheckOutcome.ERROR, [], `${verdict.retry}; ${detail}`, ms), verdict, evaluation };
+  return { check: check("policy", CheckOutcome.PASS, [], detail, ms), verdict, evaluation };
+}
+
+/** The answer's attributes from the policy's caps. */
+function verdictAttributes(v: PolicyVerdict): Record<string, string> {
+  const out: Record<string, string> = { certExpiryTime: String(v.cert.expiryMinutes), certRefresh: String(v.cert.refresh) };
+  if (v.cert.usage) out.certUsage = v.cert.usage;
+  return out;
+}
+
+const extraDnsByNames = new WeakMap<Snapshot, ExtraDnsNamesPolicy>();
+
+/** The snapshot's extra DNS names as the proto message the SAN rules read (built once per snapshot). */
+function extraDnsNamesOf(s: Snapshot): ExtraDnsNamesPolicy {
+  let m = extraDnsByNames.get(s);
+  if (!m) {
+    m = fromJson(ExtraDnsNamesPolicySchema, s.extraDnsNames as never);
+    extraDnsByNames.set(s, m);
+  }
+  return m;
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { utimesSync, writeFileSync } from "node:fs";
 import * as http2 from "node:http2";
 import * as https from "node:https";
 import { join } from "node:path";
@@ -61,6 +61,18 @@ function postH2(url: string, client: Pem, ca: Pem, body: string): Promise<Answer
   });
 }
 
+const DEFAULT_POLICY = `apiVersion: identity.k8s-athenz-identity.io/v1alpha1
+kind: ClusterIdentityPolicy
+metadata: { name: default }
+spec: {}
+`;
+
+/** Touches a file's mtime forward, so the reload sees a change whatever the file system's granularity. */
+function rewrite(file: string, text: string, aheadMs: number): void {
+  writeFileSync(file, text);
+  utimesSync(file, new Date(), new Date(Date.now() + aheadMs));
+}
+
 describe("gateway over mutual TLS (dependencies faked)", () => {
   const tmp = tempDir("gateway-test");
   let athenzCa: Pem, otherCa: Pem, server: Pem, zts: Pem, notAllowed: Pem, untrusted: Pem;
@@ -84,8 +96,8 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
     zts = issueCert(tmp.dir, "zts", athenzCa, { cn: "zts.athenz.io", usage: "client" });
     notAllowed = issueCert(tmp.dir, "pod", athenzCa, { cn: "sports.api", usage: "client" });
     untrusted = issueCert(tmp.dir, "evil", otherCa, { cn: "zts.athenz.io", usage: "client" });
-    const policyFile = join(tmp.dir, "policy.json");
-    writeFileSync(policyFile, JSON.stringify({ san: { dnsSuffixes: ["cluster1.example.com"] } }));
+    const policyFile = join(tmp.dir, "policy.yaml");
+    writeFileSync(policyFile, DEFAULT_POLICY);
     const config = loadConfig(gatewaySpec, {
       env: {
         HOST: "127.0.0.1",
@@ -99,6 +111,7 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
         PROVIDER_SERVICE: PROVIDER,
         URL_PREFIX: "/copper",
         ALLOWED_ZTS_CNS: "zts.athenz.io",
+        DNS_SUFFIXES: "cluster1.example.com",
         POLICY_FILE: policyFile,
         POLICY_RELOAD_INTERVAL: "1h",
         DECISION_TIMEOUT: "2s",
@@ -224,20 +237,75 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
     assert.equal((line.clientIP as { invalid: boolean }).invalid, true);
   });
 
-  it("re-reads the policy file and keeps the current policy when the file is invalid", async () => {
-    const file = gw.policy.get();
-    writeFileSync(join(tmp.dir, "policy.json"), JSON.stringify({ cert: { expiryMinutes: 30 } }));
-    // mtime granularity: make sure the stamp differs
-    const { utimesSync } = await import("node:fs");
-    utimesSync(join(tmp.dir, "policy.json"), new Date(), new Date(Date.now() + 5000));
+  it("re-reads the policy objects file: caps and rules apply, an unreadable file keeps the objects in force", async () => {
+    const file = join(tmp.dir, "policy.yaml");
+    const before = gw.policyObjects.snapshot()!.version;
+    rewrite(
+      file,
+      `${DEFAULT_POLICY}---
+apiVersion: identity.k8s-athenz-identity.io/v1alpha1
+kind: IdentityPolicy
+metadata: { name: short, namespace: sports }
+spec:
+  certificates: [{ maxExpiryMinutes: 30 }]
+`,
+      5000,
+    );
     assert.equal(gw.reloadPolicy(), true);
     const r = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation()));
     assert.equal((JSON.parse(r.body) as { attributes: Record<string, string> }).attributes.certExpiryTime, "30");
-    writeFileSync(join(tmp.dir, "policy.json"), JSON.stringify({ cert: { expiryMinutes: -1 } }));
-    utimesSync(join(tmp.dir, "policy.json"), new Date(), new Date(Date.now() + 10_000));
+    rewrite(file, "kind: [unclosed", 10_000);
     assert.equal(gw.reloadPolicy(), false);
-    assert.equal(gw.policy.get().cert.expiryMinutes, 30);
-    assert.notEqual(file, gw.policy.get());
+    assert.ok(gw.policyObjects.snapshot()!.version > before);
+    const again = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation()));
+    assert.equal((JSON.parse(again.body) as { attributes: Record<string, string> }).attributes.certExpiryTime, "30");
+  });
+
+  it("denies by a rule, and the explanation and the audit line name the object, its version and the rule", async () => {
+    const file = join(tmp.dir, "policy.yaml");
+    rewrite(
+      file,
+      `${DEFAULT_POLICY}---
+apiVersion: identity.k8s-athenz-identity.io/v1alpha1
+kind: IdentityPolicy
+metadata: { name: no-api, namespace: sports }
+spec:
+  rules:
+    - { name: not-api, expression: 'token.serviceAccountName != "api"', message: "the api service account gets no identity here" }
+`,
+      15_000,
+    );
+    assert.equal(gw.reloadPolicy(), true);
+    const r = await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation()));
+    assert.equal(r.status, 403);
+    assert.match(r.body, /ERR_POLICY_RULE_DENIED/);
+    const client = createClient(IdentityProviderService, createConnectTransport({ baseUrl: gw.api.url, httpVersion: "2" }));
+    const ex = await client.explainInstance({ confirmation: confirmation(), operation: Operation.REGISTER });
+    const policyCheck = ex.checks.find((c) => c.name === "policy");
+    assert.equal(policyCheck?.outcome, CheckOutcome.FAIL);
+    assert.match(
+      policyCheck?.violations[0]?.message ?? "",
+      /IdentityPolicy sports\/no-api@file-1 rule not-api: the api service account gets no identity here/,
+    );
+    assert.deepEqual(
+      ex.policy?.applied.map((a) => `${a.kind}/${a.name}@${a.resourceVersion}`),
+      ["ClusterIdentityPolicy/default@file-0", "IdentityPolicy/no-api@file-1"],
+    );
+    assert.deepEqual(
+      ex.policy?.rules.map((x) => [x.policy?.name, x.rule, x.outcome]),
+      [["no-api", "not-api", CheckOutcome.FAIL]],
+    );
+    const audit = logText
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l.audit === true && l.endpoint === "instance")
+      .at(-1)!;
+    assert.deepEqual(audit.policyObjects, ["ClusterIdentityPolicy/default@file-0", "IdentityPolicy/sports/no-api@file-1"]);
+    assert.deepEqual(audit.policyRules, ["sports/no-api#not-api=fail"]);
+    rewrite(file, DEFAULT_POLICY, 20_000);
+    assert.equal(gw.reloadPolicy(), true);
+    assert.equal((await post(`${url}/instance`, zts, athenzCa, JSON.stringify(confirmation()))).status, 200);
   });
 
   it("serves the same decision and an explanation over the Connect API", async () => {
@@ -251,7 +319,7 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
     assert.equal(identity?.violations[0]?.code, "ERR_DOMAIN_MISMATCH");
     assert.deepEqual(
       ex.checks.map((c) => c.name),
-      ["request", "token", "identity", "pod", "ips", "csr"],
+      ["request", "token", "identity", "pod", "ips", "csr", "policy"],
     );
     await assert.rejects(client.confirmInstance({}), (e: unknown) => ConnectError.from(e).code === Code.InvalidArgument);
   });
@@ -265,8 +333,8 @@ describe("gateway settings checked at start", () => {
     const athenzCa = createCa(tmp.dir, "athenz");
     const right = issueCert(tmp.dir, "right", athenzCa, { cn: PROVIDER, usage: "server" });
     const wrong = issueCert(tmp.dir, "wrong", athenzCa, { cn: "k8s.other.identityd", usage: "server" });
-    const badPolicy = join(tmp.dir, "bad-policy.json");
-    writeFileSync(badPolicy, "{ not json");
+    const badPolicy = join(tmp.dir, "bad-policy.yaml");
+    writeFileSync(badPolicy, "kind: [unclosed");
     const base = {
       HOST: "127.0.0.1",
       PORT: "0",
@@ -285,7 +353,8 @@ describe("gateway settings checked at start", () => {
         /TLS_CERT_FILE: the certificate's CN "k8s.other.identityd" is not/,
       ],
       [{ ...base, ...tls, ALLOWED_ZTS_CNS: "" }, /--allowed-zts-cns\/ALLOWED_ZTS_CNS: invalid policy allowedZtsCns/],
-      [{ ...base, ...tls, POLICY_FILE: badPolicy }, /--policy-file\/POLICY_FILE: .*JSON/],
+      [{ ...base, ...tls, POLICY_FILE: badPolicy }, /--policy-file\/POLICY_FILE: /],
+      [{ ...base, ...tls, POLICY_SOURCE: "none", POLICY_FILE: badPolicy }, /--policy-file\/POLICY_FILE: is only read with POLICY_SOURCE=file/],
       [{ ...base, ...tls, POLICY_FILE: join(tmp.dir, "missing.json") }, /--policy-file\/POLICY_FILE: cannot read .*ENOENT/],
     ];
     for (const [env, re] of cases) {

@@ -6,8 +6,9 @@
 import { createHash } from "node:crypto";
 import { normalizeIp } from "@k8s-athenz-identity/identity/ip";
 import { isDomainName, isPodUid, isProviderName, isServiceName } from "@k8s-athenz-identity/identity/names";
+import type { Snapshot } from "@k8s-athenz-identity/policy";
 import { LATENCY_BUCKETS, type Logger, ViolationCode } from "@k8s-athenz-identity/shared";
-import { Counter, Histogram, type Registry } from "prom-client";
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { type Confirmation, type DecisionResult, Outcome } from "./decision.js";
 
 /** Where a decision came from. */
@@ -28,7 +29,7 @@ export interface GatewayObserver {
 /** Every deny-reason code we know: a code from elsewhere (a dependency's answer) is labelled "other". */
 const KNOWN_CODES: ReadonlySet<string> = new Set(Object.values(ViolationCode));
 /** The decision engine's check names (decision.ts); anything else is labelled "other". */
-const CHECK_NAMES: ReadonlySet<string> = new Set(["request", "token", "identity", "pod", "ips", "csr"]);
+const CHECK_NAMES: ReadonlySet<string> = new Set(["request", "token", "identity", "pod", "ips", "csr", "policy"]);
 /** The endpoints a decision or a refusal comes from (see {@link DecisionContext}). */
 const ENDPOINTS: ReadonlySet<string> = new Set(["instance", "refresh", "confirm", "refresh-api", "explain", "other"]);
 
@@ -125,6 +126,14 @@ export function createGatewayObserver(o: { logger: Logger; registry: Registry })
         retryReason: r.retryReason === undefined ? undefined : bounded(r.retryReason),
         latencyMs: Math.round(r.latencyMs * 100) / 100,
         clientCn: bounded(ctx.clientCn),
+        // Which policy objects (and versions) decided, and how each of their rules judged.
+        ...(r.policy
+          ? {
+              policySnapshot: r.policy.snapshotVersion,
+              policyObjects: r.policy.applied.map((p) => `${p.kind}/${p.namespace ? `${p.namespace}/` : ""}${p.name}@${p.resourceVersion}`),
+              policyRules: r.policy.rules.map((x) => `${x.policy.namespace ? `${x.policy.namespace}/` : ""}${x.policy.name}#${x.rule}=${x.outcome}`),
+            }
+          : {}),
       };
       if (r.outcome === Outcome.RETRY) o.logger.warn(line, "decision");
       else o.logger.info(line, "decision");
@@ -137,5 +146,34 @@ export function createGatewayObserver(o: { logger: Logger; registry: Registry })
         "request rejected",
       );
     },
+  };
+}
+
+/** Metrics and a log line for each identity policy snapshot swapped in. */
+export function createPolicyObserver(o: { logger: Logger; registry: Registry }): (s: Snapshot) => void {
+  const objects = new Gauge({
+    name: "gateway_policy_objects",
+    help: "Identity policy objects in the snapshot in force, by kind and state (valid, invalid)",
+    labelNames: ["kind", "state"] as const,
+    registers: [o.registry],
+  });
+  const swaps = new Counter({
+    name: "gateway_policy_snapshots_total",
+    help: "Identity policy snapshots swapped in (one per change of the objects)",
+    registers: [o.registry],
+  });
+  return (s) => {
+    swaps.inc();
+    objects.reset();
+    for (const x of s.objects) objects.inc({ kind: x.ref.kind, state: x.valid ? "valid" : "invalid" });
+    o.logger.info(
+      {
+        policySnapshot: s.version,
+        objects: s.objects.map(
+          (x) => `${x.ref.kind}/${x.ref.namespace ? `${x.ref.namespace}/` : ""}${x.ref.name}@${x.ref.resourceVersion}${x.valid ? "" : " (invalid)"}`,
+        ),
+      },
+      "policy snapshot in force",
+    );
   };
 }

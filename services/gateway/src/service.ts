@@ -5,26 +5,28 @@
  * through {@link startGateway}.
  */
 import { X509Certificate } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
 import { PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
 import { TokenVerifierService } from "@k8s-athenz-identity/api/token_verifier";
 import { createServiceClient } from "@k8s-athenz-identity/shared/client";
 import { ConfigError, checkReadable } from "@k8s-athenz-identity/shared/config";
+import { loadKubeConfig } from "@k8s-athenz-identity/shared/kube";
 import { createLogger, type Logger } from "@k8s-athenz-identity/shared/logger";
 import { createMetricsRegistry } from "@k8s-athenz-identity/shared/metrics";
 import { defineService, type ServiceHandle } from "@k8s-athenz-identity/shared/runner";
 import { type RunningServer, startServiceServer, tlsFromSettings } from "@k8s-athenz-identity/shared/server";
 import type { Registry } from "prom-client";
-import { type GatewayConfig, gatewaySpec, readPolicy, settingOfPolicyField } from "./config.js";
+import { type GatewayConfig, gatewaySpec, policyFromConfig, policySourceOf, settingOfPolicyField } from "./config.js";
 import { identityProviderRoutes } from "./connect.js";
 import { createCopperArgosHandler } from "./copper-argos.js";
 import { createDecisionEngine, type DecisionEngine } from "./decision.js";
 import { createConnectDependencies, type Dependencies } from "./dependencies.js";
 import { podEventsFromConfig, withPodEvents } from "./events.js";
-import { createGatewayObserver } from "./observe.js";
-import { createPolicyStore, PolicyError, type PolicyStore } from "./policy.js";
+import { createGatewayObserver, createPolicyObserver } from "./observe.js";
+import { createPolicyStore, type Policy, PolicyError, type PolicyStore } from "./policy.js";
+import { type PolicyObjectsStore, startPolicyObjects } from "./policy-objects.js";
 
 export interface RunningGateway extends ServiceHandle {
   /** The ZTS endpoint (https, or http behind the development flag). */
@@ -32,9 +34,11 @@ export interface RunningGateway extends ServiceHandle {
   /** The IdentityProviderService Connect API (h2c). */
   readonly api: RunningServer;
   readonly policy: PolicyStore;
+  /** The identity policy objects in force (POLICY_SOURCE). */
+  readonly policyObjects: PolicyObjectsStore;
   readonly engine: DecisionEngine;
   readonly registry: Registry;
-  /** Re-reads the policy file now (the periodic check does the same). Returns whether it changed. */
+  /** Re-reads the policy objects file now (the periodic check does the same). Returns whether the objects changed. */
   reloadPolicy(): boolean;
 }
 
@@ -64,19 +68,32 @@ function certCn(file: string): string {
   return /(?:^|\n)CN=([^\n]*)/.exec(subject)?.[1] ?? "";
 }
 
-/** The policy from the settings (and the policy file); an invalid one is a bad setting. */
+/** The provider policy from the settings; an invalid one is a bad setting. */
 function initialPolicy(config: GatewayConfig): PolicyStore {
-  checkReadable("--policy-file/POLICY_FILE", config.policyFile);
   try {
-    return createPolicyStore(readPolicy(config));
+    return createPolicyStore(policyFromConfig(config));
   } catch (err) {
-    if (err instanceof PolicyError) throw new ConfigError(settingOfPolicyField(config, err.field), err.message);
-    // Unparsable JSON or not an object: the file is at fault.
-    throw new ConfigError("--policy-file/POLICY_FILE", (err as Error).message);
+    if (err instanceof PolicyError) throw new ConfigError(settingOfPolicyField(err.field), err.message);
+    throw err;
   }
 }
 
-/** Starts the gateway. Both ports are listening when this resolves; it is ready at once (its dependencies are checked per call). */
+/** The settings' values the policy objects start from, and never exceed. */
+function policyDefaults(p: Policy) {
+  return {
+    expiryMinutes: p.cert.expiryMinutes,
+    refresh: p.cert.refresh,
+    usage: p.cert.usage,
+    clientIpRule: p.san.clientIpRule,
+    proxyCidrs: p.san.proxyCidrs,
+    extraDnsNames: {},
+  };
+}
+
+/**
+ * Starts the gateway. Both ports are listening when this resolves; it is ready once the first
+ * policy snapshot is loaded (at once without policy objects; its dependencies are checked per call).
+ */
 export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}): Promise<RunningGateway> {
   const policy = initialPolicy(config);
   const tlsFiles = tlsFromSettings(config);
@@ -98,6 +115,21 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
       );
   }
   checkReadable("--dependency-ca-file/DEPENDENCY_CA_FILE", config.dependencyCaFile);
+  const policySource = policySourceOf(config);
+  if (policySource === "file") {
+    if (!config.policyFile) throw new ConfigError("--policy-file/POLICY_FILE", "is required with POLICY_SOURCE=file");
+    checkReadable("--policy-file/POLICY_FILE", config.policyFile);
+  } else if (config.policyFile) {
+    throw new ConfigError("--policy-file/POLICY_FILE", `is only read with POLICY_SOURCE=file, not ${policySource}`);
+  }
+  let kubeConfig: ReturnType<typeof loadKubeConfig> | undefined;
+  if (policySource === "kubernetes") {
+    try {
+      kubeConfig = loadKubeConfig(config.kubeconfig);
+    } catch (err) {
+      throw new ConfigError("--kubeconfig/KUBECONFIG", `cannot load (POLICY_SOURCE=kubernetes): ${(err as Error).message}`);
+    }
+  }
   const logger = deps.logger ?? createLogger({ service: "gateway", level: config.logLevel });
   const registry = deps.registry ?? createMetricsRegistry("gateway");
   const mtls = tlsOn && Boolean(config.tlsClientCaFile);
@@ -133,35 +165,33 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     createGatewayObserver({ logger, registry }),
     podEventsFromConfig(config, { logger, registry, provider: () => policy.get().provider }),
   );
+  const closeClients = () => {
+    for (const c of sessions) c.close();
+  };
+  let policyObjects: PolicyObjectsStore;
+  try {
+    policyObjects = startPolicyObjects({
+      source: policySource,
+      defaults: policyDefaults(policy.get()),
+      logger,
+      file: config.policyFile,
+      reloadIntervalMs: config.policyReloadInterval,
+      ...(kubeConfig ? { kubeConfig } : {}),
+      writeStatus: config.policyStatus,
+      onSwap: createPolicyObserver({ logger, registry }),
+    });
+  } catch (err) {
+    closeClients();
+    throw policySource === "file" ? new ConfigError("--policy-file/POLICY_FILE", (err as Error).message) : err;
+  }
   const engine = createDecisionEngine({
     policy,
     deps: dependencies,
     budgetMs: config.decisionTimeout,
     onDependency: (n, ms, ok) => observer.dependency(n, ms, ok),
+    policyObjects,
   });
-
-  // The policy file is re-read when it changes; an invalid file keeps the current policy.
-  let policyStamp = config.policyFile ? statSync(config.policyFile).mtimeMs : 0;
-  const reloadPolicy = (): boolean => {
-    if (!config.policyFile) return false;
-    try {
-      const stamp = statSync(config.policyFile).mtimeMs;
-      if (stamp === policyStamp) return false;
-      policyStamp = stamp;
-      policy.set(readPolicy(config));
-      logger.info({ policyFile: config.policyFile }, "policy reloaded");
-      return true;
-    } catch (err) {
-      logger.error({ err, policyFile: config.policyFile }, "policy file invalid; keeping the current policy");
-      return false;
-    }
-  };
-  const policyTimer = config.policyFile ? setInterval(reloadPolicy, config.policyReloadInterval) : undefined;
-  policyTimer?.unref();
-
-  const closeClients = () => {
-    for (const c of sessions) c.close();
-  };
+  const reloadPolicy = () => policyObjects.reload();
   let zts: RunningServer;
   let api: RunningServer;
   try {
@@ -176,12 +206,16 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
       tls: tlsFiles ? { ...tlsFiles, clientCertOptional: true } : undefined,
       logger,
       registry,
-      readiness: () => ({ ready: true, detail: { provider: policy.get().provider } }),
+      // Unready until the first policy snapshot is loaded: decisions before it would be RETRY.
+      readiness: () => ({
+        ready: policyObjects.ready,
+        detail: { provider: policy.get().provider, policySource, policySnapshot: policyObjects.snapshot()?.version ?? null },
+      }),
       shutdownTimeoutMs: config.shutdownTimeout,
       fallback: createCopperArgosHandler({ engine, policy, observer, logger, prefix: config.urlPrefix, requireClientCert: mtls }),
     });
   } catch (err) {
-    if (policyTimer) clearInterval(policyTimer);
+    await policyObjects.close();
     closeClients();
     throw err;
   }
@@ -199,7 +233,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
       shutdownTimeoutMs: config.shutdownTimeout,
     });
   } catch (err) {
-    if (policyTimer) clearInterval(policyTimer);
+    await policyObjects.close();
     await zts.close();
     closeClients();
     throw err;
@@ -209,12 +243,13 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     zts,
     api,
     policy,
+    policyObjects,
     engine,
     registry,
     reloadPolicy,
     async close() {
-      if (policyTimer) clearInterval(policyTimer);
       await Promise.all([zts.close(), api.close()]);
+      await policyObjects.close();
       await observer.flush();
       closeClients();
     },

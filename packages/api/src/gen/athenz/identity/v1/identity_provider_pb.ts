@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file athenz/identity/v1/identity_provider.proto.
  */
 export const file_athenz_identity_v1_identity_provider: GenFile = /*@__PURE__*/
-  fileDesc("CiphdGhlbnovaWRlbnRpdHkvdjEvaWRlbnRpdHlfcHJvdmlkZXIucHJvdG8SEmF0aGVuei5pZGVudGl0eS52MSLkAQoUSW5zdGFuY2VDb25maXJtYXRpb24SEAoIcHJvdmlkZXIYASABKAkSDgoGZG9tYWluGAIgASgJEg8KB3NlcnZpY2UYAyABKAkSGAoQYXR0ZXN0YXRpb25fZGF0YRgEIAEoCRJMCgphdHRyaWJ1dGVzGAUgAygLMjguYXRoZW56LmlkZW50aXR5LnYxLkluc3RhbmNlQ29uZmlybWF0aW9uLkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKrAQoIRGVjaXNpb24SLAoHb3V0Y29tZRgBIAEoDjIbLmF0aGVuei5pZGVudGl0eS52MS5PdXRjb21lEjEKCnZpb2xhdGlvbnMYAiADKAsyHS5hdGhlbnouaWRlbnRpdHkudjEuVmlvbGF0aW9uEj4KDGNvbmZpcm1hdGlvbhgDIAEoCzIoLmF0aGVuei5pZGVudGl0eS52MS5JbnN0YW5jZUNvbmZpcm1hdGlvbiJYChZDb25maXJtSW5zdGFuY2VSZXF1ZXN0Ej4KDGNvbmZpcm1hdGlvbhgBIAEoCzIoLmF0aGVuei5pZGVudGl0eS52MS5JbnN0YW5jZUNvbmZpcm1hdGlvbiJJChdDb25maXJtSW5zdGFuY2VSZXNwb25zZRIuCghkZWNpc2lvbhgBIAEoCzIcLmF0aGVuei5pZGVudGl0eS52MS5EZWNpc2lvbiJYChZSZWZyZXNoSW5zdGFuY2VSZXF1ZXN0Ej4KDGNvbmZpcm1hdGlvbhgBIAEoCzIoLmF0aGVuei5pZGVudGl0eS52MS5JbnN0YW5jZUNvbmZpcm1hdGlvbiJJChdSZWZyZXNoSW5zdGFuY2VSZXNwb25zZRIuCghkZWNpc2lvbhgBIAEoCzIcLmF0aGVuei5pZGVudGl0eS52MS5EZWNpc2lvbiKKAQoWRXhwbGFpbkluc3RhbmNlUmVxdWVzdBI+Cgxjb25maXJtYXRpb24YASABKAsyKC5hdGhlbnouaWRlbnRpdHkudjEuSW5zdGFuY2VDb25maXJtYXRpb24SMAoJb3BlcmF0aW9uGAIgASgOMh0uYXRoZW56LmlkZW50aXR5LnYxLk9wZXJhdGlvbiK3AQoFQ2hlY2sSDAoEbmFtZRgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAuYXRoZW56LmlkZW50aXR5LnYxLkNoZWNrT3V0Y29tZRIxCgp2aW9sYXRpb25zGAMgAygLMh0uYXRoZW56LmlkZW50aXR5LnYxLlZpb2xhdGlvbhIOCgZkZXRhaWwYBCABKAkSKgoHbGF0ZW5jeRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ0ChdFeHBsYWluSW5zdGFuY2VSZXNwb25zZRIuCghkZWNpc2lvbhgBIAEoCzIcLmF0aGVuei5pZGVudGl0eS52MS5EZWNpc2lvbhIpCgZjaGVja3MYAiADKAsyGS5hdGhlbnouaWRlbnRpdHkudjEuQ2hlY2sqWgoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASEQoNT1VUQ09NRV9BTExPVxABEhAKDE9VVENPTUVfREVOWRACEhEKDU9VVENPTUVfUkVUUlkQAypVCglPcGVyYXRpb24SGQoVT1BFUkFUSU9OX1VOU1BFQ0lGSUVEEAASFgoST1BFUkFUSU9OX1JFR0lTVEVSEAESFQoRT1BFUkFUSU9OX1JFRlJFU0gQAiqRAQoMQ2hlY2tPdXRjb21lEh0KGUNIRUNLX09VVENPTUVfVU5TUEVDSUZJRUQQABIWChJDSEVDS19PVVRDT01FX1BBU1MQARIWChJDSEVDS19PVVRDT01FX0ZBSUwQAhIXChNDSEVDS19PVVRDT01FX0VSUk9SEAMSGQoVQ0hFQ0tfT1VUQ09NRV9TS0lQUEVEEAQy4gIKF0lkZW50aXR5UHJvdmlkZXJTZXJ2aWNlEmoKD0NvbmZpcm1JbnN0YW5jZRIqLmF0aGVuei5pZGVudGl0eS52MS5Db25maXJtSW5zdGFuY2VSZXF1ZXN0GisuYXRoZW56LmlkZW50aXR5LnYxLkNvbmZpcm1JbnN0YW5jZVJlc3BvbnNlEmoKD1JlZnJlc2hJbnN0YW5jZRIqLmF0aGVuei5pZGVudGl0eS52MS5SZWZyZXNoSW5zdGFuY2VSZXF1ZXN0GisuYXRoZW56LmlkZW50aXR5LnYxLlJlZnJlc2hJbnN0YW5jZVJlc3BvbnNlEm8KD0V4cGxhaW5JbnN0YW5jZRIqLmF0aGVuei5pZGVudGl0eS52MS5FeHBsYWluSW5zdGFuY2VSZXF1ZXN0GisuYXRoZW56LmlkZW50aXR5LnYxLkV4cGxhaW5JbnN0YW5jZVJlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_athenz_identity_v1_common, file_google_protobuf_duration]);
+  fileDesc("CiphdGhlbnovaWRlbnRpdHkvdjEvaWRlbnRpdHlfcHJvdmlkZXIucHJvdG8SEmF0aGVuei5pZGVudGl0eS52MSLkAQoUSW5zdGFuY2VDb25maXJtYXRpb24SEAoIcHJvdmlkZXIYASABKAkSDgoGZG9tYWluGAIgASgJEg8KB3NlcnZpY2UYAyABKAkSGAoQYXR0ZXN0YXRpb25fZGF0YRgEIAEoCRJMCgphdHRyaWJ1dGVzGAUgAygLMjguYXRoZW56LmlkZW50aXR5LnYxLkluc3RhbmNlQ29uZmlybWF0aW9uLkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKrAQoIRGVjaXNpb24SLAoHb3V0Y29tZRgBIAEoDjIbLmF0aGVuei5pZGVudGl0eS52MS5PdXRjb21lEjEKCnZpb2xhdGlvbnMYAiADKAsyHS5hdGhlbnouaWRlbnRpdHkudjEuVmlvbGF0aW9uEj4KDGNvbmZpcm1hdGlvbhgDIAEoCzIoLmF0aGVuei5pZGVudGl0eS52MS5JbnN0YW5jZUNvbmZpcm1hdGlvbiJYChZDb25maXJtSW5zdGFuY2VSZXF1ZXN0Ej4KDGNvbmZpcm1hdGlvbhgBIAEoCzIoLmF0aGVuei5pZGVudGl0eS52MS5JbnN0YW5jZUNvbmZpcm1hdGlvbiJJChdDb25maXJtSW5zdGFuY2VSZXNwb25zZRIuCghkZWNpc2lvbhgBIAEoCzIcLmF0aGVuei5pZGVudGl0eS52MS5EZWNpc2lvbiJYChZSZWZyZXNoSW5zdGFuY2VSZXF1ZXN0Ej4KDGNvbmZpcm1hdGlvbhgBIAEoCzIoLmF0aGVuei5pZGVudGl0eS52MS5JbnN0YW5jZUNvbmZpcm1hdGlvbiJJChdSZWZyZXNoSW5zdGFuY2VSZXNwb25zZRIuCghkZWNpc2lvbhgBIAEoCzIcLmF0aGVuei5pZGVudGl0eS52MS5EZWNpc2lvbiKKAQoWRXhwbGFpbkluc3RhbmNlUmVxdWVzdBI+Cgxjb25maXJtYXRpb24YASABKAsyKC5hdGhlbnouaWRlbnRpdHkudjEuSW5zdGFuY2VDb25maXJtYXRpb24SMAoJb3BlcmF0aW9uGAIgASgOMh0uYXRoZW56LmlkZW50aXR5LnYxLk9wZXJhdGlvbiK3AQoFQ2hlY2sSDAoEbmFtZRgBIAEoCRIxCgdvdXRjb21lGAIgASgOMiAuYXRoZW56LmlkZW50aXR5LnYxLkNoZWNrT3V0Y29tZRIxCgp2aW9sYXRpb25zGAMgAygLMh0uYXRoZW56LmlkZW50aXR5LnYxLlZpb2xhdGlvbhIOCgZkZXRhaWwYBCABKAkSKgoHbGF0ZW5jeRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKqAQoXRXhwbGFpbkluc3RhbmNlUmVzcG9uc2USLgoIZGVjaXNpb24YASABKAsyHC5hdGhlbnouaWRlbnRpdHkudjEuRGVjaXNpb24SKQoGY2hlY2tzGAIgAygLMhkuYXRoZW56LmlkZW50aXR5LnYxLkNoZWNrEjQKBnBvbGljeRgDIAEoCzIkLmF0aGVuei5pZGVudGl0eS52MS5Qb2xpY3lFdmFsdWF0aW9uIm4KD1BvbGljeU9iamVjdFJlZhIMCgRraW5kGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCRIMCgRuYW1lGAMgASgJEhgKEHJlc291cmNlX3ZlcnNpb24YBCABKAkSEgoKZ2VuZXJhdGlvbhgFIAEoAyKUAQoLUnVsZU91dGNvbWUSMwoGcG9saWN5GAEgASgLMiMuYXRoZW56LmlkZW50aXR5LnYxLlBvbGljeU9iamVjdFJlZhIMCgRydWxlGAIgASgJEjEKB291dGNvbWUYAyABKA4yIC5hdGhlbnouaWRlbnRpdHkudjEuQ2hlY2tPdXRjb21lEg8KB21lc3NhZ2UYBCABKAkirAEKEFBvbGljeUV2YWx1YXRpb24SNAoHYXBwbGllZBgBIAMoCzIjLmF0aGVuei5pZGVudGl0eS52MS5Qb2xpY3lPYmplY3RSZWYSLgoFcnVsZXMYAiADKAsyHy5hdGhlbnouaWRlbnRpdHkudjEuUnVsZU91dGNvbWUSGAoQc25hcHNob3RfdmVyc2lvbhgDIAEoAxIYChBjbHVzdGVyX3BvbGljaWVzGAQgASgIKloKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhEKDU9VVENPTUVfQUxMT1cQARIQCgxPVVRDT01FX0RFTlkQAhIRCg1PVVRDT01FX1JFVFJZEAMqVQoJT3BlcmF0aW9uEhkKFU9QRVJBVElPTl9VTlNQRUNJRklFRBAAEhYKEk9QRVJBVElPTl9SRUdJU1RFUhABEhUKEU9QRVJBVElPTl9SRUZSRVNIEAIqkQEKDENoZWNrT3V0Y29tZRIdChlDSEVDS19PVVRDT01FX1VOU1BFQ0lGSUVEEAASFgoSQ0hFQ0tfT1VUQ09NRV9QQVNTEAESFgoSQ0hFQ0tfT1VUQ09NRV9GQUlMEAISFwoTQ0hFQ0tfT1VUQ09NRV9FUlJPUhADEhkKFUNIRUNLX09VVENPTUVfU0tJUFBFRBAEMuICChdJZGVudGl0eVByb3ZpZGVyU2VydmljZRJqCg9Db25maXJtSW5zdGFuY2USKi5hdGhlbnouaWRlbnRpdHkudjEuQ29uZmlybUluc3RhbmNlUmVxdWVzdBorLmF0aGVuei5pZGVudGl0eS52MS5Db25maXJtSW5zdGFuY2VSZXNwb25zZRJqCg9SZWZyZXNoSW5zdGFuY2USKi5hdGhlbnouaWRlbnRpdHkudjEuUmVmcmVzaEluc3RhbmNlUmVxdWVzdBorLmF0aGVuei5pZGVudGl0eS52MS5SZWZyZXNoSW5zdGFuY2VSZXNwb25zZRJvCg9FeHBsYWluSW5zdGFuY2USKi5hdGhlbnouaWRlbnRpdHkudjEuRXhwbGFpbkluc3RhbmNlUmVxdWVzdBorLmF0aGVuei5pZGVudGl0eS52MS5FeHBsYWluSW5zdGFuY2VSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_athenz_identity_v1_common, file_google_protobuf_duration]);
 
 /**
  * InstanceConfirmation mirrors Athenz's InstanceConfirmation JSON.
@@ -230,6 +230,13 @@ export type ExplainInstanceResponse = Message<"athenz.identity.v1.ExplainInstanc
    * @generated from field: repeated athenz.identity.v1.Check checks = 2;
    */
   checks: Check[];
+
+  /**
+   * The identity policy objects that applied and how each of their rules judged the request.
+   *
+   * @generated from field: athenz.identity.v1.PolicyEvaluation policy = 3;
+   */
+  policy?: PolicyEvaluation | undefined;
 };
 
 /**
@@ -238,6 +245,127 @@ export type ExplainInstanceResponse = Message<"athenz.identity.v1.ExplainInstanc
  */
 export const ExplainInstanceResponseSchema: GenMessage<ExplainInstanceResponse> = /*@__PURE__*/
   messageDesc(file_athenz_identity_v1_identity_provider, 8);
+
+/**
+ * PolicyObjectRef names one version of an identity policy object (ClusterIdentityPolicy or IdentityPolicy).
+ *
+ * @generated from message athenz.identity.v1.PolicyObjectRef
+ */
+export type PolicyObjectRef = Message<"athenz.identity.v1.PolicyObjectRef"> & {
+  /**
+   * "ClusterIdentityPolicy" or "IdentityPolicy".
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * Empty for ClusterIdentityPolicy.
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string resource_version = 4;
+   */
+  resourceVersion: string;
+
+  /**
+   * @generated from field: int64 generation = 5;
+   */
+  generation: bigint;
+};
+
+/**
+ * Describes the message athenz.identity.v1.PolicyObjectRef.
+ * Use `create(PolicyObjectRefSchema)` to create a new message.
+ */
+export const PolicyObjectRefSchema: GenMessage<PolicyObjectRef> = /*@__PURE__*/
+  messageDesc(file_athenz_identity_v1_identity_provider, 9);
+
+/**
+ * RuleOutcome is how one CEL rule of one policy object judged the request.
+ *
+ * @generated from message athenz.identity.v1.RuleOutcome
+ */
+export type RuleOutcome = Message<"athenz.identity.v1.RuleOutcome"> & {
+  /**
+   * @generated from field: athenz.identity.v1.PolicyObjectRef policy = 1;
+   */
+  policy?: PolicyObjectRef | undefined;
+
+  /**
+   * @generated from field: string rule = 2;
+   */
+  rule: string;
+
+  /**
+   * PASS (true), FAIL (false: a deny) or ERROR (the rule could not be evaluated: a deny too).
+   *
+   * @generated from field: athenz.identity.v1.CheckOutcome outcome = 3;
+   */
+  outcome: CheckOutcome;
+
+  /**
+   * The rule's message on FAIL, the evaluation error on ERROR.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message athenz.identity.v1.RuleOutcome.
+ * Use `create(RuleOutcomeSchema)` to create a new message.
+ */
+export const RuleOutcomeSchema: GenMessage<RuleOutcome> = /*@__PURE__*/
+  messageDesc(file_athenz_identity_v1_identity_provider, 10);
+
+/**
+ * PolicyEvaluation is what the identity policy objects decided for one request.
+ *
+ * @generated from message athenz.identity.v1.PolicyEvaluation
+ */
+export type PolicyEvaluation = Message<"athenz.identity.v1.PolicyEvaluation"> & {
+  /**
+   * The objects that applied to the pod (selected it), with their resourceVersions.
+   *
+   * @generated from field: repeated athenz.identity.v1.PolicyObjectRef applied = 1;
+   */
+  applied: PolicyObjectRef[];
+
+  /**
+   * @generated from field: repeated athenz.identity.v1.RuleOutcome rules = 2;
+   */
+  rules: RuleOutcome[];
+
+  /**
+   * The compiled snapshot the decision read (increases with every change of the objects).
+   *
+   * @generated from field: int64 snapshot_version = 3;
+   */
+  snapshotVersion: bigint;
+
+  /**
+   * Whether any ClusterIdentityPolicy exists (then only pods one selects are eligible).
+   *
+   * @generated from field: bool cluster_policies = 4;
+   */
+  clusterPolicies: boolean;
+};
+
+/**
+ * Describes the message athenz.identity.v1.PolicyEvaluation.
+ * Use `create(PolicyEvaluationSchema)` to create a new message.
+ */
+export const PolicyEvaluationSchema: GenMessage<PolicyEvaluation> = /*@__PURE__*/
+  messageDesc(file_athenz_identity_v1_identity_provider, 11);
 
 /**
  * @generated from enum athenz.identity.v1.Outcome
