@@ -43,6 +43,10 @@ export interface PolicyObjectsStore {
   /** A namespace's labels; undefined when the namespace is not known. */
   namespaceLabels(name: string): Readonly<Record<string, string>> | undefined;
   readonly ready: boolean;
+  /** Resolves with the first snapshot. */
+  readonly loaded: Promise<Snapshot>;
+  /** Calls `listener` with every snapshot swapped in from now on; returns the unsubscribe function. */
+  subscribe(listener: (s: Snapshot) => void): () => void;
   /** Re-reads the policy file now (file source); returns whether the snapshot changed. */
   reload(): boolean;
   close(): Promise<void>;
@@ -134,16 +138,25 @@ function sameStatus(current: Record<string, unknown> | undefined, next: Record<s
 export function startPolicyObjects(o: PolicyObjectsOptions): PolicyObjectsStore {
   let current: Snapshot | undefined;
   const cache: CompileCache = new Map();
+  const listeners = new Set<(s: Snapshot) => void>();
+  let resolveLoaded!: (s: Snapshot) => void;
+  const loaded = new Promise<Snapshot>((r) => (resolveLoaded = r));
+  const subscribe = (l: (s: Snapshot) => void) => {
+    listeners.add(l);
+    return () => void listeners.delete(l);
+  };
   const swap = (raws: unknown[]) => {
     const next = createSnapshot(compileObjects(raws, cache), o.defaults);
     current = next;
+    resolveLoaded(next);
     o.onSwap?.(next);
+    for (const l of listeners) l(next);
     return next;
   };
 
   if (o.source === "none") {
     swap([]);
-    return { snapshot: () => current, namespaceLabels: () => undefined, ready: true, reload: () => false, close: async () => {} };
+    return { snapshot: () => current, namespaceLabels: () => undefined, ready: true, loaded, subscribe, reload: () => false, close: async () => {} };
   }
 
   if (o.source === "file") {
@@ -190,6 +203,8 @@ export function startPolicyObjects(o: PolicyObjectsOptions): PolicyObjectsStore 
       get ready() {
         return current !== undefined;
       },
+      loaded,
+      subscribe,
       reload,
       close: async () => clearInterval(timer),
     };
@@ -312,6 +327,8 @@ export function startPolicyObjects(o: PolicyObjectsOptions): PolicyObjectsStore 
     get ready() {
       return current !== undefined;
     },
+    loaded,
+    subscribe,
     reload: () => false,
     async close() {
       stopped = true;
