@@ -213,7 +213,7 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     const deployments = JSON.parse((await kubectl(["get", "deployments", "-n", NS, "-o", "json"])).stdout) as {
       items: Array<{ metadata: { name: string }; spec: { replicas: number; template: { spec: PodSpec & { serviceAccountName: string } } } }>;
     };
-    assert.deepEqual(deployments.items.map((d) => d.metadata.name).sort(), ["csr-inspector", "gateway", "pod-registry", "token-verifier"]);
+    assert.deepEqual(deployments.items.map((d) => d.metadata.name).sort(), ["admission", "csr-inspector", "gateway", "pod-registry", "token-verifier"]);
     for (const d of deployments.items) {
       assert.equal(d.spec.template.spec.serviceAccountName, d.metadata.name, `${d.metadata.name} runs as its own ServiceAccount`);
       assert.ok(d.spec.replicas >= 2);
@@ -237,6 +237,9 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     // The cluster now matches the manifests: `kubectl diff` (a server-side dry run) exits 0 with no diff.
     const diff = await kubectl(["diff", "-k", "k8s/"]);
     assert.equal(diff.stdout, "");
+    // Why k8s/policy/ is a second step: the webhook (failurePolicy Fail) refuses policy objects until
+    // the admission server runs (here it never does: no kubelet). test/cluster/policy.test.ts applies it with one.
+    await assert.rejects(kubectl(["apply", "-k", "k8s/policy/"]), /failed calling webhook "identity-policies\.identity\.k8s-athenz-identity\.io"/);
   });
 
   it("issues a token for each ServiceAccount through TokenRequest", async () => {
