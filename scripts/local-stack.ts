@@ -11,12 +11,13 @@
  *   node --import tsx scripts/local-stack.ts [--once] [--cluster auto|real|simulated] [--keep]
  *   (env LOCAL_STACK_CLUSTER=auto|real|simulated does the same as --cluster)
  */
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import type { Services } from "../test/e2e/stack.js";
 import type { KubeCluster } from "../test/support/kube-cluster.js";
 import type { ZtsStandIn } from "../test/support/zts-stand-in.js";
@@ -30,6 +31,19 @@ const SERVICE_ACCOUNT = "demo";
 const POD_NAME = "demo-app";
 const POD_IP = "10.244.0.7";
 const NODE = "sandbox-node";
+const API_VERSION = "identity.k8s-athenz-identity.io/v1alpha1";
+/** Today's behaviour as an object (k8s/policy/default-cluster-policy.yaml). */
+const DEFAULT_POLICY = readFileSync(join(ROOT, "k8s/policy/default-cluster-policy.yaml"), "utf8");
+/** The namespaced policy the demo applies after the certificate is minted, then removes. */
+const DENY_POLICY = `apiVersion: ${API_VERSION}
+kind: IdentityPolicy
+metadata: { name: deny-demo, namespace: ${NAMESPACE} }
+spec:
+  rules:
+    - name: not-the-demo-app
+      expression: 'pod.name != "${POD_NAME}"'
+      message: the demo app gets no identity while this policy is in force
+`;
 
 const USAGE = `Usage: npm start [-- --once] [-- --cluster auto|real|simulated] [-- --keep]
 
@@ -187,6 +201,14 @@ interface ClusterSource {
   services: Services;
   /** Creates the sandbox pod (IP set via status, phase Pending as during init containers) and its token. */
   sandboxPod(): Promise<PodHandle>;
+  /** How the demo changes the identity policy objects, as an operator would here. */
+  policy: {
+    /** The command shown for applying `yaml` (a file named deny-demo.yaml). */
+    applyCommand: string;
+    deleteCommand: string;
+    apply(yaml: string): Promise<void>;
+    remove(): Promise<void>;
+  };
 }
 
 async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Record<string, string>, dir: string): Promise<ClusterSource> {
@@ -195,18 +217,41 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
   closers.push({ name: "kube-apiserver", close: () => cluster.stop() });
   const state = M.createKubeState(cluster.kubeconfigPath);
   // The shipped RBAC (k8s/namespace.yaml + k8s/rbac.yaml): each service acts as its own ServiceAccount.
-  const { registryKubeconfig, verifierKubeconfig, bearerTokenFile } = await step("applying the shipped RBAC (k8s/rbac.yaml)", async () => {
-    const day = 24 * 3600;
-    const registryKubeconfig = await state.productKubeconfig(cluster, "pod-registry", day);
-    const verifierKubeconfig = await state.productKubeconfig(cluster, "token-verifier", day);
-    const bearerTokenFile = join(dir, "token-verifier-sa.token");
-    writeFileSync(bearerTokenFile, await state.serviceAccountToken(M.PRODUCT_NAMESPACE, "token-verifier", [], day), { mode: 0o600 });
-    return { registryKubeconfig, verifierKubeconfig, bearerTokenFile };
+  const { registryKubeconfig, verifierKubeconfig, gatewayKubeconfig, bearerTokenFile } = await step(
+    "applying the shipped RBAC (k8s/rbac.yaml)",
+    async () => {
+      const day = 24 * 3600;
+      const registryKubeconfig = await state.productKubeconfig(cluster, "pod-registry", day);
+      const verifierKubeconfig = await state.productKubeconfig(cluster, "token-verifier", day);
+      const gatewayKubeconfig = await state.productKubeconfig(cluster, "gateway", day);
+      const bearerTokenFile = join(dir, "token-verifier-sa.token");
+      writeFileSync(bearerTokenFile, await state.serviceAccountToken(M.PRODUCT_NAMESPACE, "token-verifier", [], day), { mode: 0o600 });
+      return { registryKubeconfig, verifierKubeconfig, gatewayKubeconfig, bearerTokenFile };
+    },
+  );
+  const kubectlBin = M.clusterBinaries().kubectl;
+  if (!existsSync(kubectlBin)) throw new Error(`kubectl not found at ${kubectlBin}`);
+  const kubectl = (args: string[], input?: string) => {
+    const p = run(kubectlBin, ["--kubeconfig", cluster.kubeconfigPath, ...args], { cwd: ROOT });
+    if (input !== undefined) p.child.stdin?.end(input);
+    return p;
+  };
+  await step("applying the identity policy CRDs and the default ClusterIdentityPolicy (k8s/crds, k8s/policy)", async () => {
+    await kubectl(["apply", "-f", "k8s/crds/identity-policies.yaml"]);
+    await kubectl([
+      "wait",
+      "--for=condition=Established",
+      "--timeout=60s",
+      "crd/clusteridentitypolicies.identity.k8s-athenz-identity.io",
+      "crd/identitypolicies.identity.k8s-athenz-identity.io",
+    ]);
+    await kubectl(["apply", "-k", "k8s/policy/"]);
   });
   const services = await step("starting token-verifier, pod-registry, csr-inspector, gateway", () =>
     M.startServices({
       logDestination,
-      gatewayEnv,
+      // The gateway watches the policy objects as shipped: POLICY_SOURCE=kubernetes, its own ServiceAccount.
+      gatewayEnv: { ...gatewayEnv, POLICY_SOURCE: "kubernetes", KUBECONFIG: gatewayKubeconfig },
       cluster: {
         kubeConfig: M.loadKubeConfig(registryKubeconfig),
         verifierEnv: {
@@ -227,7 +272,8 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
     detail: [
       `API server      ${cluster.url}  (ready in ${secs(cluster.startupMs[0] ?? 0)})`,
       `admin access    KUBECONFIG=${cluster.kubeconfigPath}${M.clusterBinaries().kubectl && existsSync(M.clusterBinaries().kubectl) ? `  (kubectl: ${M.clusterBinaries().kubectl})` : ""}`,
-      `services act as system:serviceaccount:${M.PRODUCT_NAMESPACE}:{pod-registry,token-verifier} (k8s/rbac.yaml)`,
+      `services act as system:serviceaccount:${M.PRODUCT_NAMESPACE}:{pod-registry,token-verifier,gateway} (k8s/rbac.yaml)`,
+      "identity policy objects: the CRDs of k8s/crds, watched by the gateway (POLICY_SOURCE=kubernetes)",
       "no kubelet/scheduler: the pod's IP is written through pods/status, its token by TokenRequest",
     ],
     services,
@@ -238,11 +284,22 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
       const token = await state.podToken({ namespace: NAMESPACE, serviceAccountName: SERVICE_ACCOUNT, pod: { name: POD_NAME, uid } });
       return { uid, token, source: `TokenRequest (pod-bound, audience ${M.ATHENZ_AUDIENCE}, 1 h), signed by the API server` };
     },
+    policy: {
+      applyCommand: `KUBECONFIG=${cluster.kubeconfigPath} kubectl apply -f deny-demo.yaml`,
+      deleteCommand: `KUBECONFIG=${cluster.kubeconfigPath} kubectl -n ${NAMESPACE} delete identitypolicy deny-demo`,
+      apply: async (yaml) => void (await kubectl(["apply", "-f", "-"], yaml)),
+      remove: async () => void (await kubectl(["-n", NAMESPACE, "delete", "identitypolicy", "deny-demo"])),
+    },
   };
 }
 
-async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Record<string, string>): Promise<ClusterSource> {
-  const s = await step("starting the fake API server, test OIDC signer and the four services", () => M.startStack({ logDestination, gatewayEnv }));
+async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Record<string, string>, dir: string): Promise<ClusterSource> {
+  // No API server to hold the policy objects: the same objects in a file (POLICY_FILE), re-read on change.
+  const policyFile = join(dir, "identity-policies.yaml");
+  writeFileSync(policyFile, DEFAULT_POLICY);
+  const s = await step("starting the fake API server, test OIDC signer and the four services", () =>
+    M.startStack({ logDestination, gatewayEnv: { ...gatewayEnv, POLICY_FILE: policyFile } }),
+  );
   closers.push({ name: "services", close: () => s.close() });
   return {
     label: `${yellow("SIMULATED")} (fake API server + test token signer; no Go binaries needed)`,
@@ -263,6 +320,18 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
       });
       const token = await s.mint(pod);
       return { uid: pod.metadata.uid, token, source: `minted by the test signer with the API server's claims (audience ${M.ATHENZ_AUDIENCE}, 1 h)` };
+    },
+    policy: {
+      applyCommand: `append deny-demo.yaml to ${policyFile} (POLICY_FILE)`,
+      deleteCommand: `remove it from ${policyFile}`,
+      apply: async (yaml) => {
+        writeFileSync(policyFile, `${DEFAULT_POLICY}---\n${yaml}`);
+        s.gateway.reloadPolicy();
+      },
+      remove: async () => {
+        writeFileSync(policyFile, `${DEFAULT_POLICY}\n# deny-demo removed\n`);
+        s.gateway.reloadPolicy();
+      },
     },
   };
 }
@@ -306,6 +375,66 @@ function runSia(env: Record<string, string>): Promise<SiaRun> {
   });
 }
 
+// ---- identity policy demo ----------------------------------------------------------------------
+
+const run = promisify(execFile);
+
+/**
+ * After the certificate: a namespace owner's IdentityPolicy that denies the demo pod, applied as an
+ * operator would; the gateway's explanation names the object, its version and the rule; then it is
+ * removed and the pod is allowed again. Each step waits for the gateway's snapshot swap (an event).
+ */
+async function policyDemo(source: ClusterSource, confirmation: unknown): Promise<void> {
+  const s = source.services;
+  if (!confirmation) return;
+  section("Identity policy: a namespaced deny, then removed");
+  const store = s.gateway.policyObjects;
+  /** Resolves with the time of the first snapshot whose object names satisfy `pred`. */
+  const swapTo = (pred: (names: string[]) => boolean) =>
+    new Promise<number>((resolve) => {
+      const check = () => pred(store.snapshot()?.objects.map((o) => o.ref.name) ?? []);
+      const off = store.subscribe(() => {
+        if (check()) {
+          off();
+          resolve(performance.now());
+        }
+      });
+    });
+  const client = M.createClient(M.IdentityProviderService, M.createConnectTransport({ baseUrl: s.gateway.api.url, httpVersion: "2" }));
+  const explain = async () => {
+    const ex = await client.explainInstance({ confirmation: confirmation as never, operation: M.Operation.REGISTER });
+    const outcome = M.Outcome[ex.decision?.outcome ?? M.Outcome.UNSPECIFIED] ?? "?";
+    row("ExplainInstance", outcome === "ALLOW" ? green(outcome) : red(outcome));
+    const check = ex.checks.find((c) => c.name === "policy");
+    if (check) {
+      const mark = check.outcome === M.CheckOutcome.PASS ? green("✔") : red("✘");
+      out(`      ${mark} policy    ${dim(check.detail)}`);
+      for (const v of check.violations) out(`          ${red(v.code)}: ${v.message}`);
+    }
+    for (const r of ex.policy?.rules ?? []) {
+      const ref = r.policy;
+      out(
+        `      ${dim("rule")} ${ref?.kind} ${ref?.namespace ? `${ref.namespace}/` : ""}${ref?.name}@${ref?.resourceVersion} ${r.rule}: ${M.CheckOutcome[r.outcome]}`,
+      );
+    }
+  };
+  out(
+    DENY_POLICY.trimEnd()
+      .split("\n")
+      .map((l) => `    ${dim("│")} ${l}`)
+      .join("\n"),
+  );
+  const after = (returned: number, swapped: number) => `${Math.max(0, Math.round(swapped - returned))} ms after the command returned`;
+  const applied = swapTo((names) => names.includes("deny-demo"));
+  await step(source.policy.applyCommand, () => source.policy.apply(DENY_POLICY));
+  row("gateway", `new policy snapshot in force ${after(performance.now(), await applied)}`);
+  await explain();
+  const removed = swapTo((names) => !names.includes("deny-demo"));
+  await step(source.policy.deleteCommand, () => source.policy.remove());
+  row("gateway", `new policy snapshot in force ${after(performance.now(), await removed)}`);
+  await explain();
+}
+
 // ---- main --------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
@@ -343,10 +472,10 @@ async function main(): Promise<void> {
       // auto: say so, undo what the attempt started, and go on with the simulated cluster.
       out(yellow(`    the real API server tier did not start: ${(err as Error).message.split("\n")[0]}`));
       for (const c of closers.splice(mark).reverse()) await c.close();
-      source = await simulatedCluster(logs, gatewayEnv);
+      source = await simulatedCluster(logs, gatewayEnv, dir);
     }
   } else {
-    source = await simulatedCluster(logs, gatewayEnv);
+    source = await simulatedCluster(logs, gatewayEnv, dir);
   }
   const s = source.services;
   zts.setProvider({ name: M.PROVIDER, endpoint: s.endpoint, dnsSuffixes: [M.DNS_SUFFIX], caPem: s.pki.athenzCa.certPem });
@@ -461,6 +590,8 @@ async function main(): Promise<void> {
   row("files", files.cert);
   row("", `${files.key}  ${dim("(0600)")}`);
   row("", files.ca);
+
+  await policyDemo(source, confirmation);
 
   section("Try it");
   const cli = relative(process.cwd(), CLI) || CLI;

@@ -213,7 +213,13 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     const deployments = JSON.parse((await kubectl(["get", "deployments", "-n", NS, "-o", "json"])).stdout) as {
       items: Array<{ metadata: { name: string }; spec: { replicas: number; template: { spec: PodSpec & { serviceAccountName: string } } } }>;
     };
-    assert.deepEqual(deployments.items.map((d) => d.metadata.name).sort(), ["admission", "csr-inspector", "gateway", "pod-registry", "token-verifier"]);
+    assert.deepEqual(deployments.items.map((d) => d.metadata.name).sort(), [
+      "admission",
+      "csr-inspector",
+      "gateway",
+      "pod-registry",
+      "token-verifier",
+    ]);
     for (const d of deployments.items) {
       assert.equal(d.spec.template.spec.serviceAccountName, d.metadata.name, `${d.metadata.name} runs as its own ServiceAccount`);
       assert.ok(d.spec.replicas >= 2);

@@ -64,6 +64,10 @@ function assertMinted(out: string): void {
   assert.match(out, /URI:spiffe:\/\/sandbox-demo\/sa\/demo/);
   assert.match(out, /issuer\s+CN=ZTS stand-in signer CA/);
   assert.match(out, /✔ certificate minted for sandbox-demo\.demo/);
+  // After the certificate: a namespaced deny, explained with its object, version and rule, then removed.
+  assert.match(out, /ExplainInstance\s+DENY\n\s+✘ policy .*IdentityPolicy sandbox-demo\/deny-demo@\S+/);
+  assert.match(out, /ERR_POLICY_RULE_DENIED: IdentityPolicy sandbox-demo\/deny-demo@\S+ rule not-the-demo-app: the demo app gets no identity/);
+  assert.match(out, /ExplainInstance\s+ALLOW\n\s+✔ policy .*ClusterIdentityPolicy default@/);
 }
 
 const workDir = (out: string) => /\((\/\S+) is removed on exit/.exec(out)?.[1];
