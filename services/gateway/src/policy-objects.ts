@@ -15,6 +15,7 @@
  *
  * `ready` is false until the first snapshot is loaded (/readyz stays unready until then).
  */
+import { createHash } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
 import {
   CLUSTER_KIND,
@@ -87,9 +88,12 @@ export function readPolicyFile(file: string): { objects: unknown[]; namespaces: 
     }
     if (d.kind !== CLUSTER_KIND && d.kind !== NAMESPACED_KIND)
       throw new Error(`document ${i + 1}: kind ${String(d.kind)} is not a policy object or a Namespace`);
-    // A file has no API server to stamp versions: the document's position and content stand in.
+    // A file has no API server to stamp versions: the document's content does (a changed object is
+    // compiled again, an unchanged one is not), under a uid made of its kind, namespace and name.
     const m = isRecord(d.metadata) ? d.metadata : {};
-    objects.push({ ...d, metadata: { uid: `file-${i}`, resourceVersion: `file-${i}`, generation: 0, ...m } });
+    const version = `file-${createHash("sha256").update(JSON.stringify(d)).digest("hex").slice(0, 10)}`;
+    const uid = `file:${String(d.kind)}/${String(m.namespace ?? "")}/${String(m.name ?? i)}`;
+    objects.push({ ...d, metadata: { ...m, uid, resourceVersion: version, generation: 0 } });
   });
   return { objects, namespaces };
 }
