@@ -47,10 +47,8 @@ describe("policy objects from a file (POLICY_SOURCE=file)", () => {
     writeFileSync(file, "apiVersion: v1\nkind: Namespace\nmetadata: { name: team-a, labels: { tier: prod } }\n");
     const r = readPolicyFile(file);
     assert.deepEqual(r.namespaces.get("team-a"), { "kubernetes.io/metadata.name": "team-a", tier: "prod" });
-    assert.throws(
-      () => readPolicyFile((writeFileSync(file, "kind: ConfigMap\nmetadata: { name: x }\n"), file)),
-      /not a policy object or a Namespace/,
-    );
+    writeFileSync(file, "kind: ConfigMap\nmetadata: { name: x }\n");
+    assert.throws(() => readPolicyFile(file), /not a policy object or a Namespace/);
   });
 
   it("refuses a broken file at start (a bad setting), and keeps the objects in force when it breaks later", async () => {
