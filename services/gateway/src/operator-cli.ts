@@ -135,6 +135,12 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
             io.out(`  ${CheckOutcome[c.outcome].padEnd(7)} ${c.name.padEnd(9)} ${ms ? `${ms.toFixed(1)}ms ` : ""}${c.detail}\n`);
             for (const v of c.violations) io.out(`            ${v.code}: ${v.message}${v.field ? ` (${v.field})` : ""}\n`);
           }
+          // The identity policy objects that applied (with their versions) and each rule's outcome.
+          for (const r of res.policy?.rules ?? []) {
+            const ref = r.policy;
+            const name = `${ref?.kind} ${ref?.namespace ? `${ref.namespace}/` : ""}${ref?.name}@${ref?.resourceVersion}`;
+            io.out(`  rule    ${CheckOutcome[r.outcome].padEnd(7)} ${name} ${r.rule}${r.message ? `: ${r.message}` : ""}\n`);
+          }
           if (res.decision?.confirmation) io.out(`  attributes: ${JSON.stringify(res.decision.confirmation.attributes)}\n`);
         }
         return res.decision?.outcome === Outcome.ALLOW ? 0 : 1;
