@@ -235,6 +235,24 @@ describe("invalid objects", () => {
   });
 });
 
+describe("cost across objects", () => {
+  it("denies without running the rules when the objects that apply to a pod cost too much together", () => {
+    // Each object is under its own limit; a namespace owner can still create many of them.
+    const heavy = (i: number) =>
+      namespacedPolicy("team-a", `heavy-${i}`, {
+        rules: Array.from({ length: 10 }, (_, j) => rule(`r${j}`, 'request.attributes["sanDNS"].split(",").all(n, n.endsWith(".example.com"))')),
+      });
+    const objects = Array.from({ length: 8 }, (_, i) => heavy(i));
+    const s = snapshot(allowAll, ...objects);
+    assert.ok(s.objects.every((o) => o.valid && o.cost <= 1_000_000));
+    const v = s.evaluate(policyInput());
+    assert.deepEqual(codes(v), ["ERR_POLICY_COST_LIMIT"]);
+    assert.ok(v.rules.every((r) => r.outcome === "error"));
+    // Other namespaces are not affected.
+    assert.deepEqual(codes(s.evaluate(policyInput({ namespace: "team-b" }))), []);
+  });
+});
+
 describe("compileObjects", () => {
   it("compiles a spec version (generation) once and carries the current resourceVersion", () => {
     const cache = new Map();

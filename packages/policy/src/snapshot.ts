@@ -44,6 +44,12 @@ import { matchesSelector } from "./selector.js";
 
 /** Sum of one object's rule cost bounds. */
 export const OBJECT_COST_LIMIT = 1_000_000;
+/**
+ * Sum of the cost bounds of every object that applies to one pod. Each object is bounded when it is
+ * applied, but their number is not (a namespace owner can create many): past this bound the pod is
+ * denied without running the rules, so no set of objects can make one decision expensive.
+ */
+export const DECISION_COST_LIMIT = 2_000_000;
 
 /** The settings' values: what applies with no ClusterIdentityPolicy, and the ceiling of every cap. */
 export interface PolicyDefaults {
@@ -250,6 +256,17 @@ export function createSnapshot(objects: readonly CompiledObject[], defaults: Pol
         violation(ViolationCode.PolicyNotSelected, "no ClusterIdentityPolicy selects this pod (namespace, service account or pod labels)", ""),
       );
     }
+    const cost = applying.reduce((sum, o) => sum + o.cost, 0);
+    const overBudget = cost > DECISION_COST_LIMIT;
+    if (overBudget) {
+      violations.push(
+        violation(
+          ViolationCode.PolicyCostLimit,
+          `the ${applying.length} policy objects that apply to this pod cost ${cost} together, over the limit ${DECISION_COST_LIMIT}; their rules were not run`,
+          "",
+        ),
+      );
+    }
 
     let usageSeen = new Set<"client" | "server">(defaults.usage ? [defaults.usage] : []);
     let activation: Activation | undefined;
@@ -295,6 +312,11 @@ export function createSnapshot(objects: readonly CompiledObject[], defaults: Pol
       if (o.ref.kind === CLUSTER_KIND && spec.clientIP)
         clientIp.push({ source: o.ref, rule: spec.clientIP.rule, proxyCidrs: spec.clientIP.proxyCidrs ?? [] });
       if (o.rules.length === 0) continue;
+      if (overBudget) {
+        for (const r of o.rules)
+          rules.push({ policy: o.ref, rule: r.name, outcome: "error", message: "not run: the objects' cost limit is exceeded" });
+        continue;
+      }
       if (!activation && !activationFailed) {
         const a = buildActivation(input);
         if (a.kind === "ok") activation = a.activation;

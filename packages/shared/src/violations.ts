@@ -54,6 +54,7 @@ export const ViolationCode = {
   PolicyTokenTooOld: "ERR_POLICY_TOKEN_TOO_OLD",
   PolicyCertUsageConflict: "ERR_POLICY_CERT_USAGE_CONFLICT",
   PolicyInputTooLarge: "ERR_POLICY_INPUT_TOO_LARGE",
+  PolicyCostLimit: "ERR_POLICY_COST_LIMIT",
 } as const;
 export type ViolationCode = (typeof ViolationCode)[keyof typeof ViolationCode];
 
