@@ -12,6 +12,7 @@
  *
  * What each service gets (all local, real TLS and keys from openssl / node:crypto):
  *   gateway        TLS cert with CN = PROVIDER_SERVICE, an Athenz CA bundle, ALLOWED_ZTS_CNS
+ *   admission      a serving TLS certificate
  *   token-verifier VERIFIER_MODE=jwks with a static JWKS file
  *   pod-registry   a kubeconfig to a tiny in-process API server answering the pod list and watch
  *   csr-inspector  DNS_SUFFIXES
@@ -254,6 +255,8 @@ async function fixtures(dir: string): Promise<Fixtures> {
   const serverCa = createCa(pki, "gateway-ca", "check gateway CA");
   const gwCert = issueCert(pki, "gateway", serverCa, { cn: provider, dns: ["localhost"], ips: ["127.0.0.1"], usage: "server" });
   const athenzCa = createCa(pki, "athenz-ca", "check Athenz CA");
+  // admission: a serving certificate (the API server calls webhooks over https only).
+  const admissionCert = issueCert(pki, "admission", serverCa, { cn: "admission.athenz-identity.svc", ips: ["127.0.0.1"], usage: "server" });
 
   // token-verifier: a static JWKS.
   const { publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
@@ -310,6 +313,8 @@ async function fixtures(dir: string): Promise<Fixtures> {
     ci: await freePort(),
     ciAdmin: await freePort(),
     sia: await freePort(),
+    ad: await freePort(),
+    adAdmin: await freePort(),
   };
   const host = { HOST: "127.0.0.1", LOG_LEVEL: "warn" };
   return {
@@ -337,6 +342,7 @@ async function fixtures(dir: string): Promise<Fixtures> {
       },
       "pod-registry": { ...host, PORT: `${p.pr}`, ADMIN_PORT: `${p.prAdmin}`, KUBECONFIG: kubeconfig, POD_NAME: "pod-registry-check" },
       "csr-inspector": { ...host, PORT: `${p.ci}`, ADMIN_PORT: `${p.ciAdmin}`, DNS_SUFFIXES: "check.example.com" },
+      admission: { ...host, PORT: `${p.ad}`, ADMIN_PORT: `${p.adAdmin}`, TLS_CERT_FILE: admissionCert.certFile, TLS_KEY_FILE: admissionCert.keyFile },
       sia: {
         MODE: "run",
         LOG_LEVEL: "warn",
@@ -359,8 +365,22 @@ async function fixtures(dir: string): Promise<Fixtures> {
       },
     },
     // The SIA's /healthz is 200 only once it holds a certificate from ZTS: the strongest check.
-    ready: { gateway: "/readyz", "token-verifier": "/readyz", "pod-registry": "/readyz", "csr-inspector": "/readyz", sia: undefined },
-    adminPort: { gateway: p.gwAdmin, "token-verifier": p.tvAdmin, "pod-registry": p.prAdmin, "csr-inspector": p.ciAdmin, sia: p.sia },
+    ready: {
+      gateway: "/readyz",
+      "token-verifier": "/readyz",
+      "pod-registry": "/readyz",
+      "csr-inspector": "/readyz",
+      admission: "/readyz",
+      sia: undefined,
+    },
+    adminPort: {
+      gateway: p.gwAdmin,
+      "token-verifier": p.tvAdmin,
+      "pod-registry": p.prAdmin,
+      "csr-inspector": p.ciAdmin,
+      admission: p.adAdmin,
+      sia: p.sia,
+    },
     async close() {
       await kube.close();
       await zts.close();
