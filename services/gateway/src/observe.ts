@@ -54,6 +54,9 @@ export interface Unvalidated {
   sha256: string;
 }
 
+/** Most rule outcomes one audit line lists (failures first); the total is written when there are more. */
+export const MAX_AUDIT_RULES = 64;
+
 /** Longest free text (a reason, a violation message, a client CN) written to the audit log. */
 export const MAX_AUDIT_TEXT = 256;
 
@@ -131,7 +134,12 @@ export function createGatewayObserver(o: { logger: Logger; registry: Registry })
           ? {
               policySnapshot: r.policy.snapshotVersion,
               policyObjects: r.policy.applied.map((p) => `${p.kind}/${p.namespace ? `${p.namespace}/` : ""}${p.name}@${p.resourceVersion}`),
-              policyRules: r.policy.rules.map((x) => `${x.policy.namespace ? `${x.policy.namespace}/` : ""}${x.policy.name}#${x.rule}=${x.outcome}`),
+              // Bounded: the failed and erroring rules first (they decided), then the passing ones.
+              policyRules: [...r.policy.rules]
+                .sort((a, b) => Number(a.outcome === "pass") - Number(b.outcome === "pass"))
+                .slice(0, MAX_AUDIT_RULES)
+                .map((x) => `${x.policy.namespace ? `${x.policy.namespace}/` : ""}${x.policy.name}#${x.rule}=${x.outcome}`),
+              ...(r.policy.rules.length > MAX_AUDIT_RULES ? { policyRulesTotal: r.policy.rules.length } : {}),
             }
           : {}),
       };
