@@ -115,6 +115,11 @@ describe("parsePolicyObject", () => {
     }
   });
 
+  it("accepts service accounts named <domain>.<service> (SERVICE_ACCOUNT_FORM=domain.service)", () => {
+    assert.equal(parsePolicyObject(clusterPolicy("p", { serviceAccountNames: ["sports.api", "web"] })).kind, "valid");
+    assert.equal(parsePolicyObject(clusterPolicy("p", { serviceAccountNames: ["Sports_API"] })).kind, "invalid");
+  });
+
   it("refuses in an IdentityPolicy every field that could allow more", () => {
     for (const field of ["namespaceSelector", "clientIP", "extraDnsNames"]) {
       const r = parsePolicyObject(namespacedPolicy("team-a", "p", { [field]: {} }));

@@ -128,7 +128,10 @@ export interface SpecProblem {
 
 export type ParseResult = { kind: "valid"; object: PolicyObject } | { kind: "invalid"; ref?: PolicyRef; problems: SpecProblem[] };
 
+/** A DNS label (namespace names). */
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+/** A DNS subdomain (service account names: "domain.service" under SERVICE_ACCOUNT_FORM=domain.service). */
+const SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const RULE_NAME = /^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 const LABEL_KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
@@ -254,7 +257,7 @@ function commonSpec(c: Checker, spec: Record<string, unknown>): CommonSpec {
   const out: CommonSpec = {};
   const ps = selector(c, spec, "podSelector", "spec");
   if (ps) out.podSelector = ps;
-  const sa = c.strings(spec, "serviceAccountNames", "spec", LIMITS.serviceAccountNames, NAME, "a service account name", 253);
+  const sa = c.strings(spec, "serviceAccountNames", "spec", LIMITS.serviceAccountNames, SUBDOMAIN, "a service account name", 253);
   if (sa) out.serviceAccountNames = sa;
   const certs = c.list(spec, "certificates", "spec", LIMITS.certificates);
   if (certs) {
