@@ -240,6 +240,12 @@ describe("ZTS stand-in, faithful to ZTS", () => {
     const p = zts.issueClientCert("provider-principal", PROVIDER);
     assert.equal((await call(zts, "DELETE", PATH, undefined, { cert: p.certPem, key: p.keyPem })).status, 204);
     assert.equal((await call(zts, "POST", PATH, { attestationData: "t", csr: csrPem }, held)).status, 403, "no record after delete");
+    assert.equal((await call(zts, "DELETE", PATH, undefined, { cert: p.certPem, key: p.keyPem })).status, 204, "again: 204, as ZTS answers");
+    assert.deepEqual(zts.deletes.slice(-3), [
+      { path: PATH, principal: "sports.api", status: 403, removed: false },
+      { path: PATH, principal: PROVIDER, status: 204, removed: true },
+      { path: PATH, principal: PROVIDER, status: 204, removed: false },
+    ]);
   });
 
   it("with an intermediate signer, a refresh must present the chain (ZTS trusts the root only)", async () => {

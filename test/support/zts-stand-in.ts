@@ -149,6 +149,8 @@ export interface ZtsStandIn {
   failNext(n: number, status: 504 | 403 | 429 | 500, message?: string): void;
   /** A client certificate from the stand-in's CA, e.g. CN = a provider name for DELETE. */
   issueClientCert(name: string, cn: string): Pem;
+  /** Every DELETE, oldest first: the caller's principal, the answer, and whether a record was removed. */
+  readonly deletes: ReadonlyArray<{ path: string; principal: string; status: number; removed: boolean }>;
   /** Adds or replaces a provider. */
   setProvider(p: StandInProvider): void;
   /** Changes (or clears) the clientIP override. */
@@ -200,6 +202,7 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
   const signerChainPem = opts.intermediateSigner ? signer.pem + signerRoot.certPem : signer.pem;
   const calls: StandInCalls = { register: 0, refresh: 0, delete: 0, provider: 0, forced: 0 };
   const confirmations: InstanceConfirmation[] = [];
+  const deletes: Array<{ path: string; principal: string; status: number; removed: boolean }> = [];
   let forced: { n: number; status: number; message: string } | undefined;
   let clientIpOverride = opts.clientIpOverride;
   const route = opts.routes?.({ signerCa: signerCaPemFiles, now });
@@ -322,9 +325,11 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
         calls.delete++;
         // deleteInstanceIdentity: the provider itself (or a delete grant, not modelled), never the instance.
         if (held.principal.toLowerCase() !== provider.toLowerCase()) {
+          deletes.push({ path: url.pathname, principal: held.principal, status: 403, removed: false });
           throw new HttpError(403, "principal not authorized to delete the requested instance record");
         }
-        instances.delete(key);
+        // 204 whether or not there was a record: ZTS ignores deleteX509CertRecord's result.
+        deletes.push({ path: url.pathname, principal: held.principal, status: 204, removed: instances.delete(key) });
         res.writeHead(204).end();
         return;
       }
@@ -439,6 +444,7 @@ export async function startZtsStandIn(opts: ZtsStandInOptions): Promise<ZtsStand
       }[status];
       forced = { n, status, message: message ?? text };
     },
+    deletes,
     issueClientCert(name, cn) {
       return issueCert(opts.dir, name, ztsCa, { cn, usage: "client" });
     },
