@@ -3,6 +3,7 @@ import { DEFAULT_NAMING_RULE, NAMING_RULE_SUMMARY, NAMING_RULES, type NamingRule
 import { CLIENT_IP_RULES, type ClientIpRule } from "@k8s-athenz-identity/identity/san";
 import { bool, type ConfigOf, duration, int, list, oneOf, optionalStr, port, serverSettings, str } from "@k8s-athenz-identity/shared";
 import { podEventSettings } from "./events.js";
+import { revocationSettings } from "./revocation/revocation.js";
 
 const URL_PATTERN = /^https?:\/\/[^\s/]+(\/[^\s]*)?$/;
 
@@ -173,6 +174,7 @@ export const gatewaySpec = {
     maxMs: 30_000,
   }),
   ...podEventSettings,
+  ...revocationSettings,
 };
 
 export type GatewayConfig = ConfigOf<typeof gatewaySpec>;

@@ -28,8 +28,8 @@ export interface GatewayObserver {
 
 /** Every deny-reason code we know: a code from elsewhere (a dependency's answer) is labelled "other". */
 const KNOWN_CODES: ReadonlySet<string> = new Set(Object.values(ViolationCode));
-/** The decision engine's check names (decision.ts); anything else is labelled "other". */
-const CHECK_NAMES: ReadonlySet<string> = new Set(["request", "token", "identity", "pod", "ips", "csr", "policy"]);
+/** The decision engine's check names (decision.ts), and "record" (revocation's instance record); anything else is labelled "other". */
+const CHECK_NAMES: ReadonlySet<string> = new Set(["request", "token", "identity", "pod", "ips", "csr", "policy", "record"]);
 /** The endpoints a decision or a refusal comes from (see {@link DecisionContext}). */
 const ENDPOINTS: ReadonlySet<string> = new Set(["instance", "refresh", "confirm", "refresh-api", "explain", "other"]);
 

@@ -6,7 +6,7 @@
  */
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { createClient, type Transport } from "@connectrpc/connect";
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
 import { PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
 import { TokenVerifierService } from "@k8s-athenz-identity/api/token_verifier";
@@ -27,6 +27,7 @@ import { podEventsFromConfig, withPodEvents } from "./events.js";
 import { createGatewayObserver, createPolicyObserver } from "./observe.js";
 import { createPolicyStore, type Policy, PolicyError, type PolicyStore } from "./policy.js";
 import { type PolicyObjectsStore, startPolicyObjects } from "./policy-objects.js";
+import { type Revocation, type RevocationTiming, startRevocation, withInstanceRecords } from "./revocation/revocation.js";
 
 export interface RunningGateway extends ServiceHandle {
   /** The ZTS endpoint (https, or http behind the development flag). */
@@ -40,6 +41,8 @@ export interface RunningGateway extends ServiceHandle {
   readonly registry: Registry;
   /** Re-reads the policy objects file now (the periodic check does the same). Returns whether the objects changed. */
   reloadPolicy(): boolean;
+  /** Revocation when the pod dies (REVOCATION=true), else undefined. */
+  readonly revocation: Revocation | undefined;
 }
 
 /** Connect transports to the gateway's three dependencies; each one given replaces the client its *_URL setting would build. */
@@ -61,6 +64,8 @@ export interface GatewayDeps {
   dependencies?: Dependencies;
   /** Decision metrics and the ZTS port's RPC metrics. Default: a new registry labelled service="gateway". */
   registry?: Registry;
+  /** Revocation's backoff and re-check delays (tests shorten them). */
+  revocationTiming?: RevocationTiming;
 }
 
 function certCn(file: string): string {
@@ -153,11 +158,14 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     return c.client;
   };
   const t = deps.transports ?? {};
+  // One registry client for the decisions and revocation's feed (made only when one of them needs it).
+  let podRegistryClient: Client<typeof PodRegistryService> | undefined;
+  const podRegistry = () => (podRegistryClient ??= clientOf(PodRegistryService, t.podRegistry, config.podRegistryUrl));
   const dependencies =
     deps.dependencies ??
     createConnectDependencies({
       tokenVerifier: clientOf(TokenVerifierService, t.tokenVerifier, config.tokenVerifierUrl),
-      podRegistry: clientOf(PodRegistryService, t.podRegistry, config.podRegistryUrl),
+      podRegistry: podRegistry(),
       csrInspector: clientOf(CsrInspectorService, t.csrInspector, config.csrInspectorUrl),
     });
 
@@ -192,6 +200,16 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     policyObjects,
   });
   const reloadPolicy = () => policyObjects.reload();
+  let revocation: Revocation | undefined;
+  try {
+    revocation = startRevocation({ config, provider: policy.get().provider, podRegistry, logger, registry, timing: deps.revocationTiming });
+  } catch (err) {
+    await policyObjects.close();
+    closeClients();
+    throw err;
+  }
+  // ZTS's endpoint records what it confirms, so that the DELETE can follow the pod.
+  const ztsEngine = revocation ? withInstanceRecords(engine, revocation, logger) : engine;
   let zts: RunningServer;
   let api: RunningServer;
   try {
@@ -212,10 +230,11 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         detail: { provider: policy.get().provider, policySource, policySnapshot: policyObjects.snapshot()?.version ?? null },
       }),
       shutdownTimeoutMs: config.shutdownTimeout,
-      fallback: createCopperArgosHandler({ engine, policy, observer, logger, prefix: config.urlPrefix, requireClientCert: mtls }),
+      fallback: createCopperArgosHandler({ engine: ztsEngine, policy, observer, logger, prefix: config.urlPrefix, requireClientCert: mtls }),
     });
   } catch (err) {
     await policyObjects.close();
+    await revocation?.close();
     closeClients();
     throw err;
   }
@@ -235,6 +254,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
   } catch (err) {
     await policyObjects.close();
     await zts.close();
+    await revocation?.close();
     closeClients();
     throw err;
   }
@@ -247,8 +267,11 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     engine,
     registry,
     reloadPolicy,
+    revocation,
     async close() {
       await Promise.all([zts.close(), api.close()]);
+      // After the servers: no confirmation is left to record. The leader releases its Lease.
+      await revocation?.close();
       await policyObjects.close();
       await observer.flush();
       closeClients();
