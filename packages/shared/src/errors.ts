@@ -13,6 +13,8 @@ export const ErrorCode = {
   DeadlineExceeded: "ERR_DEADLINE_EXCEEDED",
   /** The service is not ready to answer correctly yet (keys not loaded, cache not synced). */
   NotReady: "ERR_NOT_READY",
+  /** The caller did not prove who it is (no credential, or one that does not authenticate). */
+  Unauthenticated: "ERR_UNAUTHENTICATED",
   /** The caller is not allowed to make this call. */
   PermissionDenied: "ERR_PERMISSION_DENIED",
   /** Something we did not expect; the cause is logged, never sent. */
@@ -26,6 +28,7 @@ const connectCodeOf: Record<ErrorCode, Code> = {
   [ErrorCode.DeadlineExceeded]: Code.DeadlineExceeded,
   // Not ready is a transient condition the caller should retry, exactly like a dependency outage.
   [ErrorCode.NotReady]: Code.Unavailable,
+  [ErrorCode.Unauthenticated]: Code.Unauthenticated,
   [ErrorCode.PermissionDenied]: Code.PermissionDenied,
   [ErrorCode.Internal]: Code.Internal,
 };
