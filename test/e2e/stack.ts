@@ -272,6 +272,9 @@ export async function startServices(opts: ServicesOptions): Promise<Services> {
       DECISION_TIMEOUT: "3s",
       POD_WAIT: "300ms",
       SHUTDOWN_TIMEOUT: "1s",
+      // The simulated cluster answers no TokenReview/SubjectAccessReview: the API is open here; the
+      // real API server tier covers its authentication (test/cluster/api-auth.test.ts).
+      API_AUTH: "none",
       ...opts.gatewayEnv,
       ...extra,
     });

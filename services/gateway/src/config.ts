@@ -2,6 +2,7 @@
 import { DEFAULT_NAMING_RULE, NAMING_RULE_SUMMARY, NAMING_RULES, type NamingRule } from "@k8s-athenz-identity/identity/naming";
 import { CLIENT_IP_RULES, type ClientIpRule } from "@k8s-athenz-identity/identity/san";
 import { bool, type ConfigOf, duration, int, list, oneOf, optionalStr, port, serverSettings, str } from "@k8s-athenz-identity/shared";
+import { apiAuthSettings } from "./api-auth.js";
 import { podEventSettings } from "./events.js";
 import { revocationSettings } from "./revocation/revocation.js";
 
@@ -175,6 +176,7 @@ export const gatewaySpec = {
   }),
   ...podEventSettings,
   ...revocationSettings,
+  ...apiAuthSettings,
 };
 
 export type GatewayConfig = ConfigOf<typeof gatewaySpec>;

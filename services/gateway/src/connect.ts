@@ -12,6 +12,7 @@ import {
   PolicyEvaluationSchema,
 } from "@k8s-athenz-identity/api/identity_provider";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared";
+import { apiCallerKey } from "./api-auth.js";
 import { CheckOutcome, type Confirmation, type DecisionEngine, type DecisionResult, Operation } from "./decision.js";
 import type { GatewayObserver } from "./observe.js";
 
@@ -60,7 +61,8 @@ export function identityProviderRoutes(o: IdentityProviderRoutesOptions): (route
   const run = async (endpoint: string, operation: Operation, c: InstanceConfirmation | undefined, ctx: HandlerContext) => {
     const confirmation = toConfirmation(c);
     const result = await o.engine.decide(operation, confirmation, ctx.signal);
-    o.observer.decision({ endpoint, clientCn: "" }, confirmation, result);
+    // The audit line names who asked: the API caller's Kubernetes user (empty with API_AUTH=none).
+    o.observer.decision({ endpoint, clientCn: ctx.values.get(apiCallerKey)?.username ?? "" }, confirmation, result);
     return result;
   };
   return (router) =>

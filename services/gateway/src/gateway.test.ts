@@ -105,6 +105,8 @@ describe("gateway over mutual TLS (dependencies faked)", () => {
         ADMIN_PORT: "0",
         API_PORT: "0",
         API_ADMIN_PORT: "0",
+        // The Connect API is called below without credentials (api-auth.test.ts covers them).
+        API_AUTH: "none",
         TLS_CERT_FILE: server.certFile,
         TLS_KEY_FILE: server.keyFile,
         TLS_CLIENT_CA_FILE: athenzCa.certFile,

@@ -15,7 +15,7 @@ import { type Confirmation, type DecisionResult, Outcome } from "./decision.js";
 export interface DecisionContext {
   /** "instance" or "refresh" (ZTS), "confirm", "refresh-api" or "explain" (Connect API). */
   endpoint: string;
-  /** CN of the ZTS client certificate; empty on the Connect API. */
+  /** CN of the ZTS client certificate; on the Connect API, the caller's Kubernetes user (empty with API_AUTH=none). */
   clientCn: string;
 }
 

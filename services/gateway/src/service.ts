@@ -6,7 +6,7 @@
  */
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
 import { PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
 import { TokenVerifierService } from "@k8s-athenz-identity/api/token_verifier";
@@ -18,6 +18,7 @@ import { createMetricsRegistry } from "@k8s-athenz-identity/shared/metrics";
 import { defineService, type ServiceHandle } from "@k8s-athenz-identity/shared/runner";
 import { type RunningServer, startServiceServer, tlsFromSettings } from "@k8s-athenz-identity/shared/server";
 import type { Registry } from "prom-client";
+import { apiAuthInterceptor, createApiAuth, kubeReviews } from "./api-auth.js";
 import { type GatewayConfig, gatewaySpec, policyFromConfig, policySourceOf, settingOfPolicyField } from "./config.js";
 import { identityProviderRoutes } from "./connect.js";
 import { createCopperArgosHandler } from "./copper-argos.js";
@@ -200,6 +201,34 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     policyObjects,
   });
   const reloadPolicy = () => policyObjects.reload();
+  // Its own registry: both servers register the same RPC metric names.
+  const apiRegistry = createMetricsRegistry("gateway-api", { defaultMetrics: false });
+  const apiInterceptors: Interceptor[] = [];
+  if (config.apiAuth === "kubernetes") {
+    let kc: ReturnType<typeof loadKubeConfig>;
+    try {
+      kc = kubeConfig ?? loadKubeConfig(config.kubeconfig);
+    } catch (err) {
+      await policyObjects.close();
+      closeClients();
+      throw new ConfigError("--kubeconfig/KUBECONFIG", `cannot load (API_AUTH=kubernetes reviews the API's callers): ${(err as Error).message}`);
+    }
+    const auth = createApiAuth({
+      reviews: kubeReviews(kc),
+      audience: config.apiAudience,
+      provider: () => policy.get().provider,
+      cacheTtlMs: config.apiAuthCacheTtl,
+      cacheSize: config.apiAuthCacheSize,
+      logger,
+      registry: apiRegistry,
+    });
+    apiInterceptors.push(apiAuthInterceptor(auth));
+  } else {
+    logger.warn(
+      { apiAuth: "none" },
+      "!!! API_AUTH=none: anyone who reaches the IdentityProviderService API may use it. DEVELOPMENT ONLY, never in a real cluster !!!",
+    );
+  }
   let revocation: Revocation | undefined;
   try {
     revocation = startRevocation({ config, provider: policy.get().provider, podRegistry, logger, registry, timing: deps.revocationTiming });
@@ -246,8 +275,8 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
       port: config.apiPort,
       adminPort: config.apiAdminPort,
       logger,
-      // Its own registry: both servers register the same RPC metric names.
-      registry: createMetricsRegistry("gateway-api", { defaultMetrics: false }),
+      registry: apiRegistry,
+      interceptors: apiInterceptors,
       readiness: () => ({ ready: true }),
       shutdownTimeoutMs: config.shutdownTimeout,
     });
