@@ -7,10 +7,12 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { toJson } from "@bufbuild/protobuf";
-import { ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { CheckOutcome, ExplainInstanceResponseSchema, IdentityProviderService, Operation, Outcome } from "@k8s-athenz-identity/api/identity_provider";
 import { FindPodResponseSchema, GetPodResponseSchema, GetStatusResponseSchema, PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
+import { API_GROUP, API_RESOURCE, DEFAULT_API_AUDIENCE } from "./api-auth.js";
+import { apiToken, TOKEN_LIFETIME_SECONDS, TokenError } from "./api-token.js";
 import { runAthenzSetup } from "./athenz-setup.js";
 import { parseConfirmation } from "./copper-argos.js";
 
@@ -25,12 +27,22 @@ Usage:
 
 Flags:
   --gateway-url <url>        gateway Connect API (env GATEWAY_API_URL, default http://127.0.0.1:8084)
+  --service-account <ns>/<name>  explain as this ServiceAccount: the CLI asks the API server for a token
+                             (TokenRequest, as kubectl create token --audience) with your kubeconfig's
+                             credentials (env GATEWAY_API_SERVICE_ACCOUNT), e.g. athenz-identity/operator
+  --token-file <path>        or send the token in this file (env GATEWAY_API_TOKEN_FILE)
+  --audience <aud>           audience of that token (env GATEWAY_API_AUDIENCE, default ${DEFAULT_API_AUDIENCE})
+  --kubeconfig <path>        kubeconfig for the TokenRequest (env KUBECONFIG, then ~/.kube/config, in-cluster)
   --pod-registry-url <url>   pod-registry Connect API (env POD_REGISTRY_URL, default http://127.0.0.1:8082)
   --timeout <ms>             per-call deadline (default 10000)
   --json                     print the raw answer as JSON
   -h, --help                 this help
 
 Exit status: 0 allowed/found, 1 denied/not found/retry, 2 usage error, 3 call failed.
+
+The gateway's API accepts only a token minted for its audience, of a user allowed the verb explain on
+${API_RESOURCE}.${API_GROUP} (k8s/rbac.yaml: ClusterRole athenz-identity-operator, bound to the
+ServiceAccount athenz-identity/operator). A ${TOKEN_LIFETIME_SECONDS / 60}-minute token is minted per run and never stored.
 `;
 
 class UsageError extends Error {}
@@ -50,6 +62,10 @@ function parseCliArgs(argv: readonly string[]): Parsed {
       options: {
         "gateway-url": { type: "string" },
         "pod-registry-url": { type: "string" },
+        "service-account": { type: "string" },
+        "token-file": { type: "string" },
+        audience: { type: "string" },
+        kubeconfig: { type: "string" },
         timeout: { type: "string" },
         refresh: { type: "boolean" },
         json: { type: "boolean" },
@@ -100,9 +116,24 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     io.err("athenz-identity: --timeout must be a positive number of milliseconds\n");
     return 2;
   }
-  const transport = (url: string) => {
+  const transport = (url: string, interceptors: Interceptor[] = []) => {
     if (!/^https?:\/\/\S+$/.test(url)) throw new UsageError(`not a URL: ${url}`);
-    return createConnectTransport({ baseUrl: url, httpVersion: "2", defaultTimeoutMs: timeout });
+    return createConnectTransport({ baseUrl: url, httpVersion: "2", defaultTimeoutMs: timeout, interceptors });
+  };
+  const tokenOptions = {
+    tokenFile: p.flags.get("token-file") ?? io.env.GATEWAY_API_TOKEN_FILE,
+    serviceAccount: p.flags.get("service-account") ?? io.env.GATEWAY_API_SERVICE_ACCOUNT,
+    audience: p.flags.get("audience") ?? io.env.GATEWAY_API_AUDIENCE ?? DEFAULT_API_AUDIENCE,
+    kubeconfig: p.flags.get("kubeconfig") ?? io.env.KUBECONFIG,
+  };
+  /** The gateway transport, with the bearer token when the flags say how to get one. */
+  const gatewayTransport = async (url: string) => {
+    const token = await apiToken(tokenOptions);
+    const bearer: Interceptor = (next) => (req) => {
+      req.header.set("authorization", `Bearer ${token}`);
+      return next(req);
+    };
+    return { transport: transport(url, token ? [bearer] : []), authenticated: token !== undefined };
   };
   const gatewayUrl = p.flags.get("gateway-url") ?? io.env.GATEWAY_API_URL ?? "http://127.0.0.1:8084";
   const registryUrl = p.flags.get("pod-registry-url") ?? io.env.POD_REGISTRY_URL ?? "http://127.0.0.1:8082";
@@ -124,8 +155,19 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         } catch (e) {
           throw new UsageError(`${p.args[0]} is not an InstanceConfirmation: ${(e as Error).message}`);
         }
-        const client = createClient(IdentityProviderService, transport(gatewayUrl));
-        const res = await client.explainInstance({ confirmation, operation: p.flags.has("refresh") ? Operation.REFRESH : Operation.REGISTER });
+        const gw = await gatewayTransport(gatewayUrl);
+        const client = createClient(IdentityProviderService, gw.transport);
+        let res: Awaited<ReturnType<typeof client.explainInstance>>;
+        try {
+          res = await client.explainInstance({ confirmation, operation: p.flags.has("refresh") ? Operation.REFRESH : Operation.REGISTER });
+        } catch (e) {
+          const ce = ConnectError.from(e);
+          if (ce.code === Code.Unauthenticated && !gw.authenticated)
+            throw new ConnectError(`${ce.rawMessage}; pass --service-account <namespace>/<name> or --token-file <path>`, ce.code);
+          if (ce.code === Code.PermissionDenied)
+            throw new ConnectError(`${ce.rawMessage} (grant the ClusterRole athenz-identity-operator, k8s/rbac.yaml)`, ce.code);
+          throw e;
+        }
         if (asJson) io.out(`${JSON.stringify(toJson(ExplainInstanceResponseSchema, res), null, 2)}\n`);
         else {
           const outcome = res.decision?.outcome ?? Outcome.UNSPECIFIED;
@@ -172,6 +214,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     if (e instanceof UsageError) {
       io.err(`athenz-identity: ${e.message}\n\n${USAGE}`);
       return 2;
+    }
+    if (e instanceof TokenError) {
+      io.err(`athenz-identity: no token for the gateway's API: ${e.message}\n`);
+      return 3;
     }
     const ce = ConnectError.from(e);
     io.err(`athenz-identity: call failed: ${ce.message}\n`);
