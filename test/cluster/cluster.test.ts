@@ -103,7 +103,12 @@ describe("real kube-apiserver", () => {
       ],
       gateway: [
         ["list", "pods", "", "", "", false],
-        ["create", "tokenreviews", "authentication.k8s.io", "", "", false],
+        // Its API's callers (API_AUTH=kubernetes) and its revocation Lease.
+        ["create", "tokenreviews", "authentication.k8s.io", "", "", true],
+        ["create", "subjectaccessreviews", "authorization.k8s.io", "", "", true],
+        lease("get", PRODUCT_NAMESPACE, "gateway-revocation", true),
+        lease("update", PRODUCT_NAMESPACE, "gateway-revocation", true),
+        lease("get", PRODUCT_NAMESPACE, PRODUCT_LEASE, false),
       ],
       "csr-inspector": [
         ["list", "pods", "", "", "", false],

@@ -314,7 +314,25 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     assert.equal((await callApi(cluster, t, "GET", `/api/v1/namespaces/${NS}/secrets`)).status, 403);
   });
 
-  for (const sa of ["gateway", "csr-inspector"]) {
+  it("gateway can review its API's callers and hold its revocation Lease, and cannot read pods", async () => {
+    const t = tokens.get("gateway")!;
+    assert.equal((await callApi(cluster, t, "GET", "/api/v1/pods?limit=1")).status, 403);
+    const review = { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token: t, audiences: ["athenz-identity-gateway"] } };
+    assert.equal((await callApi(cluster, t, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", review)).status, 201);
+    const sar = {
+      apiVersion: "authorization.k8s.io/v1",
+      kind: "SubjectAccessReview",
+      spec: { user: "alice", resourceAttributes: { group: "identity.k8s-athenz-identity.io", resource: "identityproviders", verb: "explain" } },
+    };
+    assert.equal((await callApi(cluster, t, "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", sar)).status, 201);
+    const leases = `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases`;
+    const lease = { apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: { name: "gateway-revocation", namespace: NS }, spec: {} };
+    assert.equal((await callApi(cluster, t, "POST", leases, lease)).status, 201);
+    assert.equal((await callApi(cluster, t, "GET", `${leases}/gateway-revocation`)).status, 200);
+    assert.equal((await callApi(cluster, t, "GET", `${leases}/pod-registry`)).status, 403);
+  });
+
+  for (const sa of ["csr-inspector"]) {
     it(`${sa} can neither read pods nor create TokenReviews`, async () => {
       const t = tokens.get(sa)!;
       assert.equal((await callApi(cluster, t, "GET", "/api/v1/pods?limit=1")).status, 403);

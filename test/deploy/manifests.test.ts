@@ -141,7 +141,8 @@ describe("k8s/ workloads", () => {
       .filter((w) => w.spec.template.spec.automountServiceAccountToken !== false)
       .map((w) => w.metadata.name)
       .sort();
-    // The gateway writes Events on pods (POD_EVENTS) and watches the identity policy objects.
+    // The gateway writes Events on pods (POD_EVENTS), watches the identity policy objects, reviews its
+    // API's callers and holds the revocation Lease.
     assert.deepEqual(mounted, ["gateway", "pod-registry", "token-verifier"]);
   });
 
