@@ -23,6 +23,7 @@ import { IdentityProviderService, Operation } from "@k8s-athenz-identity/api/ide
 import { freePort, type ServiceProcess, startServiceProcess } from "../../bench/gateway-procs.js";
 import { startFakeKubeApi } from "../support/fake-kube-api.js";
 import { createSigningKey, mintBoundToken } from "../support/jwt.js";
+import { startNatsServer } from "../support/nats-server.js";
 import { createCa, issueCert } from "../support/pki.js";
 import { tempDir } from "../support/tmp.js";
 import { startTokenReviewStandIn, writeKubeconfig } from "../support/tokenreview-stand-in.js";
@@ -38,17 +39,7 @@ const DNS_SUFFIX = "obs.example.com";
 const TARGET_LABELS = new Set(["namespace", "pod", "container", "endpoint", "job", "instance"]);
 
 /** Metric names the dashboard or the alerts may use although no service exports them yet, and why. */
-const NOT_EXPORTED_YET = new Map<string, { labels: string[]; reason: string }>([
-  [
-    "gateway_instance_deletes_total",
-    {
-      labels: ["result"],
-      reason:
-        "revocation when the pod dies (issue 15, part 2) is not built yet: the gateway will count its DELETEs to ZTS by result, " +
-        'and AthenzIdentityZtsDeletesFailing reads result="error"',
-    },
-  ],
-]);
+const NOT_EXPORTED_YET = new Map<string, { labels: string[]; reason: string }>();
 
 function get(url: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -92,8 +83,12 @@ describe("dashboard and alert queries against the metrics the services export", 
 
     const zts = await startZtsStandIn({ dir: join(dir, "zts"), principal: "athenz.zts" });
     closers.push(() => zts.close());
+    // Revocation on: the instance records in JetStream, the Lease on the fake API server.
+    const nats = await startNatsServer();
+    closers.push(() => nats.close());
     const athenzCa = createCa(dir, "athenz");
-    const gwCert = issueCert(dir, "gateway", athenzCa, { cn: PROVIDER, dns: ["localhost"], ips: ["127.0.0.1"], usage: "server" });
+    // The provider's identity, as an Athenz service certificate is: server and client usage.
+    const gwCert = issueCert(dir, "gateway", athenzCa, { cn: PROVIDER, dns: ["localhost"], ips: ["127.0.0.1"], usage: "both" });
 
     const p = {
       gw: await freePort(),
@@ -155,6 +150,11 @@ describe("dashboard and alert queries against the metrics the services export", 
         // Events go to the fake API server, which refuses them: counted as failed, which is all this test needs.
         POD_EVENTS: "true",
         KUBECONFIG: kubeconfig,
+        REVOCATION: "true",
+        NATS_URL: nats.url,
+        ZTS_URL: `${zts.url}/zts/v1`,
+        ZTS_CA_FILE: zts.caFile,
+        POD_NAME: "gateway-0",
       },
       p.gwAdmin,
     );
@@ -238,6 +238,7 @@ describe("dashboard and alert queries against the metrics the services export", 
       "token_verifier_review_cache_total",
       "pod_registry_fresh",
       "sia_certificate_expiry_timestamp_seconds",
+      "gateway_instance_deletes_total",
     ])
       assert.ok(exported.has(name), `${name} not exported: ${[...exported.keys()].join(" ")}`);
   });
