@@ -1,10 +1,12 @@
 #!/usr/bin/env -S node --import tsx
 /**
- * Proves the images' entrypoints without a Docker engine: rebuilds the image's /app in a temporary
- * directory by replaying the Dockerfile's `deps` stage (its COPY lines with .dockerignore applied, and
- * its RUN lines, i.e. the clean `npm ci --omit=dev`), then starts every target stage's exact ENTRYPOINT
- * there with the stage's ENV and a minimal environment per service, waits for /healthz (and /readyz
- * where the service can be ready) on its admin port, sends SIGTERM and requires exit code 0.
+ * Proves the images' entrypoints without a Docker engine. The Dockerfile's build stage makes the
+ * production trees with `bash scripts/image-tree.sh /out` and each image stage copies one
+ * `/out/<target>` to `/app`; this check runs that same script into a temporary directory, checks that
+ * each tree holds only its service's compiled output (and that the SIA's is the smallest), then starts
+ * every image stage's ENTRYPOINT (read from the Dockerfile, in its tree as the working directory, with
+ * the stages' ENV) with a minimal environment per service, waits for /healthz (and /readyz where the
+ * service can be ready) on its admin port, sends SIGTERM and requires exit code 0.
  *
  * Usage: node --import tsx scripts/check-entrypoints.ts [target...]     (default: every target)
  *        bash scripts/check-entrypoints.sh [target...]
@@ -17,21 +19,22 @@
  *   pod-registry   a kubeconfig to a tiny in-process API server answering the pod list and watch
  *   csr-inspector  DNS_SUFFIXES
  *   sia            MODE=run against the ZTS stand-in and a scripted provider (test/support)
+ * bench/footprint.bench.ts starts the same entrypoints with the same fixtures to measure them.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomUUID } from "node:crypto";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { createCa, issueCert } from "../test/support/pki.js";
-import { startScriptedProvider, startZtsStandIn } from "../test/support/zts-stand-in.js";
+import { startScriptedProvider, startZtsStandIn, type ZtsStandIn } from "../test/support/zts-stand-in.js";
 
 const repo = new URL("..", import.meta.url).pathname;
 
-// ---- Dockerfile and .dockerignore ----------------------------------------------------------------
+// ---- the Dockerfile's image stages -----------------------------------------------------------------
 
 export interface Stage {
   name: string;
@@ -74,7 +77,7 @@ export function parseDockerfile(text: string): Stage[] {
 }
 
 /** ENV lines of a stage and its parents (`ENV K=V` form). */
-function stageEnv(stages: Stage[], name: string): Record<string, string> {
+export function stageEnv(stages: Stage[], name: string): Record<string, string> {
   const s = stages.find((x) => x.name === name);
   if (!s) return {};
   const env = stageEnv(stages, s.from);
@@ -89,98 +92,6 @@ function stageEnv(stages: Stage[], name: string): Record<string, string> {
   return env;
 }
 
-function globToRegExp(glob: string): RegExp {
-  let re = "";
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i]!;
-    if (glob.startsWith("**/", i)) {
-      re += "(?:.*/)?";
-      i += 2;
-    } else if (glob.startsWith("**", i)) {
-      re += ".*";
-      i += 1;
-    } else if (c === "*") re += "[^/]*";
-    else if (c === "?") re += "[^/]";
-    else re += c.replace(/[.+^${}()|[\]\\]/g, "\\$&");
-  }
-  return new RegExp(`^${re}$`);
-}
-
-/** A matcher for .dockerignore: a path is ignored when it or one of its parent folders matches. */
-export function dockerIgnore(text: string): (path: string) => boolean {
-  const patterns = text
-    .split("\n")
-    .map((l) => l.trim())
-    .filter((l) => l !== "" && !l.startsWith("#"));
-  if (patterns.some((p) => p.startsWith("!"))) throw new Error(".dockerignore exceptions (!) are not supported by this check");
-  const res = patterns.map((p) => globToRegExp(p.replace(/^\/+/, "").replace(/\/+$/, "")));
-  return (path) => {
-    const parts = path.split("/");
-    for (let n = 1; n <= parts.length; n++) {
-      const prefix = parts.slice(0, n).join("/");
-      if (res.some((r) => r.test(prefix))) return true;
-    }
-    return false;
-  };
-}
-
-function copyInto(src: string, destDir: string, ignored: (p: string) => boolean): number {
-  const rel = relative(repo, src);
-  if (ignored(rel)) return 0;
-  const st = statSync(src);
-  if (st.isDirectory()) {
-    let n = 0;
-    for (const name of readdirSync(src)) {
-      const child = join(src, name);
-      n += statSync(child).isDirectory() ? copyInto(child, join(destDir, name), ignored) : copyInto(child, destDir, ignored);
-    }
-    return n;
-  }
-  mkdirSync(destDir, { recursive: true });
-  copyFileSync(src, join(destDir, src.split("/").at(-1)!));
-  return 1;
-}
-
-/** Replays the `deps` stage into `app` (COPY with .dockerignore, then RUN). */
-function buildApp(stages: Stage[], app: string): void {
-  const deps = stages.find((s) => s.name === "deps");
-  if (!deps) throw new Error("Dockerfile has no `deps` stage");
-  const ignored = dockerIgnore(existsSync(join(repo, ".dockerignore")) ? readFileSync(join(repo, ".dockerignore"), "utf8") : "");
-  const env = { ...process.env, ...stageEnv(stages, "deps") };
-  mkdirSync(app, { recursive: true });
-  for (const i of deps.instructions) {
-    if (i.op === "WORKDIR") {
-      if (i.args !== "/app") throw new Error(`deps stage WORKDIR must be /app, got ${i.args}`);
-    } else if (i.op === "COPY") {
-      const parts = i.args.split(/\s+/);
-      if (parts.some((p) => p.startsWith("--"))) throw new Error(`COPY flags are not replayed: COPY ${i.args}`);
-      const dest = parts.pop()!;
-      const destDir = join(app, dest === "./" || dest === "." ? "" : dest);
-      for (const src of parts) {
-        if (src.includes("*") || src.includes("..")) throw new Error(`COPY sources must be plain repo paths: ${src}`);
-        const abs = join(repo, src);
-        if (!existsSync(abs)) throw new Error(`COPY source missing: ${src}`);
-        // A folder's contents land in dest (as Docker does); a file needs a folder dest ending in /.
-        if (!statSync(abs).isDirectory() && !dest.endsWith("/"))
-          throw new Error(`COPY of a file needs a folder destination ending in /: COPY ${i.args}`);
-        const n = copyInto(abs, destDir, ignored);
-        if (n === 0) throw new Error(`COPY ${src} copied nothing (is it in .dockerignore?)`);
-      }
-    } else if (i.op === "RUN") {
-      console.log(`[check] RUN ${i.args}`);
-      const t0 = Date.now();
-      const r = spawnSync("sh", ["-c", i.args], { cwd: app, env, stdio: "inherit" });
-      if (r.status !== 0) throw new Error(`RUN ${i.args} failed with ${r.status}`);
-      console.log(`[check] RUN done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-    } else if (i.op !== "ENV") throw new Error(`deps stage instruction ${i.op} is not replayed by this check`);
-  }
-  // What the runtime stage leaves out must not be needed: prove no dev dependency slipped in.
-  // (@types/node is not checked: @kubernetes/client-node lists it as a runtime dependency.)
-  for (const dev of ["typescript", "@bufbuild/buf", "@bufbuild/protoc-gen-es"]) {
-    if (existsSync(join(app, "node_modules", dev))) throw new Error(`dev dependency ${dev} is in the production install`);
-  }
-}
-
 /** The exec-form ENTRYPOINT (+ CMD) of a target stage. */
 export function entrypointOf(stage: Stage): string[] {
   const ep = stage.instructions.filter((i) => i.op === "ENTRYPOINT").at(-1);
@@ -192,6 +103,113 @@ export function entrypointOf(stage: Stage): string[] {
     return v as string[];
   };
   return [...parse(ep.args), ...(cmd ? parse(cmd.args) : [])];
+}
+
+/** An image stage the check can run: its name, the tree it ships, its command and environment. */
+export interface ImageTarget {
+  name: string;
+  /** The ENTRYPOINT (+ CMD), run with the tree as working directory (the image's WORKDIR /app). */
+  argv: string[];
+  /** ENV of the stage and its parents. */
+  env: Record<string, string>;
+}
+
+/**
+ * The Dockerfile's image stages: every stage with an ENTRYPOINT. Each must hold exactly its own tree
+ * (`COPY --from=build /out/<name> /app`, the only COPY) and run in /app, or the check would not be
+ * checking what the image runs.
+ */
+export function imageTargets(dockerfile = readFileSync(join(repo, "Dockerfile"), "utf8")): ImageTarget[] {
+  const stages = parseDockerfile(dockerfile);
+  const workdir = (name: string): string | undefined => {
+    const s = stages.find((x) => x.name === name);
+    if (!s) return undefined;
+    return s.instructions.filter((i) => i.op === "WORKDIR").at(-1)?.args ?? workdir(s.from);
+  };
+  return stages
+    .filter((s) => s.instructions.some((i) => i.op === "ENTRYPOINT"))
+    .map((s) => {
+      const copies = s.instructions.filter((i) => i.op === "COPY" || i.op === "ADD");
+      const want = `--from=build /out/${s.name} /app`;
+      if (copies.length !== 1 || copies[0]!.op !== "COPY" || copies[0]!.args.replace(/\s+/g, " ") !== want)
+        throw new Error(`stage ${s.name}: its only COPY must be \`COPY ${want}\``);
+      if (workdir(s.name) !== "/app") throw new Error(`stage ${s.name}: WORKDIR must be /app`);
+      return { name: s.name, argv: entrypointOf(s), env: stageEnv(stages, s.name) };
+    });
+}
+
+/** Runs scripts/image-tree.sh into `outroot`, as the Dockerfile's build stage does. */
+export function buildImageTrees(outroot: string): void {
+  console.log(`[check] bash scripts/image-tree.sh ${outroot}`);
+  const t0 = Date.now();
+  const r = spawnSync("bash", [join(repo, "scripts/image-tree.sh"), outroot], { cwd: repo, stdio: "inherit" });
+  if (r.status !== 0) throw new Error(`scripts/image-tree.sh failed with ${r.status}`);
+  console.log(`[check] image trees built in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+}
+
+/** Files of a tree (relative paths) and their total size in bytes. */
+export function treeFiles(dir: string): { files: string[]; bytes: number } {
+  const files: string[] = [];
+  let bytes = 0;
+  const walk = (d: string): void => {
+    for (const name of readdirSync(d)) {
+      const p = join(d, name);
+      const st = statSync(p);
+      if (st.isDirectory()) walk(p);
+      else {
+        files.push(relative(dir, p));
+        bytes += st.size;
+      }
+    }
+  };
+  walk(dir);
+  return { files: files.sort(), bytes };
+}
+
+/**
+ * What a target's tree may hold: its package.json and the compiled output of its own package (the
+ * bundles named by its bin fields, their maps and licence files). Throws naming anything else.
+ */
+function checkTree(target: ImageTarget, tree: string): number {
+  const pkg = JSON.parse(readFileSync(join(repo, "services", target.name, "package.json"), "utf8")) as { bin?: Record<string, string> };
+  const bundles = Object.values(pkg.bin ?? {}).map((b) => b.replace(/^\.\//, ""));
+  const allowed = new Set(["package.json", ...bundles.flatMap((b) => [b, `${b}.map`, `${b}.LEGAL.txt`])]);
+  const { files, bytes } = treeFiles(tree);
+  const stray = files.filter((f) => !allowed.has(f));
+  if (stray.length) throw new Error(`${target.name}: the image tree holds files that are not its service's output: ${stray.join(", ")}`);
+  for (const b of bundles) if (!files.includes(b)) throw new Error(`${target.name}: the image tree lacks ${b}`);
+  const script = target.argv.find((a) => a.endsWith(".js"));
+  if (!script || !files.includes(script)) throw new Error(`${target.name}: ENTRYPOINT ${target.argv.join(" ")} does not run a bundle of its tree`);
+  return bytes;
+}
+
+/**
+ * Runs the ENTRYPOINT with `--help` and a preload (NODE_OPTIONS, so the command itself is unchanged)
+ * that makes the help text's write throw: the process dies with a real stack trace through our code,
+ * which must name the TypeScript sources (the bundle's source map at work). The same preload lists
+ * the builtins the bundle loaded, to prove the SIA does not load undici (global fetch; about 6 MiB).
+ */
+function checkStackTrace(target: ImageTarget, tree: string): void {
+  const probe = [
+    'process.on("exit", () => { if (process.moduleLoadList.some((m) => m.includes("deps/undici"))) process._rawDebug("LOADED undici"); });',
+    'process.stdout.write = () => { throw new Error("stack-trace probe"); };',
+  ].join("\n");
+  const r = spawnSync(target.argv[0]!, [...target.argv.slice(1), "--help"], {
+    cwd: tree,
+    env: {
+      PATH: `${dirname(process.execPath)}:/usr/bin:/bin`,
+      ...target.env,
+      NODE_OPTIONS: `--import=data:text/javascript,${encodeURIComponent(probe)}`,
+    },
+    encoding: "utf8",
+  });
+  const frame = /at runMain \(\S*(packages\/shared\/src\/main\.ts:\d+:\d+)\)/.exec(r.stderr);
+  if (!r.stderr.includes("stack-trace probe") || !frame)
+    throw new Error(
+      `${target.name}: the stack trace does not name packages/shared/src/main.ts (source map not applied?):\n${r.stderr.slice(0, 3000)}`,
+    );
+  if (target.name === "sia" && r.stderr.includes("LOADED undici")) throw new Error("sia: loads undici (global fetch); it should use node:https only");
+  console.log(`[check] ${target.name}: stack traces name the TypeScript sources (runMain at ${frame[1]})`);
 }
 
 // ---- fixtures -------------------------------------------------------------------------------------
@@ -239,15 +257,18 @@ async function startTinyKubeApi(): Promise<{ url: string; close(): Promise<void>
   };
 }
 
-interface Fixtures {
+export interface Fixtures {
   env: Record<string, Record<string, string>>;
   /** URL path checked besides /healthz, per target. */
   ready: Record<string, string | undefined>;
   adminPort: Record<string, number>;
+  /** The ZTS stand-in the SIA registers at. */
+  zts: ZtsStandIn;
   close(): Promise<void>;
 }
 
-async function fixtures(dir: string): Promise<Fixtures> {
+/** Everything the services need to start and become ready on this machine, under `dir`. */
+export async function startFixtures(dir: string): Promise<Fixtures> {
   const pki = join(dir, "pki");
   const provider = "k8s.check.identityd";
 
@@ -381,6 +402,7 @@ async function fixtures(dir: string): Promise<Fixtures> {
       admission: p.adAdmin,
       sia: p.sia,
     },
+    zts,
     async close() {
       await kube.close();
       await zts.close();
@@ -401,26 +423,18 @@ async function get(url: string): Promise<number> {
   }
 }
 
-async function checkTarget(
-  name: string,
-  argv: string[],
-  app: string,
-  stageEnvVars: Record<string, string>,
-  f: Fixtures,
-  home: string,
-  tmp: string,
-): Promise<void> {
+async function checkTarget(target: ImageTarget, tree: string, f: Fixtures, home: string): Promise<void> {
+  const { name, argv } = target;
   const env: Record<string, string> = {
     // node first on PATH is the one running this check (the image's node is the same major).
     PATH: `${dirname(process.execPath)}:/usr/bin:/bin`,
     HOME: home,
-    ...stageEnvVars,
-    TMPDIR: tmp,
+    ...target.env,
     ...(f.env[name] ?? {}),
   };
   const t0 = Date.now();
   console.log(`[check] ${name}: ${argv.join(" ")}`);
-  const child: ChildProcess = spawn(argv[0]!, argv.slice(1), { cwd: app, env, stdio: ["ignore", "pipe", "pipe"] });
+  const child: ChildProcess = spawn(argv[0]!, argv.slice(1), { cwd: tree, env, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   child.stdout!.on("data", (d: Buffer) => (output += d.toString()));
   child.stderr!.on("data", (d: Buffer) => (output += d.toString()));
@@ -454,31 +468,31 @@ async function checkTarget(
 }
 
 async function main(): Promise<void> {
-  const stages = parseDockerfile(readFileSync(join(repo, "Dockerfile"), "utf8"));
-  const targets = stages.filter((s) => s.instructions.some((i) => i.op === "ENTRYPOINT"));
+  const targets = imageTargets();
   const wanted = process.argv.slice(2);
   const chosen = wanted.length ? targets.filter((t) => wanted.includes(t.name)) : targets;
   if (chosen.length === 0) throw new Error(`no target among ${wanted.join(", ")}; targets: ${targets.map((t) => t.name).join(", ")}`);
 
   const dir = mkdtempSync(join(tmpdir(), "check-entrypoints-"));
-  const app = join(dir, "app");
+  const out = join(dir, "out");
   const home = join(dir, "home");
-  const tmp = join(dir, "tmp");
   mkdirSync(home);
-  mkdirSync(tmp);
   let f: Fixtures | undefined;
   try {
-    buildApp(stages, app);
-    f = await fixtures(join(dir, "fixtures"));
-    for (const t of chosen) {
-      const argv = entrypointOf(t);
-      const main = argv.find((a) => a.endsWith(".ts"));
-      if (!main || !existsSync(join(app, main))) throw new Error(`${t.name}: entrypoint script ${main ?? "(none)"} is not in the built /app`);
-      await checkTarget(t.name, argv, app, stageEnv(stages, t.name), f, home, tmp);
-    }
-    console.log(
-      `[check] OK: ${chosen.length} entrypoints (${chosen.map((t) => t.name).join(", ")}) start from a clean production install and stop cleanly`,
-    );
+    buildImageTrees(out);
+    const built = readdirSync(out).sort();
+    const stageless = built.filter((b) => !targets.some((t) => t.name === b));
+    if (stageless.length) throw new Error(`scripts/image-tree.sh builds trees no Dockerfile stage ships: ${stageless.join(", ")}`);
+    const sizes = new Map(targets.map((t) => [t.name, checkTree(t, join(out, t.name))]));
+    console.log(`[check] trees: ${[...sizes].map(([n, b]) => `${n} ${(b / 1024).toFixed(0)} KiB`).join(", ")}`);
+    const sia = sizes.get("sia");
+    const smaller = [...sizes].filter(([n, b]) => n !== "sia" && sia !== undefined && b <= sia);
+    if (sia === undefined || smaller.length)
+      throw new Error(`the SIA's tree must be the smallest (it runs in every pod); not smaller than: ${smaller.map(([n]) => n).join(", ")}`);
+    for (const t of chosen) checkStackTrace(t, join(out, t.name));
+    f = await startFixtures(join(dir, "fixtures"));
+    for (const t of chosen) await checkTarget(t, join(out, t.name), f, home);
+    console.log(`[check] OK: ${chosen.length} entrypoints (${chosen.map((t) => t.name).join(", ")}) start from their image trees and stop cleanly`);
   } finally {
     await f?.close();
     if (process.env.KEEP_CHECK_DIR) console.log(`[check] kept ${dir}`);

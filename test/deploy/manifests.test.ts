@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadConfig, type Setting } from "@k8s-athenz-identity/shared/config";
 import { loadAllYaml, loadYaml } from "@kubernetes/client-node";
-import { entrypointOf, parseDockerfile } from "../../scripts/check-entrypoints.js";
+import { imageTargets, parseDockerfile } from "../../scripts/check-entrypoints.js";
 import { admissionSpec } from "../../services/admission/src/config.js";
 import { csrInspectorSpec } from "../../services/csr-inspector/src/config.js";
 import { gatewaySpec } from "../../services/gateway/src/config.js";
@@ -178,30 +178,56 @@ describe("k8s/ workloads", () => {
 });
 
 describe("Dockerfile", () => {
-  const stages = parseDockerfile(readFileSync(join(repo, "Dockerfile"), "utf8"));
+  const text = readFileSync(join(repo, "Dockerfile"), "utf8");
+  const stages = parseDockerfile(text);
+  const services = readdirSync(join(repo, "services"))
+    .filter((d) => existsSync(join(repo, "services", d, "package.json")))
+    .sort();
 
-  it("has one target per service and the SIA, each starting that service's main.ts", () => {
-    // identityd (every provider service in one process) has no image target yet: it arrives with the
-    // compiled build's image stages.
-    const services = readdirSync(join(repo, "services"))
-      .filter((d) => existsSync(join(repo, "services", d, "package.json")) && d !== "identityd")
-      .sort();
-    const targets = stages.filter((s) => s.instructions.some((i) => i.op === "ENTRYPOINT"));
+  it("has one image stage per service, each holding only its own tree and running its compiled bundle with node", () => {
+    const targets = imageTargets(text);
     assert.deepEqual(targets.map((t) => t.name).sort(), services);
     for (const t of targets) {
-      assert.equal(t.from, "runtime");
-      assert.deepEqual(entrypointOf(t), ["node", "--import", "tsx", `services/${t.name}/src/main.ts`]);
+      assert.equal(stages.find((s) => s.name === t.name)!.from, "runtime");
+      // Its only COPY is its own /out/<service> tree (imageTargets refuses anything else).
+      const copies = stages.find((s) => s.name === t.name)!.instructions.filter((i) => i.op === "COPY");
+      assert.deepEqual(
+        copies.map((c) => c.args),
+        [`--from=build /out/${t.name} /app`],
+      );
+      assert.equal(t.argv[0], "node", `${t.name}: runs node itself`);
+      assert.equal(t.argv.at(-1), "dist/main.js", `${t.name}: runs the compiled bundle`);
+      assert.ok(t.argv.includes("--enable-source-maps"), `${t.name}: stack traces name the .ts files`);
+      assert.ok(!t.argv.some((a) => a.includes("tsx") || a.endsWith(".ts")), `${t.name}: no TypeScript at run time`);
     }
   });
 
-  it("builds on Node 20 slim, installs production dependencies only, and runs as non-root", () => {
-    const text = readFileSync(join(repo, "Dockerfile"), "utf8");
-    assert.match(text, /^ARG NODE_IMAGE=node:20[.\d]*-\w+-slim$/m);
-    const deps = stages.find((s) => s.name === "deps")!;
-    assert.ok(deps.instructions.some((i) => i.op === "RUN" && /npm ci .*--omit=dev/.test(i.args)));
+  it("every bin of every package is compiled output, and the packages' TypeScript runner is a dev dependency only", () => {
+    const manifests = ["packages", "services"].flatMap((d) =>
+      readdirSync(join(repo, d))
+        .filter((p) => existsSync(join(repo, d, p, "package.json")))
+        .map((p) => JSON.parse(readFileSync(join(repo, d, p, "package.json"), "utf8")) as Record<string, Record<string, string> | undefined>),
+    );
+    const root = JSON.parse(readFileSync(join(repo, "package.json"), "utf8")) as Record<string, Record<string, string> | undefined>;
+    for (const m of [root, ...manifests]) {
+      for (const [bin, target] of Object.entries(m.bin ?? {})) assert.match(target, /^\.\/dist\/[\w.-]+\.js$/, `bin ${bin}`);
+      assert.equal(m.dependencies?.tsx, undefined, "tsx is not a production dependency");
+    }
+    assert.ok(root.devDependencies?.tsx, "tsx runs the tests");
+    assert.equal(root.scripts?.build, "node scripts/build.ts");
+  });
+
+  it("builds on Node 24 slim, and the runtime has no npm and runs as non-root", () => {
+    assert.match(text, /^ARG NODE_IMAGE=node:24\.\d+\.\d+-\w+-slim$/m);
+    const build = stages.find((s) => s.name === "build")!;
+    assert.ok(
+      build.instructions.some((i) => i.op === "RUN" && /^bash scripts\/image-tree\.sh \/out$/.test(i.args)),
+      "the build stage runs scripts/image-tree.sh",
+    );
     const runtime = stages.find((s) => s.name === "runtime")!;
+    const removal = runtime.instructions.find((i) => i.op === "RUN" && i.args.startsWith("rm "))?.args ?? "";
+    for (const p of ["/usr/local/lib/node_modules", "/usr/local/bin/npm", "/usr/local/bin/npx", "/usr/local/bin/corepack"])
+      assert.ok(removal.includes(p), `runtime removes ${p}`);
     assert.ok(runtime.instructions.some((i) => i.op === "USER" && /^[1-9]\d*:[1-9]\d*$/.test(i.args)));
-    const pkg = JSON.parse(readFileSync(join(repo, "package.json"), "utf8")) as { dependencies?: Record<string, string> };
-    assert.ok(pkg.dependencies?.tsx, "tsx must be a production dependency: the entrypoints need it");
   });
 });
