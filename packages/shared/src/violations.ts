@@ -1,5 +1,4 @@
-import { create } from "@bufbuild/protobuf";
-import { type Violation, ViolationSchema } from "@k8s-athenz-identity/api/common";
+import type { Violation } from "@k8s-athenz-identity/api/common";
 
 /**
  * Stable deny-reason codes. They are part of the public contract: ZTS embeds them in the error it
@@ -58,7 +57,12 @@ export const ViolationCode = {
 } as const;
 export type ViolationCode = (typeof ViolationCode)[keyof typeof ViolationCode];
 
-/** Builds a {@link Violation}. `message` must never contain a secret (token, key). */
+/**
+ * Builds a {@link Violation}. `message` must never contain a secret (token, key).
+ * A plain object is a complete protobuf-es message (every field set, `$typeName` naming the type), so
+ * the SIA, which builds violations through the naming rules, loads no protobuf runtime (about 3.5 MiB
+ * of its resident set, bench/results/footprint.json).
+ */
 export function violation(code: ViolationCode, message: string, field = ""): Violation {
-  return create(ViolationSchema, { code, message, field });
+  return { $typeName: "athenz.identity.v1.Violation", code, message, field };
 }
