@@ -1,13 +1,14 @@
 # syntax=docker/dockerfile:1
 #
-# Images of k8s-athenz-identity: one target per service (the admission webhook included) and one for
-# the SIA.
+# Images of k8s-athenz-identity: one target per service (the admission webhook included), one for the
+# SIA, and identityd (the provider's services in one process, `--target=all` or a list).
 #   docker build --target gateway        -t registry.example.com/athenz-identity/gateway:0.1.0 .
 #   docker build --target token-verifier -t registry.example.com/athenz-identity/token-verifier:0.1.0 .
 #   docker build --target pod-registry   -t registry.example.com/athenz-identity/pod-registry:0.1.0 .
 #   docker build --target csr-inspector  -t registry.example.com/athenz-identity/csr-inspector:0.1.0 .
 #   docker build --target sia            -t registry.example.com/athenz-identity/sia:0.1.0 .
 #   docker build --target admission      -t registry.example.com/athenz-identity/admission:0.1.0 .
+#   docker build --target identityd      -t registry.example.com/athenz-identity/identityd:0.1.0 .
 #
 # Each image holds Node and its own service's compiled output only: one esbuild bundle (our code and
 # the third-party modules it uses) and its source map, made by scripts/image-tree.sh. No node_modules,
@@ -68,4 +69,9 @@ ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]
 FROM runtime AS gateway
 COPY --from=build /out/gateway /app
 EXPOSE 8443 8084 9080 9084
+ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]
+
+FROM runtime AS identityd
+COPY --from=build /out/identityd /app
+EXPOSE 8443 8084 9080 9084 8081 9081 8082 9082 8083 9083
 ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]

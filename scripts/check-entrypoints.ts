@@ -203,13 +203,13 @@ function checkStackTrace(target: ImageTarget, tree: string): void {
     },
     encoding: "utf8",
   });
-  const frame = /at runMain \(\S*(packages\/shared\/src\/main\.ts:\d+:\d+)\)/.exec(r.stderr);
-  if (!r.stderr.includes("stack-trace probe") || !frame)
-    throw new Error(
-      `${target.name}: the stack trace does not name packages/shared/src/main.ts (source map not applied?):\n${r.stderr.slice(0, 3000)}`,
-    );
+  // Frames through the shared runner and the service's own main.ts, named by their TypeScript files.
+  const shared = /\(\S*?(packages\/shared\/src\/[\w.-]+\.ts:\d+:\d+)\)/.exec(r.stderr);
+  const main = /\(\S*?(src\/main\.ts:\d+:\d+)\)/.exec(r.stderr);
+  if (!r.stderr.includes("stack-trace probe") || !shared || !main)
+    throw new Error(`${target.name}: the stack trace does not name our .ts sources (source map not applied?):\n${r.stderr.slice(0, 3000)}`);
   if (target.name === "sia" && r.stderr.includes("LOADED undici")) throw new Error("sia: loads undici (global fetch); it should use node:https only");
-  console.log(`[check] ${target.name}: stack traces name the TypeScript sources (runMain at ${frame[1]})`);
+  console.log(`[check] ${target.name}: stack traces name the TypeScript sources (${shared[1]}, ${main[1]})`);
 }
 
 // ---- fixtures -------------------------------------------------------------------------------------
@@ -257,11 +257,15 @@ async function startTinyKubeApi(): Promise<{ url: string; close(): Promise<void>
   };
 }
 
+/** How to start one image target here and know it is up. */
+export interface TargetFixture {
+  env: Record<string, string>;
+  /** URLs that must all answer 200, in order: /healthz, then /readyz where the service can be ready. */
+  probes: string[];
+}
+
 export interface Fixtures {
-  env: Record<string, Record<string, string>>;
-  /** URL path checked besides /healthz, per target. */
-  ready: Record<string, string | undefined>;
-  adminPort: Record<string, number>;
+  targets: Record<string, TargetFixture>;
   /** The ZTS stand-in the SIA registers at. */
   zts: ZtsStandIn;
   close(): Promise<void>;
@@ -337,70 +341,107 @@ export async function startFixtures(dir: string): Promise<Fixtures> {
     ad: await freePort(),
     adAdmin: await freePort(),
   };
+  // identityd: the four in one process, on ports of its own (the bench runs it next to the others).
+  const d = {
+    gw: await freePort(),
+    gwAdmin: await freePort(),
+    gwApi: await freePort(),
+    gwApiAdmin: await freePort(),
+    tv: await freePort(),
+    tvAdmin: await freePort(),
+    pr: await freePort(),
+    prAdmin: await freePort(),
+    ci: await freePort(),
+    ciAdmin: await freePort(),
+  };
   const host = { HOST: "127.0.0.1", LOG_LEVEL: "warn" };
+  const gatewayTls = { PROVIDER_SERVICE: provider, ALLOWED_ZTS_CNS: "athenz.zts", DNS_SUFFIXES: "check.example.com" };
+  const verifier = { VERIFIER_MODE: "jwks", TOKEN_ISSUER: "https://kubernetes.default.svc.cluster.local", JWKS_FILE: jwksFile };
+  const probes = (...adminPorts: number[]) => [
+    ...adminPorts.map((port) => `http://127.0.0.1:${port}/healthz`),
+    ...adminPorts.map((port) => `http://127.0.0.1:${port}/readyz`),
+  ];
   return {
-    env: {
+    targets: {
       gateway: {
-        ...host,
-        PORT: `${p.gw}`,
-        ADMIN_PORT: `${p.gwAdmin}`,
-        API_PORT: `${p.gwApi}`,
-        API_ADMIN_PORT: `${p.gwApiAdmin}`,
-        PROVIDER_SERVICE: provider,
-        TLS_CERT_FILE: gwCert.certFile,
-        TLS_KEY_FILE: gwCert.keyFile,
-        TLS_CLIENT_CA_FILE: athenzCa.certFile,
-        ALLOWED_ZTS_CNS: "athenz.zts",
-        DNS_SUFFIXES: "check.example.com",
+        env: {
+          ...host,
+          ...gatewayTls,
+          PORT: `${p.gw}`,
+          ADMIN_PORT: `${p.gwAdmin}`,
+          API_PORT: `${p.gwApi}`,
+          API_ADMIN_PORT: `${p.gwApiAdmin}`,
+          TLS_CERT_FILE: gwCert.certFile,
+          TLS_KEY_FILE: gwCert.keyFile,
+          TLS_CLIENT_CA_FILE: athenzCa.certFile,
+        },
+        probes: probes(p.gwAdmin),
       },
-      "token-verifier": {
-        ...host,
-        PORT: `${p.tv}`,
-        ADMIN_PORT: `${p.tvAdmin}`,
-        VERIFIER_MODE: "jwks",
-        TOKEN_ISSUER: "https://kubernetes.default.svc.cluster.local",
-        JWKS_FILE: jwksFile,
+      "token-verifier": { env: { ...host, ...verifier, PORT: `${p.tv}`, ADMIN_PORT: `${p.tvAdmin}` }, probes: probes(p.tvAdmin) },
+      "pod-registry": {
+        env: { ...host, PORT: `${p.pr}`, ADMIN_PORT: `${p.prAdmin}`, KUBECONFIG: kubeconfig, POD_NAME: "pod-registry-check" },
+        probes: probes(p.prAdmin),
       },
-      "pod-registry": { ...host, PORT: `${p.pr}`, ADMIN_PORT: `${p.prAdmin}`, KUBECONFIG: kubeconfig, POD_NAME: "pod-registry-check" },
-      "csr-inspector": { ...host, PORT: `${p.ci}`, ADMIN_PORT: `${p.ciAdmin}`, DNS_SUFFIXES: "check.example.com" },
-      admission: { ...host, PORT: `${p.ad}`, ADMIN_PORT: `${p.adAdmin}`, TLS_CERT_FILE: admissionCert.certFile, TLS_KEY_FILE: admissionCert.keyFile },
+      "csr-inspector": {
+        env: { ...host, PORT: `${p.ci}`, ADMIN_PORT: `${p.ciAdmin}`, DNS_SUFFIXES: "check.example.com" },
+        probes: probes(p.ciAdmin),
+      },
+      identityd: {
+        env: {
+          ...host,
+          ...gatewayTls,
+          ...verifier,
+          TARGET: "all",
+          GATEWAY__PORT: `${d.gw}`,
+          GATEWAY__ADMIN_PORT: `${d.gwAdmin}`,
+          API_PORT: `${d.gwApi}`,
+          API_ADMIN_PORT: `${d.gwApiAdmin}`,
+          TOKEN_VERIFIER__PORT: `${d.tv}`,
+          TOKEN_VERIFIER__ADMIN_PORT: `${d.tvAdmin}`,
+          POD_REGISTRY__PORT: `${d.pr}`,
+          POD_REGISTRY__ADMIN_PORT: `${d.prAdmin}`,
+          CSR_INSPECTOR__PORT: `${d.ci}`,
+          CSR_INSPECTOR__ADMIN_PORT: `${d.ciAdmin}`,
+          GATEWAY__TLS_CERT_FILE: gwCert.certFile,
+          GATEWAY__TLS_KEY_FILE: gwCert.keyFile,
+          GATEWAY__TLS_CLIENT_CA_FILE: athenzCa.certFile,
+          // The gateway reaches its co-located dependencies over loopback.
+          TOKEN_VERIFIER_URL: `http://127.0.0.1:${d.tv}`,
+          POD_REGISTRY_URL: `http://127.0.0.1:${d.pr}`,
+          CSR_INSPECTOR_URL: `http://127.0.0.1:${d.ci}`,
+          KUBECONFIG: kubeconfig,
+          POD_NAME: "identityd-check",
+        },
+        probes: probes(d.gwAdmin, d.tvAdmin, d.prAdmin, d.ciAdmin),
+      },
+      admission: {
+        env: { ...host, PORT: `${p.ad}`, ADMIN_PORT: `${p.adAdmin}`, TLS_CERT_FILE: admissionCert.certFile, TLS_KEY_FILE: admissionCert.keyFile },
+        probes: probes(p.adAdmin),
+      },
       sia: {
-        MODE: "run",
-        LOG_LEVEL: "warn",
-        METRICS_HOST: "127.0.0.1",
-        METRICS_PORT: `${p.sia}`,
-        ENDPOINT: `${zts.url}/zts/v1`,
-        SERVER_CA_CERT: zts.caFile,
-        PROVIDER_SERVICE: provider,
-        DNS_SUFFIX: "check.example.com",
-        NAMESPACE: "check-team",
-        SERVICEACCOUNT: "app",
-        POD_IP: "127.0.0.1",
-        POD_UID: randomUUID(),
-        POD_NAME: "app-0",
-        SA_TOKEN_FILE: tokenFile,
-        KEY_FILE: join(siaDir, "service.key.pem"),
-        CERT_FILE: join(siaDir, "service.cert.pem"),
-        CA_CERT_FILE: join(siaDir, "ca.cert.pem"),
-        INIT_TIMEOUT: "20s",
+        env: {
+          MODE: "run",
+          LOG_LEVEL: "warn",
+          METRICS_HOST: "127.0.0.1",
+          METRICS_PORT: `${p.sia}`,
+          ENDPOINT: `${zts.url}/zts/v1`,
+          SERVER_CA_CERT: zts.caFile,
+          PROVIDER_SERVICE: provider,
+          DNS_SUFFIX: "check.example.com",
+          NAMESPACE: "check-team",
+          SERVICEACCOUNT: "app",
+          POD_IP: "127.0.0.1",
+          POD_UID: randomUUID(),
+          POD_NAME: "app-0",
+          SA_TOKEN_FILE: tokenFile,
+          KEY_FILE: join(siaDir, "service.key.pem"),
+          CERT_FILE: join(siaDir, "service.cert.pem"),
+          CA_CERT_FILE: join(siaDir, "ca.cert.pem"),
+          INIT_TIMEOUT: "20s",
+        },
+        // The SIA's /healthz is 200 only once it holds a certificate from ZTS: the strongest check.
+        probes: [`http://127.0.0.1:${p.sia}/healthz`],
       },
-    },
-    // The SIA's /healthz is 200 only once it holds a certificate from ZTS: the strongest check.
-    ready: {
-      gateway: "/readyz",
-      "token-verifier": "/readyz",
-      "pod-registry": "/readyz",
-      "csr-inspector": "/readyz",
-      admission: "/readyz",
-      sia: undefined,
-    },
-    adminPort: {
-      gateway: p.gwAdmin,
-      "token-verifier": p.tvAdmin,
-      "pod-registry": p.prAdmin,
-      "csr-inspector": p.ciAdmin,
-      admission: p.adAdmin,
-      sia: p.sia,
     },
     zts,
     async close() {
@@ -430,7 +471,7 @@ async function checkTarget(target: ImageTarget, tree: string, f: Fixtures, home:
     PATH: `${dirname(process.execPath)}:/usr/bin:/bin`,
     HOME: home,
     ...target.env,
-    ...(f.env[name] ?? {}),
+    ...(f.targets[name]?.env ?? {}),
   };
   const t0 = Date.now();
   console.log(`[check] ${name}: ${argv.join(" ")}`);
@@ -445,26 +486,26 @@ async function checkTarget(target: ImageTarget, tree: string, f: Fixtures, home:
     if (exitCode === undefined) child.kill("SIGKILL");
     throw new Error(`${name}: ${why}\n--- output ---\n${output.slice(-4000)}`);
   };
-  const base = `http://127.0.0.1:${f.adminPort[name]}`;
+  const fixture = f.targets[name];
+  if (!fixture) throw new Error(`${name}: no fixture says how to start it here`);
   const deadline = Date.now() + 30_000;
-  // The process gives no readiness event on stdout, so poll its admin port (fail fast if it exits).
-  const waitFor = async (path: string): Promise<void> => {
+  // The process gives no readiness event on stdout, so poll its admin ports (fail fast if it exits).
+  const waitFor = async (url: string): Promise<void> => {
     for (;;) {
-      if (exitCode !== undefined) fail(`exited with ${exitCode} before ${path} answered 200`);
-      if ((await get(base + path)) === 200) return;
-      if (Date.now() > deadline) fail(`${path} not 200 after 30 s`);
+      if (exitCode !== undefined) fail(`exited with ${exitCode} before ${url} answered 200`);
+      if ((await get(url)) === 200) return;
+      if (Date.now() > deadline) fail(`${url} not 200 after 30 s`);
       await new Promise((r) => setTimeout(r, 100));
     }
   };
-  await waitFor("/healthz");
-  const ready = f.ready[name];
-  if (ready) await waitFor(ready);
+  for (const url of fixture.probes) await waitFor(url);
   const upMs = Date.now() - t0;
   child.kill("SIGTERM");
   const code = await Promise.race([exited, new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 15_000))]);
   if (code === "timeout") fail("did not exit within 15 s of SIGTERM");
   if (code !== 0) fail(`exit code ${code} after SIGTERM, want 0`);
-  console.log(`[check] ${name}: /healthz${ready ? ` and ${ready}` : ""} 200 after ${upMs} ms; SIGTERM -> exit 0`);
+  const paths = [...new Set(fixture.probes.map((u) => new URL(u).pathname))].join(" and ");
+  console.log(`[check] ${name}: ${paths} 200 (${fixture.probes.length} probes) after ${upMs} ms; SIGTERM -> exit 0`);
 }
 
 async function main(): Promise<void> {
