@@ -10,9 +10,10 @@
 #   docker build --target admission      -t registry.example.com/athenz-identity/admission:0.1.0 .
 #   docker build --target identityd      -t registry.example.com/athenz-identity/identityd:0.1.0 .
 #
-# Each image holds Node and its own service's compiled output only: one esbuild bundle (our code and
-# the third-party modules it uses) and its source map, made by scripts/image-tree.sh. No node_modules,
-# no TypeScript, no npm. The SIA, which runs in every application pod, is the smallest.
+# Each image holds Node and its own service's compiled output only, made by scripts/image-tree.sh: one
+# esbuild bundle (our code and the third-party modules it uses), its source map, and dist/main.js,
+# which turns source maps on and loads the bundle. No node_modules, no TypeScript, no npm. The SIA,
+# which runs in every application pod, is the smallest.
 #
 # No Docker engine runs in CI; scripts/check-entrypoints.sh runs the same scripts/image-tree.sh, then
 # starts each image stage's ENTRYPOINT below in its tree and checks /healthz and a clean SIGTERM. It
@@ -43,35 +44,35 @@ USER 1000:1000
 FROM runtime AS token-verifier
 COPY --from=build /out/token-verifier /app
 EXPOSE 8081 9081
-ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]
+ENTRYPOINT ["node", "dist/main.js"]
 
 FROM runtime AS pod-registry
 COPY --from=build /out/pod-registry /app
 EXPOSE 8082 9082
-ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]
+ENTRYPOINT ["node", "dist/main.js"]
 
 FROM runtime AS csr-inspector
 COPY --from=build /out/csr-inspector /app
 EXPOSE 8083 9083
-ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]
+ENTRYPOINT ["node", "dist/main.js"]
 
 FROM runtime AS sia
 COPY --from=build /out/sia /app
 EXPOSE 9999
-ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]
+ENTRYPOINT ["node", "dist/main.js"]
 
 FROM runtime AS admission
 COPY --from=build /out/admission /app
 EXPOSE 8443 9085
-ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]
+ENTRYPOINT ["node", "dist/main.js"]
 
 # The operator CLI ships with the gateway: `kubectl exec deploy/gateway -- node dist/cli.js --help`.
 FROM runtime AS gateway
 COPY --from=build /out/gateway /app
 EXPOSE 8443 8084 9080 9084
-ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]
+ENTRYPOINT ["node", "dist/main.js"]
 
 FROM runtime AS identityd
 COPY --from=build /out/identityd /app
 EXPOSE 8443 8084 9080 9084 8081 9081 8082 9082 8083 9083
-ENTRYPOINT ["node", "--enable-source-maps", "dist/main.js"]
+ENTRYPOINT ["node", "dist/main.js"]

@@ -173,7 +173,13 @@ export function treeFiles(dir: string): { files: string[]; bytes: number } {
 function checkTree(target: ImageTarget, tree: string): number {
   const pkg = JSON.parse(readFileSync(join(repo, "services", target.name, "package.json"), "utf8")) as { bin?: Record<string, string> };
   const bundles = Object.values(pkg.bin ?? {}).map((b) => b.replace(/^\.\//, ""));
-  const allowed = new Set(["package.json", ...bundles.flatMap((b) => [b, `${b}.map`, `${b}.LEGAL.txt`])]);
+  const allowed = new Set([
+    "package.json",
+    ...bundles.flatMap((b) => {
+      const bundle = b.replace(/\.js$/, ".bundle.js");
+      return [b, bundle, `${bundle}.map`, `${bundle}.LEGAL.txt`];
+    }),
+  ]);
   const { files, bytes } = treeFiles(tree);
   const stray = files.filter((f) => !allowed.has(f));
   if (stray.length) throw new Error(`${target.name}: the image tree holds files that are not its service's output: ${stray.join(", ")}`);

@@ -2,9 +2,10 @@
 # The production trees of the images: `npm run build`, then for every service (a folder under services/
 # with a package.json) <outroot>/<service>/ holding only that service's compiled output:
 #   package.json    {"name", "version", "type": "module"}: the bundles are ES modules
-#   dist/*.js       one bundle per bin of the service (our code and its third-party modules inside)
-#   dist/*.js.map   their source maps (node --enable-source-maps: stack traces name the .ts files)
-#   dist/*.LEGAL.txt the licence comments esbuild took out of the bundles
+#   dist/<bin>.js          per bin of the service, a launcher: source maps on, then the bundle
+#   dist/<bin>.bundle.js   the bundle (our code and its third-party modules inside)
+#   dist/<bin>.bundle.js.map   its source map (our code only: stack traces name the .ts files)
+#   dist/<bin>.bundle.js.LEGAL.txt  the licence comments esbuild took out of the bundle
 # The Dockerfile's build stage runs exactly this (after `npm ci` from the lockfile) and each image
 # stage copies one <outroot>/<service> to /app; scripts/check-entrypoints.sh runs it too, then starts
 # every image stage's ENTRYPOINT in its tree. One script for both, so the check cannot drift from the

@@ -197,7 +197,6 @@ describe("Dockerfile", () => {
       );
       assert.equal(t.argv[0], "node", `${t.name}: runs node itself`);
       assert.equal(t.argv.at(-1), "dist/main.js", `${t.name}: runs the compiled bundle`);
-      assert.ok(t.argv.includes("--enable-source-maps"), `${t.name}: stack traces name the .ts files`);
       assert.ok(!t.argv.some((a) => a.includes("tsx") || a.endsWith(".ts")), `${t.name}: no TypeScript at run time`);
     }
   });
