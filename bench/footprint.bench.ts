@@ -58,7 +58,7 @@ import { createServer as createNetServer, type Server as NetServer, connect as n
 import { availableParallelism, loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { bundle, executables, writeLauncher } from "../scripts/build.js";
-import { buildImageTrees, type Fixtures, type ImageTarget, imageTargets, startFixtures } from "../scripts/check-entrypoints.js";
+import { buildImageTrees, type Fixtures, freePort, type ImageTarget, imageTargets, startFixtures } from "../scripts/check-entrypoints.js";
 import { createCa, issueCert } from "../test/support/pki.js";
 import { tempDir } from "../test/support/tmp.js";
 import { type Figure, percentile, recordFigures } from "./lib.js";
@@ -279,14 +279,6 @@ async function stop(p: Running, mustExitZero: boolean): Promise<void> {
     throw new Error(`${p.name} did not exit within 15 s of SIGTERM`);
   }
   if (mustExitZero && code !== 0) throw new Error(`${p.name} exited ${code} after SIGTERM:\n${p.output().slice(-3000)}`);
-}
-
-async function freePort(): Promise<number> {
-  const srv = createNetServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
 }
 
 // ---- the references ------------------------------------------------------------------------------------
