@@ -109,3 +109,112 @@ export function buildActivation(input: PolicyInput): ActivationResult {
     throw err;
   }
 }
+
+// ---- at admission: what is known when the pod is created ----------------------------------------
+
+/**
+ * What a policy decision can read when a pod is created (the mutating webhook, issue 15): its
+ * namespace and the namespace's labels, its service account, labels and annotations, and the
+ * identity the naming rule gives it. A pod has no UID, IP, node or phase yet, no token has been
+ * issued, no request made; a `generateName` pod has no name.
+ */
+export interface AdmissionPolicyInput {
+  namespace: string;
+  /** The namespace's labels; undefined when the namespace is not known (yet). */
+  namespaceLabels: Readonly<Record<string, string>> | undefined;
+  /** metadata.name; undefined for a `generateName` pod (the name is made after admission). */
+  podName: string | undefined;
+  serviceAccountName: string;
+  /** The pod's labels and annotations as the gateway will see them (the pod registry's allow-lists applied). */
+  labels: Readonly<Record<string, string>>;
+  annotations: Readonly<Record<string, string>>;
+  /** The identity the naming rule gives the pod (request.domain, request.service of its first registration). */
+  domain: string;
+  service: string;
+  now: Date;
+}
+
+/** Thrown by a field of the admission activation that is not known at admission. */
+export class UnknownAtAdmission extends Error {
+  constructor(readonly field: string) {
+    super(`${field} is not known when the pod is created`);
+  }
+}
+
+/** Records which unknown fields an evaluation read (a rule that read none decided on known inputs only). */
+export class UnknownProbe {
+  readonly touched = new Set<string>();
+  reset(): void {
+    this.touched.clear();
+  }
+}
+
+/** Makes `field` of `o` an accessor that records `path` in `probe` and throws {@link UnknownAtAdmission}. */
+function unknown(o: object, field: string, path: string, probe: UnknownProbe): void {
+  Object.defineProperty(o, field, {
+    enumerable: true,
+    configurable: true,
+    get() {
+      probe.touched.add(path);
+      throw new UnknownAtAdmission(path);
+    },
+  });
+}
+
+/**
+ * The activation at admission: the known inputs as values (bounded like {@link buildActivation}'s),
+ * every other field an accessor that throws {@link UnknownAtAdmission} and records itself in `probe`.
+ * With CEL's error absorption (`x || true` is true, `x && false` is false, also in `all`/`exists`),
+ * a rule whose result is a bool decided on the known inputs alone; one that throws after reading an
+ * unknown field is "not evaluated". `request.operation` is "register": admission predicts the first
+ * registration.
+ */
+export function buildAdmissionActivation(input: AdmissionPolicyInput, probe: UnknownProbe): ActivationResult {
+  try {
+    const namespace = s(input.namespace, MAX.namespace, "pod.namespace");
+    const sa = s(input.serviceAccountName, MAX.name, "pod.serviceAccountName");
+    const name = input.podName === undefined ? undefined : s(input.podName, MAX.name, "pod.name");
+
+    const token = new CelToken();
+    token.namespace = namespace;
+    token.serviceAccountName = sa;
+    // The subject of a service-account token is fixed by its namespace and account (k8s.io/apiserver serviceaccount.MakeUsername).
+    token.subject = s(`system:serviceaccount:${namespace}:${sa}`, MAX.subject, "token.subject");
+    if (name !== undefined) token.podName = name;
+    else unknown(token, "podName", "token.podName", probe);
+    for (const f of [
+      "serviceAccountUid",
+      "podUid",
+      "nodeName",
+      "nodeUid",
+      "issuer",
+      "audiences",
+      "credentialId",
+      "issuedAt",
+      "expiresAt",
+      "notBefore",
+    ] as const) {
+      unknown(token, f, `token.${f}`, probe);
+    }
+
+    const pod = new CelPod();
+    pod.namespace = namespace;
+    pod.serviceAccountName = sa;
+    pod.labels = strMap(input.labels, MAX.labels, MAX.labelKey, MAX.labelValue, "pod.labels");
+    pod.annotations = strMap(input.annotations, MAX.annotations, MAX.labelKey, MAX.annotationValue, "pod.annotations");
+    if (name !== undefined) pod.name = name;
+    else unknown(pod, "name", "pod.name", probe);
+    for (const f of ["uid", "nodeName", "phase", "podIPs", "hostIP", "creationTimestamp"] as const) unknown(pod, f, `pod.${f}`, probe);
+
+    const request = new CelRequest("register", s(input.domain, MAX.domain, "request.domain"), s(input.service, MAX.service, "request.service"), {});
+    unknown(request, "attributes", "request.attributes", probe);
+    const namespaceObject = new CelNamespace(
+      namespace,
+      strMap(input.namespaceLabels ?? {}, MAX.labels, MAX.labelKey, MAX.labelValue, "namespaceObject.labels"),
+    );
+    return { kind: "ok", activation: { request, token, pod, namespaceObject, now: input.now } };
+  } catch (err) {
+    if (err instanceof TooLarge) return { kind: "too-large", field: err.field, limit: err.limit };
+    throw err;
+  }
+}

@@ -23,7 +23,15 @@
  */
 import type { Violation } from "@k8s-athenz-identity/api/common";
 import { ViolationCode, violation } from "@k8s-athenz-identity/shared/violations";
-import { buildActivation, type PolicyInput } from "./activation.js";
+import {
+  type ActivationResult,
+  type AdmissionPolicyInput,
+  buildActivation,
+  buildAdmissionActivation,
+  type PolicyInput,
+  UnknownAtAdmission,
+  UnknownProbe,
+} from "./activation.js";
 import type { Activation, CompiledExpression } from "./cel.js";
 import { compileExpression } from "./cel.js";
 import {
@@ -111,6 +119,26 @@ export interface Snapshot {
   /** The extra DNS names every pod may request, by their rules' own subjects. */
   readonly extraDnsNames: ExtraDnsNamesSpec;
   evaluate(input: PolicyInput): PolicyVerdict;
+  /**
+   * Predicts, when a pod is created, whether the policy would deny it an identity: everything that
+   * depends only on what admission knows (selection, invalid objects, cost, usage conflicts, and the
+   * rules that decide on known inputs). What needs more (rules reading the pod's UID, IPs, node or
+   * the token; clientIP; token age) is listed in `notEvaluated`, never in `violations`.
+   */
+  evaluateAtAdmission(input: AdmissionPolicyInput): AdmissionPolicyVerdict;
+}
+
+/** The policy's prediction at admission. */
+export interface AdmissionPolicyVerdict {
+  /** Definitive: the gateway would deny the pod's first registration for each of these. Empty: no reason found. */
+  violations: Violation[];
+  /** Set when nothing could be predicted (the namespace is not known yet). */
+  retry?: string;
+  applied: PolicyRef[];
+  /** The rules that decided on what admission knows. */
+  rules: RuleOutcome[];
+  /** What needs more than admission knows, e.g. `IdentityPolicy team-a/p@7 rule r (reads pod.podIPs)`. */
+  notEvaluated: string[];
 }
 
 /** Compiled objects by uid+resourceVersion: an unchanged object is never compiled twice. */
@@ -197,17 +225,49 @@ export function compileObjects(raws: readonly unknown[], cache: CompileCache = n
   return out;
 }
 
-function appliesTo(o: CompiledObject, input: PolicyInput, nsLabels: Readonly<Record<string, string>>): boolean {
-  if (o.ref.kind === NAMESPACED_KIND && o.ref.namespace !== input.pod.namespace) return false;
+/** Who a decision is about: what selection, caps and the naming of rules read. */
+interface Subject {
+  namespace: string;
+  namespaceLabels: Readonly<Record<string, string>> | undefined;
+  labels: Readonly<Record<string, string>>;
+  serviceAccountName: string;
+  domain: string;
+  service: string;
+  operation: "register" | "refresh";
+}
+
+function appliesTo(o: CompiledObject, subject: Subject, nsLabels: Readonly<Record<string, string>>): boolean {
+  if (o.ref.kind === NAMESPACED_KIND && o.ref.namespace !== subject.namespace) return false;
   const s = o.selectors;
   if (!s) return true;
   if (o.ref.kind === CLUSTER_KIND && !matchesSelector(s.namespaceSelector, nsLabels)) return false;
-  if (!matchesSelector(s.podSelector, input.pod.labels)) return false;
-  if (s.serviceAccountNames && !s.serviceAccountNames.includes(input.pod.serviceAccountName)) return false;
+  if (!matchesSelector(s.podSelector, subject.labels)) return false;
+  if (s.serviceAccountNames && !s.serviceAccountNames.includes(subject.serviceAccountName)) return false;
   return true;
 }
 
 const ruleField = (r: PolicyRef, rule: string) => `${r.kind}/${r.namespace ? `${r.namespace}/` : ""}${r.name}/rules/${rule}`;
+
+/** How one rule came out: a verdict, or (at admission) not evaluated for lack of inputs. */
+type RuleRun = { kind: "result"; value: boolean } | { kind: "error"; message: string } | { kind: "not-evaluated"; reads: string[] };
+
+/** What differs between a decision at the gateway and a prediction at admission. */
+interface Mode {
+  /** The token's age in seconds; undefined when not known (admission: no token is issued yet). */
+  tokenAgeS: number | undefined;
+  activation(): ActivationResult;
+  run(rule: CompiledRule, activation: Activation): RuleRun;
+}
+
+interface Judgement {
+  verdict: PolicyVerdict;
+  /** The objects that applied (selected the pod), valid or not. */
+  applying: CompiledObject[];
+  /** Rules (at admission) that read an input not known yet, with the inputs they read. */
+  notEvaluated: Array<{ policy: PolicyRef; rule: string; reads: string[] }>;
+}
+
+const firstLineOf = (err: unknown) => (err as Error).message.split("\n")[0]!.slice(0, 200);
 
 let versions = 0;
 
@@ -226,31 +286,33 @@ export function createSnapshot(objects: readonly CompiledObject[], defaults: Pol
     ? { rules: cluster.flatMap((o) => (o.valid ? (o.spec?.extraDnsNames?.rules ?? []) : [])) }
     : defaults.extraDnsNames;
 
-  function evaluate(input: PolicyInput): PolicyVerdict {
+  /** The one evaluator: selection, caps, refresh, token age, clientIP and rules, for either mode. */
+  function judge(subject: Subject, mode: Mode): Judgement {
     const violations: Violation[] = [];
     const applied: PolicyRef[] = [];
     const rules: RuleOutcome[] = [];
+    const notEvaluated: Judgement["notEvaluated"] = [];
     const cert: PolicyVerdict["cert"] = {
       expiryMinutes: defaults.expiryMinutes,
       refresh: defaults.refresh,
       ...(defaults.usage ? { usage: defaults.usage } : {}),
     };
     const verdict: PolicyVerdict = { violations, applied, rules, cert, clientIp: [] };
-    const nsLabels = input.namespaceLabels;
-    const namespaced = byNamespace.get(input.pod.namespace) ?? [];
+    const nsLabels = subject.namespaceLabels;
+    const namespaced = byNamespace.get(subject.namespace) ?? [];
     if (nsLabels === undefined && clusterPolicies) {
-      verdict.retry = `namespace ${input.pod.namespace} not known yet`;
-      return verdict;
+      verdict.retry = `namespace ${subject.namespace} not known yet`;
+      return { verdict, applying: [], notEvaluated };
     }
     const labels = nsLabels ?? {};
     const applying: CompiledObject[] = [];
     let selected = !clusterPolicies;
     for (const o of cluster) {
-      if (!appliesTo(o, input, labels)) continue;
+      if (!appliesTo(o, subject, labels)) continue;
       applying.push(o);
       if (o.valid) selected = true;
     }
-    for (const o of namespaced) if (appliesTo(o, input, labels)) applying.push(o);
+    for (const o of namespaced) if (appliesTo(o, subject, labels)) applying.push(o);
     if (!selected) {
       violations.push(
         violation(ViolationCode.PolicyNotSelected, "no ClusterIdentityPolicy selects this pod (namespace, service account or pod labels)", ""),
@@ -287,27 +349,24 @@ export function createSnapshot(objects: readonly CompiledObject[], defaults: Pol
       }
       const spec = o.spec!;
       for (const cap of spec.certificates ?? []) {
-        if (cap.domain !== undefined && cap.domain !== input.domain) continue;
-        if (cap.service !== undefined && cap.service !== input.service) continue;
+        if (cap.domain !== undefined && cap.domain !== subject.domain) continue;
+        if (cap.service !== undefined && cap.service !== subject.service) continue;
         if (cap.maxExpiryMinutes !== undefined) cert.expiryMinutes = Math.min(cert.expiryMinutes, cap.maxExpiryMinutes);
         if (cap.usage !== undefined) usageSeen.add(cap.usage);
       }
       if (spec.refreshAllowed === false) {
         cert.refresh = false;
-        if (input.operation === "refresh")
+        if (subject.operation === "refresh")
           violations.push(violation(ViolationCode.PolicyRefreshDenied, `${describeRef(o.ref)} does not allow refresh`, ""));
       }
-      if (spec.maxTokenAgeSeconds !== undefined && input.token.issuedAt) {
-        const ageS = input.now.getTime() / 1000 - Number(input.token.issuedAt.seconds);
-        if (ageS > spec.maxTokenAgeSeconds) {
-          violations.push(
-            violation(
-              ViolationCode.PolicyTokenTooOld,
-              `the token is ${Math.floor(ageS)} s old; ${describeRef(o.ref)} allows ${spec.maxTokenAgeSeconds} s`,
-              "attestationData",
-            ),
-          );
-        }
+      if (spec.maxTokenAgeSeconds !== undefined && mode.tokenAgeS !== undefined && mode.tokenAgeS > spec.maxTokenAgeSeconds) {
+        violations.push(
+          violation(
+            ViolationCode.PolicyTokenTooOld,
+            `the token is ${Math.floor(mode.tokenAgeS)} s old; ${describeRef(o.ref)} allows ${spec.maxTokenAgeSeconds} s`,
+            "attestationData",
+          ),
+        );
       }
       if (o.ref.kind === CLUSTER_KIND && spec.clientIP)
         clientIp.push({ source: o.ref, rule: spec.clientIP.rule, proxyCidrs: spec.clientIP.proxyCidrs ?? [] });
@@ -318,7 +377,7 @@ export function createSnapshot(objects: readonly CompiledObject[], defaults: Pol
         continue;
       }
       if (!activation && !activationFailed) {
-        const a = buildActivation(input);
+        const a = mode.activation();
         if (a.kind === "ok") activation = a.activation;
         else {
           activationFailed = true;
@@ -330,18 +389,21 @@ export function createSnapshot(objects: readonly CompiledObject[], defaults: Pol
           rules.push({ policy: o.ref, rule: r.name, outcome: "error", message: "inputs over their declared sizes" });
           continue;
         }
-        let ok: boolean;
-        try {
-          ok = r.expression.run(activation);
-        } catch (err) {
-          const msg = (err as Error).message.split("\n")[0]!.slice(0, 200);
-          rules.push({ policy: o.ref, rule: r.name, outcome: "error", message: msg });
-          violations.push(
-            violation(ViolationCode.PolicyRuleError, `${describeRef(o.ref)} rule ${r.name} failed to evaluate: ${msg}`, ruleField(o.ref, r.name)),
-          );
+        const run = mode.run(r, activation);
+        if (run.kind === "not-evaluated") {
+          notEvaluated.push({ policy: o.ref, rule: r.name, reads: run.reads });
           continue;
         }
-        if (ok) rules.push({ policy: o.ref, rule: r.name, outcome: "pass", message: "" });
+        if (run.kind === "error") {
+          rules.push({ policy: o.ref, rule: r.name, outcome: "error", message: run.message });
+          violations.push(
+            violation(
+              ViolationCode.PolicyRuleError,
+              `${describeRef(o.ref)} rule ${r.name} failed to evaluate: ${run.message}`,
+              ruleField(o.ref, r.name),
+            ),
+          );
+        } else if (run.value) rules.push({ policy: o.ref, rule: r.name, outcome: "pass", message: "" });
         else {
           rules.push({ policy: o.ref, rule: r.name, outcome: "fail", message: r.message });
           violations.push(violation(ViolationCode.PolicyRuleDenied, `${describeRef(o.ref)} rule ${r.name}: ${r.message}`, ruleField(o.ref, r.name)));
@@ -357,8 +419,72 @@ export function createSnapshot(objects: readonly CompiledObject[], defaults: Pol
     const usage = [...usageSeen][0];
     if (usage) cert.usage = usage;
     verdict.clientIp = clientIp.length > 0 ? clientIp : [{ rule: defaults.clientIpRule, proxyCidrs: defaults.proxyCidrs }];
-    return verdict;
+    return { verdict, applying, notEvaluated };
   }
 
-  return { version: ++versions, objects, defaults, clusterPolicies, extraDnsNames, evaluate };
+  function evaluate(input: PolicyInput): PolicyVerdict {
+    const subject: Subject = {
+      namespace: input.pod.namespace,
+      namespaceLabels: input.namespaceLabels,
+      labels: input.pod.labels,
+      serviceAccountName: input.pod.serviceAccountName,
+      domain: input.domain,
+      service: input.service,
+      operation: input.operation,
+    };
+    const issuedAt = input.token.issuedAt;
+    return judge(subject, {
+      tokenAgeS: issuedAt ? input.now.getTime() / 1000 - Number(issuedAt.seconds) : undefined,
+      activation: () => buildActivation(input),
+      run(r, a) {
+        try {
+          return { kind: "result", value: r.expression.run(a) };
+        } catch (err) {
+          return { kind: "error", message: firstLineOf(err) };
+        }
+      },
+    }).verdict;
+  }
+
+  function evaluateAtAdmission(input: AdmissionPolicyInput): AdmissionPolicyVerdict {
+    const probe = new UnknownProbe();
+    const subject: Subject = {
+      namespace: input.namespace,
+      namespaceLabels: input.namespaceLabels,
+      labels: input.labels,
+      serviceAccountName: input.serviceAccountName,
+      domain: input.domain,
+      service: input.service,
+      operation: "register",
+    };
+    const { verdict, applying, notEvaluated } = judge(subject, {
+      tokenAgeS: undefined,
+      activation: () => buildAdmissionActivation(input, probe),
+      run(r, a) {
+        probe.reset();
+        try {
+          const value = r.expression.run(a);
+          // A bool despite an unknown read: CEL's error absorption made the unknown irrelevant.
+          return { kind: "result", value };
+        } catch (err) {
+          if (probe.touched.size > 0 || err instanceof UnknownAtAdmission) return { kind: "not-evaluated", reads: [...probe.touched].sort() };
+          return { kind: "error", message: firstLineOf(err) };
+        }
+      },
+    });
+    const later: string[] = notEvaluated.map((n) => `${describeRef(n.policy)} rule ${n.rule} (reads ${n.reads.join(", ") || "inputs known later"})`);
+    for (const o of applying)
+      if (o.spec?.maxTokenAgeSeconds !== undefined) later.push(`${describeRef(o.ref)} maxTokenAgeSeconds (the token is issued later)`);
+    for (const c of verdict.clientIp)
+      if (c.source && c.rule !== "off") later.push(`${describeRef(c.source)} clientIP rule ${c.rule} (needs the pod's IP)`);
+    return {
+      violations: verdict.violations,
+      ...(verdict.retry ? { retry: verdict.retry } : {}),
+      applied: verdict.applied,
+      rules: verdict.rules,
+      notEvaluated: later,
+    };
+  }
+
+  return { version: ++versions, objects, defaults, clusterPolicies, extraDnsNames, evaluate, evaluateAtAdmission };
 }

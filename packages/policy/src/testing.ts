@@ -5,7 +5,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { type Pod, PodPhase, PodSchema, type VerifiedToken, VerifiedTokenSchema } from "@k8s-athenz-identity/api/common";
-import type { PolicyInput } from "./activation.js";
+import type { AdmissionPolicyInput, PolicyInput } from "./activation.js";
 import { API_VERSION, CLUSTER_KIND, NAMESPACED_KIND } from "./model.js";
 import type { PolicyDefaults } from "./snapshot.js";
 
@@ -102,5 +102,21 @@ export function policyInput(o: InputOptions = {}): PolicyInput {
     pod,
     namespaceLabels: "namespaceLabels" in o ? o.namespaceLabels : { "kubernetes.io/metadata.name": namespace },
     now,
+  };
+}
+
+/** What admission knows of the same pod as {@link policyInput} (the pod's name unless `generateName`). */
+export function admissionInput(o: InputOptions & { generateName?: boolean } = {}): AdmissionPolicyInput {
+  const full = policyInput(o);
+  return {
+    namespace: full.pod.namespace,
+    namespaceLabels: full.namespaceLabels,
+    podName: o.generateName ? undefined : full.pod.name,
+    serviceAccountName: full.pod.serviceAccountName,
+    labels: full.pod.labels,
+    annotations: full.pod.annotations,
+    domain: full.domain,
+    service: full.service,
+    now: full.now,
   };
 }
