@@ -72,7 +72,15 @@ describe("admission server", () => {
     copyFileSync(first.certFile, certFile);
     copyFileSync(first.keyFile, keyFile);
     const config = loadConfig(admissionSpec, {
-      env: { HOST: "127.0.0.1", PORT: "0", ADMIN_PORT: "0", TLS_CERT_FILE: certFile, TLS_KEY_FILE: keyFile, TLS_RELOAD_INTERVAL: "1h" },
+      env: {
+        HOST: "127.0.0.1",
+        PORT: "0",
+        ADMIN_PORT: "0",
+        TLS_CERT_FILE: certFile,
+        TLS_KEY_FILE: keyFile,
+        TLS_RELOAD_INTERVAL: "1h",
+        SIA_SIDECAR: "native",
+      },
     });
     admission = await startAdmission(config, { logger: silent });
   });

@@ -1,8 +1,8 @@
 /**
  * A reusable Kubernetes admission webhook endpoint: `POST <path>` with an `admission.k8s.io/v1`
  * AdmissionReview, answered with an AdmissionReview whose response echoes the request's uid. Each
- * path is one {@link AdmissionRoute}; the identity policy validation is one route
- * (policy-route.ts), and a mutating route (SIA injection) can be added beside it. The body of a
+ * path is one {@link AdmissionRoute}: the identity policy validation (policy-route.ts) and the SIA
+ * injection into pods (pod-route.ts). The body of a
  * review is untrusted until parsed here: size-capped, JSON-checked, and a route only ever sees a
  * request object with a uid.
  *
@@ -25,10 +25,13 @@ export interface AdmissionRequest {
   userInfo?: { username?: string; groups?: string[] };
 }
 
-/** A route's verdict. A refusal's message is what `kubectl apply` prints after "denied the request:". */
+/**
+ * A route's verdict. A refusal's message is what `kubectl apply` prints after "denied the request:".
+ * `audit` adds the route's own fields to the review's audit log line (never sent to the API server).
+ */
 export type AdmissionVerdict =
-  | { allowed: true; warnings?: string[]; patch?: unknown[] }
-  | { allowed: false; code?: number; reason?: string; message: string; warnings?: string[] };
+  | { allowed: true; warnings?: string[]; patch?: unknown[]; audit?: Record<string, unknown> }
+  | { allowed: false; code?: number; reason?: string; message: string; warnings?: string[]; audit?: Record<string, unknown> };
 
 export type AdmissionRoute = (request: AdmissionRequest) => AdmissionVerdict;
 
@@ -141,6 +144,8 @@ export function createAdmissionHandler(o: AdmissionHandlerOptions): RawHandler {
         dryRun: Boolean(request.dryRun),
         allowed: verdict.allowed,
         ...(verdict.allowed ? {} : { message: verdict.message.slice(0, 300) }),
+        ...(verdict.warnings && verdict.warnings.length > 0 ? { warnings: verdict.warnings.length } : {}),
+        ...verdict.audit,
       },
       "admission review",
     );
