@@ -114,6 +114,13 @@ describe("real kube-apiserver", () => {
         ["list", "pods", "", "", "", false],
         ["create", "tokenreviews", "authentication.k8s.io", "", "", false],
       ],
+      admission: [
+        ["watch", "namespaces", "", "", "", true],
+        ["list", "identitypolicies", "identity.k8s-athenz-identity.io", "", "", true],
+        ["update", "identitypolicies", "identity.k8s-athenz-identity.io", "team-a", "p", false],
+        ["list", "pods", "", "", "", false],
+        ["list", "configmaps", "", "team-a", "", false],
+      ],
     };
     for (const [account, checks] of Object.entries(expected) as [ProductAccount, Check[]][]) {
       const kc = loadKubeConfig(await state.productKubeconfig(cluster, account));

@@ -11,6 +11,8 @@ import { loadConfig, type Setting } from "@k8s-athenz-identity/shared/config";
 import { loadAllYaml, loadYaml } from "@kubernetes/client-node";
 import { imageTargets, parseDockerfile } from "../../scripts/check-entrypoints.js";
 import { admissionSpec } from "../../services/admission/src/config.js";
+import { INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL, SYSTEM_NAMESPACES } from "../../services/admission/src/inject.js";
+import { POD_INJECTION_PATH } from "../../services/admission/src/pod-route.js";
 import { csrInspectorSpec } from "../../services/csr-inspector/src/config.js";
 import { gatewaySpec } from "../../services/gateway/src/config.js";
 import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
@@ -77,14 +79,32 @@ describe("k8s/ settings files", () => {
     assert.ok(common.DNS_SUFFIXES!.split(",").includes(sia.DNS_SUFFIX!));
   });
 
-  it("one cluster-wide naming rule: the gateway and the SIA ConfigMap set it identically", () => {
+  it("one cluster-wide naming rule: the gateway, the admission server and the SIA ConfigMap set it identically", () => {
     const sia = envFile("sia/sia.env");
     const gateway = envFile("config/gateway.env");
+    const admission = envFile("config/admission.env");
     for (const k of ["NAMING_RULE", "ATHENZ_PREFIX", "ATHENZ_SUFFIX", "ATHENZ_DOMAIN"]) {
-      assert.ok(k in sia && k in gateway, `${k} is set in both`);
+      assert.ok(k in sia && k in gateway && k in admission, `${k} is set in all three`);
       assert.equal(sia[k], gateway[k], k);
+      assert.equal(admission[k], gateway[k], k);
     }
     assert.equal(sia.NAMING_RULE, "k8s-athenz-sia");
+    for (const k of ["SERVICE_ACCOUNT_FORM"]) assert.equal(admission[k] ?? "service", gateway[k] ?? "service", k);
+  });
+
+  it("the SIA injector adds the patch files' image, the token-verifier's audience, and sees the labels the gateway sees", () => {
+    const admission = envFile("config/admission.env");
+    for (const file of ["sia/sia-patch.yaml", "sia/sia-patch-classic.yaml"]) {
+      // biome-ignore lint/suspicious/noExplicitAny: a patch file, read as a plain YAML tree
+      const patch = loadYaml(readFileSync(join(k8s, file), "utf8")) as any;
+      for (const c of [...patch.spec.template.spec.initContainers, ...patch.spec.template.spec.containers])
+        if (c.image) assert.equal(c.image, admission.SIA_IMAGE, `${file} ${c.name}`);
+    }
+    assert.equal(admission.SIA_TOKEN_AUDIENCE, envFile("config/token-verifier.env").TOKEN_AUDIENCE);
+    const registry = envFile("config/pod-registry.env");
+    for (const k of ["LABEL_ALLOWLIST", "ANNOTATION_ALLOWLIST"]) assert.equal(admission[k] ?? "", registry[k] ?? "", k);
+    const own = (kustomization as unknown as { namespace: string }).namespace;
+    assert.ok(admission.INJECT_EXCLUDED_NAMESPACES!.split(",").includes(own), "the provider's own namespace is never injected");
   });
 
   it("every generated ConfigMap a workload references exists", () => {
@@ -142,8 +162,27 @@ describe("k8s/ workloads", () => {
       .map((w) => w.metadata.name)
       .sort();
     // The gateway writes Events on pods (POD_EVENTS), watches the identity policy objects, reviews its
-    // API's callers and holds the revocation Lease.
-    assert.deepEqual(mounted, ["gateway", "pod-registry", "token-verifier"]);
+    // API's callers and holds the revocation Lease; the admission server watches the objects too (the
+    // prediction at pod admission) and reads /version.
+    assert.deepEqual(mounted, ["admission", "gateway", "pod-registry", "token-verifier"]);
+  });
+
+  it("registers the SIA injector on pod CREATE in opted-in namespaces only, never the system ones or its own", () => {
+    const hooks = objects.filter((o) => o.kind === "MutatingWebhookConfiguration");
+    assert.equal(hooks.length, 1);
+    // client-node models, made plain JSON as kubectl sends them.
+    // biome-ignore lint/suspicious/noExplicitAny: manifests of many kinds, read as plain YAML trees
+    const [hook] = JSON.parse(JSON.stringify(hooks[0])).webhooks as any[];
+    assert.equal(hook.clientConfig.service.path, POD_INJECTION_PATH);
+    assert.deepEqual(hook.rules, [{ apiGroups: [""], apiVersions: ["v1"], operations: ["CREATE"], resources: ["pods"], scope: "Namespaced" }]);
+    assert.deepEqual([hook.sideEffects, hook.reinvocationPolicy, hook.failurePolicy], ["None", "IfNeeded", "Fail"]);
+    assert.ok(hook.timeoutSeconds <= 10);
+    assert.deepEqual(hook.namespaceSelector.matchLabels, { [INJECT_LABEL]: INJECT_ENABLED });
+    const own = (kustomization as unknown as { namespace: string }).namespace;
+    assert.deepEqual(hook.namespaceSelector.matchExpressions, [
+      { key: "kubernetes.io/metadata.name", operator: "NotIn", values: [...SYSTEM_NAMESPACES, own] },
+    ]);
+    assert.deepEqual(hook.objectSelector.matchExpressions, [{ key: INJECT_LABEL, operator: "NotIn", values: [INJECT_DISABLED] }]);
   });
 
   it("pins every image: our images by registry and tag, NATS by the release every test tier runs", () => {

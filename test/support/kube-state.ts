@@ -25,7 +25,7 @@ export const ATHENZ_AUDIENCE = "athenz-identityd";
 /** Namespace of the product (k8s/namespace.yaml; kustomization.yaml puts k8s/rbac.yaml's objects there). */
 export const PRODUCT_NAMESPACE = "athenz-identity";
 /** The shipped ServiceAccounts of k8s/rbac.yaml that a service runs as (nats has no API access). */
-export type ProductAccount = "pod-registry" | "token-verifier" | "gateway" | "csr-inspector";
+export type ProductAccount = "pod-registry" | "token-verifier" | "gateway" | "csr-inspector" | "admission";
 /** The one Lease pod-registry's Role lets it get/update (k8s/rbac.yaml resourceNames). */
 export const PRODUCT_LEASE = "pod-registry";
 
