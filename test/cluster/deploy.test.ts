@@ -249,7 +249,7 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
   });
 
   it("issues a token for each ServiceAccount through TokenRequest", async () => {
-    for (const sa of ["gateway", "token-verifier", "pod-registry", "csr-inspector"]) {
+    for (const sa of ["gateway", "token-verifier", "pod-registry", "csr-inspector", "admission"]) {
       const { stdout } = await kubectl(["-n", NS, "create", "token", sa, "--duration=10m"]);
       const token = stdout.trim();
       const claims = JSON.parse(Buffer.from(token.split(".")[1]!, "base64url").toString()) as { sub: string };
@@ -330,6 +330,30 @@ describe("k8s/ manifests on a real kube-apiserver", () => {
     assert.equal((await callApi(cluster, t, "POST", leases, lease)).status, 201);
     assert.equal((await callApi(cluster, t, "GET", `${leases}/gateway-revocation`)).status, 200);
     assert.equal((await callApi(cluster, t, "GET", `${leases}/pod-registry`)).status, 403);
+  });
+
+  it("admission can watch namespaces and the identity policy objects, read /version, and nothing else", async () => {
+    const t = tokens.get("admission")!;
+    assert.equal((await callApi(cluster, t, "GET", "/api/v1/namespaces?watch=true&timeoutSeconds=1")).status, 200);
+    // A custom resource's watch cache starts with its first reader: until it is ready, the API server
+    // answers 429 with Retry-After (as client-go does, the call is repeated then).
+    const untilServed = async (path: string): Promise<number> => {
+      for (let i = 0; ; i++) {
+        const r = await callApi(cluster, t, "GET", path);
+        if (r.status !== 429 || i >= 50) return r.status;
+        await new Promise((res) => setTimeout(res, 200));
+      }
+    };
+    assert.equal(await untilServed("/apis/identity.k8s-athenz-identity.io/v1alpha1/identitypolicies"), 200);
+    assert.equal(await untilServed("/apis/identity.k8s-athenz-identity.io/v1alpha1/clusteridentitypolicies?watch=true&timeoutSeconds=1"), 200);
+    assert.equal((await callApi(cluster, t, "GET", "/version")).status, 200);
+    // Refused: the objects' status (the gateway's), pods, ConfigMaps, Secrets, changing a namespace.
+    const status = await callApi(cluster, t, "PUT", "/apis/identity.k8s-athenz-identity.io/v1alpha1/clusteridentitypolicies/x/status", {});
+    assert.equal(status.status, 403);
+    assert.equal((await callApi(cluster, t, "GET", "/api/v1/pods?limit=1")).status, 403);
+    assert.equal((await callApi(cluster, t, "GET", "/api/v1/namespaces/default/configmaps")).status, 403);
+    assert.equal((await callApi(cluster, t, "GET", `/api/v1/namespaces/${NS}/secrets`)).status, 403);
+    assert.equal((await callApi(cluster, t, "PATCH", "/api/v1/namespaces/default", {})).status, 403);
   });
 
   for (const sa of ["csr-inspector"]) {
