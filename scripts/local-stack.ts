@@ -4,9 +4,13 @@
  * Starts a cluster source (the REAL kube-apiserver + etcd tier when test/cluster/setup.sh has built
  * the binaries, else a clearly labelled simulated cluster: the fake API server and a test token
  * signer), the ZTS stand-in, and the four services on real ports (gateway with mutual TLS towards
- * ZTS). Then it creates a sandbox pod, gets it a pod-bound token, runs the SIA in init mode (the real
- * SIA entrypoint, as an init container would) through ZTS and the gateway, and prints the decision
- * and the certificate. It keeps running until Ctrl-C (exit 0), or exits right away with --once.
+ * ZTS). Then it creates the demo pod from a Deployment-style template with no SIA in it: on the real
+ * API server, the SIA injector (the admission server, registered as k8s/admission.yaml ships it)
+ * adds the SIA; on the simulated cluster, the injector's code does, in process. The SIA is then run
+ * from the stored pod spec as a kubelet would: the environment from the namespace's ConfigMap and
+ * the downward API, the projected token with the spec's audience, the startup probe awaited. It
+ * prints the decision and the certificate, and keeps running until Ctrl-C (exit 0), or exits right
+ * away with --once.
  *
  *   node --import tsx scripts/local-stack.ts [--once] [--cluster auto|real|simulated] [--keep]
  *   (env LOCAL_STACK_CLUSTER=auto|real|simulated does the same as --cluster)
@@ -14,6 +18,7 @@
 import { execFile, spawn } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,11 +32,31 @@ const SIA_MAIN = join(ROOT, "services/sia/src/main.ts");
 const CLI = join(ROOT, "services/gateway/src/cli.ts");
 
 const NAMESPACE = "sandbox-demo";
+/** The namespace label that opts in to SIA injection (services/admission/src/inject.ts INJECT_LABEL). */
+const INJECT_LABEL = "identity.k8s-athenz-identity.io/inject";
 const SERVICE_ACCOUNT = "demo";
 const POD_NAME = "demo-app";
 const POD_IP = "10.244.0.7";
 const NODE = "sandbox-node";
 const API_VERSION = "identity.k8s-athenz-identity.io/v1alpha1";
+/**
+ * The demo app as its Deployment's pod template says, with nothing about Athenz in it: the SIA comes
+ * from the injector. (The API server gives it its ServiceAccount's token volume; the injector the rest.)
+ */
+const DEMO_TEMPLATE = {
+  metadata: { labels: { app: POD_NAME } },
+  spec: {
+    serviceAccountName: SERVICE_ACCOUNT,
+    securityContext: { runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: { type: "RuntimeDefault" } },
+    containers: [
+      {
+        name: "app",
+        image: "registry.k8s.io/pause:3.10",
+        securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"] } },
+      },
+    ],
+  },
+};
 /** Today's behaviour as an object (k8s/policy/default-cluster-policy.yaml). */
 const DEFAULT_POLICY = readFileSync(join(ROOT, "k8s/policy/default-cluster-policy.yaml"), "utf8");
 /** The namespaced policy the demo applies after the certificate is minted, then removes. */
@@ -59,15 +84,24 @@ const USAGE = `Usage: npm start [-- --once] [-- --cluster auto|real|simulated] [
  * seconds to load on a busy machine).
  */
 async function loadModules() {
-  const [connect, connectNode, api, stack, kubeCluster, kubeState, zts] = await Promise.all([
-    import("@connectrpc/connect"),
-    import("@connectrpc/connect-node"),
-    import("@k8s-athenz-identity/api/identity_provider"),
-    import("../test/e2e/stack.js"),
-    import("../test/support/kube-cluster.js"),
-    import("../test/support/kube-state.js"),
-    import("../test/support/zts-stand-in.js"),
-  ]);
+  const [connect, connectNode, api, stack, kubeCluster, kubeState, zts, admission, admissionConfig, inject, config, logger, webhooks, podEnv, pki] =
+    await Promise.all([
+      import("@connectrpc/connect"),
+      import("@connectrpc/connect-node"),
+      import("@k8s-athenz-identity/api/identity_provider"),
+      import("../test/e2e/stack.js"),
+      import("../test/support/kube-cluster.js"),
+      import("../test/support/kube-state.js"),
+      import("../test/support/zts-stand-in.js"),
+      import("../services/admission/src/service.js"),
+      import("../services/admission/src/config.js"),
+      import("../services/admission/src/inject.js"),
+      import("@k8s-athenz-identity/shared/config"),
+      import("@k8s-athenz-identity/shared/logger"),
+      import("../test/support/webhooks.js"),
+      import("../test/support/pod-env.js"),
+      import("../test/support/pki.js"),
+    ]);
   return {
     createClient: connect.createClient,
     createConnectTransport: connectNode.createConnectTransport,
@@ -88,6 +122,17 @@ async function loadModules() {
     loadKubeConfig: kubeState.loadKubeConfig,
     PRODUCT_NAMESPACE: kubeState.PRODUCT_NAMESPACE,
     startZtsStandIn: zts.startZtsStandIn,
+    startAdmission: admission.startAdmission,
+    admissionSpec: admissionConfig.admissionSpec,
+    injectSia: inject.injectSia,
+    INJECTED_ANNOTATION: inject.INJECTED_ANNOTATION,
+    SYSTEM_NAMESPACES: inject.SYSTEM_NAMESPACES,
+    loadConfig: config.loadConfig,
+    createLogger: logger.createLogger,
+    loopbackWebhooks: webhooks.loopbackWebhooks,
+    containerEnv: podEnv.containerEnv,
+    createCa: pki.createCa,
+    issueCert: pki.issueCert,
   };
 }
 let M: Awaited<ReturnType<typeof loadModules>>;
@@ -188,10 +233,23 @@ function onSignal(signal: NodeJS.Signals): void {
 
 // ---- the cluster source ------------------------------------------------------------------------
 
-interface PodHandle {
+// biome-ignore lint/suspicious/noExplicitAny: Kubernetes objects read back as plain JSON
+type Json = any;
+
+/** The demo pod as stored, with what its SIA needs from the cluster. */
+interface DemoPod {
+  /** The stored pod (spec as the injector left it; uid, IP as the API server and the "kubelet" set them). */
+  pod: Json;
   uid: string;
-  token: string;
-  source: string;
+  /** The ConfigMaps the SIA container's envFrom names, by name. */
+  configMaps: Record<string, Record<string, string>>;
+  /** Admission warnings about the pod, as kubectl printed them. */
+  warnings: string[];
+  /** Who injected the SIA, for the screen. */
+  injectedBy: string;
+  /** A token for the projected volume: the audience and lifetime the spec asks for, bound to the pod. */
+  token(audience: string, expirationSeconds: number): Promise<string>;
+  tokenSource: string;
 }
 
 interface ClusterSource {
@@ -199,8 +257,13 @@ interface ClusterSource {
   label: string;
   detail: string[];
   services: Services;
-  /** Creates the sandbox pod (IP set via status, phase Pending as during init containers) and its token. */
-  sandboxPod(): Promise<PodHandle>;
+  /**
+   * Creates the demo pod from {@link DEMO_TEMPLATE} in a namespace opted in to injection, with the
+   * SIA's ConfigMap `siaSettings` (IP set via status, phase Pending as during init containers).
+   */
+  demoPod(siaSettings: Record<string, string>): Promise<DemoPod>;
+  /** A command that shows the stored pod, when there is an API server to ask. */
+  inspectPod?: string;
   /** How the demo changes the identity policy objects, as an operator would here. */
   policy: {
     /** The command shown for applying `yaml` (a file named deny-demo.yaml). */
@@ -275,15 +338,89 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
       `services act as system:serviceaccount:${M.PRODUCT_NAMESPACE}:{pod-registry,token-verifier,gateway} (k8s/rbac.yaml)`,
       "identity policy objects: the CRDs of k8s/crds, watched by the gateway (POLICY_SOURCE=kubernetes)",
       "no kubelet/scheduler: the pod's IP is written through pods/status, its token by TokenRequest",
+      "the demo pod's SIA: injected by the admission server's webhook (k8s/admission.yaml), registered with a loopback url",
     ],
     services,
-    async sandboxPod() {
-      const pod = await state.createPod({ namespace: NAMESPACE, name: POD_NAME, serviceAccountName: SERVICE_ACCOUNT, nodeName: NODE });
+    async demoPod(siaSettings) {
+      // The admission server as shipped (its own ServiceAccount, SIA_SIDECAR=auto on this API server's
+      // version), registered as k8s/admission.yaml ships it with a loopback url.
+      const admission = await step("starting the admission server and registering its webhooks (k8s/admission.yaml)", async () => {
+        const pki = join(dir, "admission-pki");
+        const ca = M.createCa(pki, "webhook-ca", "local webhook CA");
+        const serving = M.issueCert(pki, "admission", ca, { cn: "admission.athenz-identity.svc", ips: ["127.0.0.1"], usage: "server" });
+        const a = await M.startAdmission(
+          M.loadConfig(M.admissionSpec, {
+            env: {
+              HOST: "127.0.0.1",
+              PORT: "0",
+              ADMIN_PORT: "0",
+              TLS_CERT_FILE: serving.certFile,
+              TLS_KEY_FILE: serving.keyFile,
+              POLICY_SOURCE: "kubernetes",
+              KUBECONFIG: await state.productKubeconfig(cluster, "admission", 24 * 3600),
+              SIA_SIDECAR: "auto",
+            },
+          }),
+          { logger: M.createLogger({ service: "admission", level: "info", destination: logDestination }) },
+        );
+        closers.push({ name: "admission", close: () => a.close() });
+        for (const c of M.loopbackWebhooks(a.server.url, ca.certPem)) await kubectl(["apply", "-f", "-"], JSON.stringify(c));
+        return a;
+      });
+      row("admission", `${admission.server.url}  ${dim(`SIA sidecar: ${admission.sidecar.describe().source}`)}`);
+      await step(
+        `namespace ${NAMESPACE} labelled ${INJECT_LABEL}=enabled, ConfigMap athenz-sia (k8s/sia/sia.env), service account ${SERVICE_ACCOUNT}`,
+        async () => {
+          await state.ensureNamespace(NAMESPACE);
+          await kubectl(["label", "--overwrite", "namespace", NAMESPACE, `${INJECT_LABEL}=enabled`]);
+          await kubectl(
+            ["apply", "-f", "-"],
+            JSON.stringify({ apiVersion: "v1", kind: "ConfigMap", metadata: { name: "athenz-sia", namespace: NAMESPACE }, data: siaSettings }),
+          );
+          await state.ensureServiceAccount(NAMESPACE, SERVICE_ACCOUNT);
+          await state.ensureNode(NODE);
+        },
+      );
+      // As its ReplicaSet would create it (named, and bound to a node as the scheduler would).
+      const podJson = {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name: POD_NAME, ...DEMO_TEMPLATE.metadata },
+        spec: { ...DEMO_TEMPLATE.spec, nodeName: NODE },
+      };
+      const created = await step(`kubectl create pod ${POD_NAME} (its template has no SIA)`, async () => {
+        // The label and the registration reach the API server's admission chain a moment after they are
+        // written: a server-side dry run says when the injector is in force (it creates nothing).
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          const dry = await kubectl(["-n", NAMESPACE, "create", "--dry-run=server", "-f", "-", "-o", "json"], JSON.stringify(podJson));
+          if ((JSON.parse(dry.stdout) as Json).metadata?.annotations?.[M.INJECTED_ANNOTATION]) break;
+          if (Date.now() > deadline) throw new Error("the SIA injector did not take effect within 30 s");
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        return await kubectl(["-n", NAMESPACE, "create", "-f", "-", "-o", "json"], JSON.stringify(podJson));
+      });
+      const uid = (JSON.parse(created.stdout) as Json).metadata.uid as string;
       await state.setPodStatus(NAMESPACE, POD_NAME, { podIP: POD_IP, phase: "Pending", hostIP: "192.0.2.10" });
-      const uid = pod.metadata!.uid!;
-      const token = await state.podToken({ namespace: NAMESPACE, serviceAccountName: SERVICE_ACCOUNT, pod: { name: POD_NAME, uid } });
-      return { uid, token, source: `TokenRequest (pod-bound, audience ${M.ATHENZ_AUDIENCE}, 1 h), signed by the API server` };
+      const stored = JSON.parse((await kubectl(["-n", NAMESPACE, "get", "pod", POD_NAME, "-o", "json"])).stdout) as Json;
+      return {
+        pod: stored,
+        uid,
+        configMaps: { "athenz-sia": siaSettings },
+        warnings: created.stderr.split("\n").filter((l) => l.startsWith("Warning:")),
+        injectedBy: `the SIA injector, called by the API server (${stored.metadata.annotations?.[M.INJECTED_ANNOTATION] ?? "?"} sidecar)`,
+        token: (audience, expirationSeconds) =>
+          state.podToken({
+            namespace: NAMESPACE,
+            serviceAccountName: SERVICE_ACCOUNT,
+            pod: { name: POD_NAME, uid },
+            audiences: [audience],
+            expirationSeconds,
+          }),
+        tokenSource: "TokenRequest (pod-bound), signed by the API server, as the kubelet gets it",
+      };
     },
+    inspectPod: `KUBECONFIG=${cluster.kubeconfigPath} kubectl -n ${NAMESPACE} get pod ${POD_NAME} -o yaml`,
     policy: {
       applyCommand: `KUBECONFIG=${cluster.kubeconfigPath} kubectl apply -f deny-demo.yaml`,
       deleteCommand: `KUBECONFIG=${cluster.kubeconfigPath} kubectl -n ${NAMESPACE} delete identitypolicy deny-demo`,
@@ -309,8 +446,21 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
       "for the real API server tier: npm run test:cluster builds it once, then npm start uses it",
     ],
     services: s,
-    async sandboxPod() {
-      const pod = s.kube.createPod({
+    async demoPod(siaSettings) {
+      // No API server to call a webhook: the injector's own code, in process, on the same template.
+      const podJson = {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name: POD_NAME, namespace: NAMESPACE, ...DEMO_TEMPLATE.metadata },
+        spec: DEMO_TEMPLATE.spec,
+      };
+      const injected = M.injectSia(structuredClone(podJson), NAMESPACE, {
+        sia: { image: "registry.example.com/athenz-identity/sia:0.1.0", configMap: "athenz-sia", audience: M.ATHENZ_AUDIENCE },
+        mode: "native",
+        excludedNamespaces: new Set(M.SYSTEM_NAMESPACES),
+      });
+      if (injected.kind !== "injected") throw new Error(`the injector left the demo pod alone: ${JSON.stringify(injected)}`);
+      const fake = s.kube.createPod({
         namespace: NAMESPACE,
         name: POD_NAME,
         serviceAccountName: SERVICE_ACCOUNT,
@@ -318,8 +468,21 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
         phase: "Pending",
         nodeName: NODE,
       });
-      const token = await s.mint(pod);
-      return { uid: pod.metadata.uid, token, source: `minted by the test signer with the API server's claims (audience ${M.ATHENZ_AUDIENCE}, 1 h)` };
+      const pod = {
+        ...injected.pod,
+        metadata: { ...injected.pod.metadata, uid: fake.metadata.uid },
+        spec: { ...injected.pod.spec, nodeName: NODE },
+        status: fake.status,
+      };
+      return {
+        pod,
+        uid: fake.metadata.uid,
+        configMaps: { "athenz-sia": siaSettings },
+        warnings: injected.warnings,
+        injectedBy: "the SIA injector's code in process (services/admission/src/inject.ts; native sidecar)",
+        token: (audience, expirationSeconds) => s.mint(fake, { audience, lifetimeSec: expirationSeconds }),
+        tokenSource: "minted by the test signer with the API server's claims",
+      };
     },
     policy: {
       applyCommand: `append deny-demo.yaml to ${policyFile} (POLICY_FILE)`,
@@ -338,41 +501,174 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
 
 // ---- the SIA -----------------------------------------------------------------------------------
 
-interface SiaRun {
-  code: number | null;
-  ms: number;
-  lines: Array<{ level?: string; msg?: string; err?: { message?: string } | string }>;
+/**
+ * The namespace's SIA settings (ConfigMap athenz-sia): k8s/sia/sia.env as shipped, with this
+ * machine's ZTS, provider and DNS suffix, and a shorter INIT_TIMEOUT for a local run.
+ */
+function siaSettings(zts: ZtsStandIn): Record<string, string> {
+  const shipped: Record<string, string> = {};
+  for (const line of readFileSync(join(ROOT, "k8s/sia/sia.env"), "utf8").split("\n")) {
+    const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(line.trim());
+    if (m) shipped[m[1]!] = m[2]!;
+  }
+  return {
+    ...shipped,
+    ENDPOINT: `${zts.url}/zts/v1`,
+    SERVER_CA_CERT: zts.caFile,
+    PROVIDER_SERVICE: M.PROVIDER,
+    DNS_SUFFIX: M.DNS_SUFFIX,
+    INIT_TIMEOUT: "20s",
+    LOG_LEVEL: "info",
+  };
 }
 
-/** Runs the real SIA entrypoint (MODE=init), as the pod's init container would. */
-function runSia(env: Record<string, string>): Promise<SiaRun> {
-  const t0 = performance.now();
+type SiaLine = { level?: string; msg?: string; err?: { message?: string } | string };
+
+/** One SIA container of the pod, running as the real SIA entrypoint. */
+interface SiaProcess {
+  name: string;
+  mode: string;
+  /** Exit code; null while running. */
+  exited: Promise<number | null>;
+}
+
+const printLine = (container: string, raw: string) => {
+  let l: SiaLine;
+  try {
+    l = JSON.parse(raw) as SiaLine;
+  } catch {
+    l = { msg: raw };
+  }
+  const level = l.level ?? "info";
+  const tint = level === "error" || level === "fatal" ? red : level === "warn" ? yellow : dim;
+  // Errors are logged as { err } (type, message, stack): the message is enough on screen.
+  const err = typeof l.err === "object" ? l.err.message : l.err;
+  out(`    ${tint(`${container} │ ${l.msg ?? ""}${err ? `: ${err}` : ""}`)}`);
+};
+
+/** A free loopback port for the SIA's /healthz (in a pod, :9999 is its own network namespace's). */
+function freeLoopbackPort(): Promise<number> {
   return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const a = srv.address();
+      srv.close(() => resolve(typeof a === "object" && a ? a.port : 0));
+    });
+  });
+}
+
+/**
+ * Runs the pod's SIA containers as a kubelet would, from the stored spec: volumes made (the projected
+ * token written with the spec's audience and lifetime, emptyDirs as directories), each container's
+ * environment from its ConfigMap and the downward API, paths under its mounts moved to those
+ * directories; init containers in order (a native sidecar, restartPolicy Always, is started and its
+ * startup probe awaited; another runs to completion), then the SIA's regular containers. Only the
+ * SIA's containers run here: the app's image is a placeholder.
+ */
+async function runPodSia(demo: DemoPod, podDir: string): Promise<{ files: { key: string; cert: string; ca: string }; ms: number; ok: boolean }> {
+  const spec = demo.pod.spec;
+  const siaNames = new Set(["athenz-sia", "athenz-sia-init"]);
+  const volumes = new Map<string, string>();
+  for (const v of spec.volumes ?? []) {
+    const local = join(podDir, "volumes", v.name);
+    mkdirSync(local, { recursive: true, mode: 0o700 });
+    volumes.set(v.name, local);
+    for (const src of v.projected?.sources ?? []) {
+      const sat = src.serviceAccountToken;
+      // Without an audience it is the pod's own API credential (kube-api-access-*): the SIA does not read it.
+      if (!sat?.audience) continue;
+      writeFileSync(join(local, sat.path), await demo.token(sat.audience, sat.expirationSeconds ?? 3600), { mode: 0o600 });
+      row("token", `${demo.tokenSource}; audience ${sat.audience}, ${sat.expirationSeconds} s (volume ${v.name})`);
+    }
+  }
+  const t0 = performance.now();
+  let files = { key: "", cert: "", ca: "" };
+  const start = async (c: Json): Promise<{ proc: SiaProcess; probePort: number }> => {
+    const env = M.containerEnv(demo.pod, c, demo.configMaps);
+    // The spec's paths under the container's mounts point into the local volume directories (the
+    // ConfigMap's values are this machine's paths already, e.g. SERVER_CA_CERT).
+    const specValues = new Set<string>((c.env ?? []).filter((e: Json) => e.value !== undefined).map((e: Json) => e.name as string));
+    // Longest mount path first, each value moved once (/var/run/athenz/x is not under /tmp's volume).
+    const mounts = [...(c.volumeMounts ?? [])].sort((a: Json, b: Json) => b.mountPath.length - a.mountPath.length);
+    for (const k of specValues) {
+      const val = env[k]!;
+      const m = mounts.find((x: Json) => volumes.has(x.name) && (val === x.mountPath || val.startsWith(`${x.mountPath}/`)));
+      if (m) env[k] = volumes.get(m.name)! + val.slice(m.mountPath.length);
+    }
+    const probePort = await freeLoopbackPort();
+    env.METRICS_HOST = "127.0.0.1";
+    env.METRICS_PORT = String(probePort);
+    files = { key: env.KEY_FILE ?? "", cert: env.CERT_FILE ?? "", ca: env.CA_CERT_FILE ?? "" };
     const child = spawn(process.execPath, ["--import", "tsx", SIA_MAIN], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? "", ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    closers.push({ name: "sia", close: () => void (child.exitCode === null && child.kill("SIGTERM")) });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (c: Buffer) => (stdout += c.toString("utf8")));
-    child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")));
-    child.on("error", reject);
-    child.on("exit", (code) => {
-      const lines = (stdout + stderr)
-        .split("\n")
-        .filter((l) => l.trim() !== "")
-        .map((l) => {
-          try {
-            return JSON.parse(l) as SiaRun["lines"][number];
-          } catch {
-            return { msg: l };
-          }
-        });
-      resolve({ code, ms: performance.now() - t0, lines });
+    closers.push({ name: c.name, close: () => void (child.exitCode === null && child.kill("SIGTERM")) });
+    let printing = true;
+    const proc: SiaProcess = {
+      name: c.name,
+      mode: env.MODE ?? "?",
+      exited: new Promise((resolve) =>
+        child.on("exit", (code) => {
+          printing = false;
+          resolve(code);
+        }),
+      ),
+    };
+    for (const stream of [child.stdout, child.stderr]) {
+      let buf = "";
+      stream.on("data", (chunk: Buffer) => {
+        buf += chunk.toString("utf8");
+        const lines = buf.split("\n");
+        buf = lines.pop() ?? "";
+        if (printing) for (const l of lines) if (l.trim()) printLine(c.name, l);
+      });
+    }
+    stopPrinting.push(() => {
+      printing = false;
     });
-  });
+    return { proc, probePort };
+  };
+  const stopPrinting: Array<() => void> = [];
+  let ok = true;
+  for (const c of (spec.initContainers ?? []) as Json[]) {
+    if (!siaNames.has(c.name)) continue;
+    const { proc, probePort } = await start(c);
+    out(`    ${dim(`${c.name}: MODE=${proc.mode}${c.restartPolicy === "Always" ? ", a native sidecar (restartPolicy: Always)" : ""}`)}`);
+    if (c.restartPolicy === "Always") {
+      // The startup probe, as the kubelet runs it (here every 100 ms instead of periodSeconds).
+      const probe = c.startupProbe?.httpGet;
+      const deadline = Date.now() + (c.startupProbe?.periodSeconds ?? 10) * (c.startupProbe?.failureThreshold ?? 3) * 1000;
+      let exited = false;
+      void proc.exited.then(() => (exited = true));
+      for (;;) {
+        const r = await fetch(`http://127.0.0.1:${probePort}${probe?.path ?? "/healthz"}`).catch(() => undefined);
+        if (r?.status === 200) {
+          row(
+            "startup probe",
+            green(`${probe?.path ?? "/healthz"} 200 after ${secs(performance.now() - t0)}`) + dim(" (the app's containers would start now)"),
+          );
+          break;
+        }
+        if (exited || Date.now() > deadline) {
+          row("startup probe", red(`never passed${exited ? " (the SIA exited)" : ""}`));
+          ok = false;
+          break;
+        }
+        await new Promise((res) => setTimeout(res, 100));
+      }
+    } else {
+      const code = await proc.exited;
+      row("exit", code === 0 ? green(`0 in ${secs(performance.now() - t0)}`) : red(`${code} after ${secs(performance.now() - t0)}`));
+      if (code !== 0) ok = false;
+    }
+    if (!ok) break;
+  }
+  if (ok) for (const c of (spec.containers ?? []) as Json[]) if (siaNames.has(c.name)) await start(c);
+  for (const f of stopPrinting) f();
+  return { files, ms: performance.now() - t0, ok };
 }
 
 // ---- identity policy demo ----------------------------------------------------------------------
@@ -493,56 +789,41 @@ async function main(): Promise<void> {
   row("ZTS stand-in", `${zts.url}/zts/v1  ${dim(`(client principal ${zts.principal})`)}`);
   row("provider", `${M.PROVIDER}  ${dim(`DNS suffix ${M.DNS_SUFFIX}`)}`);
 
-  section(`Sandbox pod ${NAMESPACE}/${POD_NAME}`);
-  const pod = await step(`creating namespace ${NAMESPACE}, service account ${SERVICE_ACCOUNT}, pod ${POD_NAME}`, () => source.sandboxPod());
+  section(`Demo pod ${NAMESPACE}/${POD_NAME}: its template has no SIA; the injector adds it`);
+  const demo = await source.demoPod(siaSettings(zts));
   await step("waiting for the pod registry to see it", () =>
-    s.registryReaches(() => s.podRegistry.registry.getByUid(pod.uid)?.podIps.includes(POD_IP) === true),
+    s.registryReaches(() => s.podRegistry.registry.getByUid(demo.uid)?.podIps.includes(POD_IP) === true),
   );
-  row("uid", pod.uid);
+  row("uid", demo.uid);
   row("pod IP", `${POD_IP}  ${dim("(phase Pending: the SIA runs as an init container)")}`);
-  row("token", pod.source);
+  row("injected by", demo.injectedBy);
+  const spec = demo.pod.spec;
+  row(
+    "init containers",
+    (spec.initContainers ?? []).map((c: Json) => `${c.name}${c.restartPolicy === "Always" ? " (restartPolicy: Always)" : ""}`).join(", "),
+  );
+  row(
+    "containers",
+    spec.containers
+      .map(
+        (c: Json) =>
+          `${c.name}${(c.volumeMounts ?? []).some((m: Json) => m.name === "athenz-identity" && m.readOnly) ? " (identity read-only at /var/run/athenz)" : ""}`,
+      )
+      .join(", "),
+  );
+  row("volumes", (spec.volumes ?? []).map((v: Json) => v.name).join(", "));
+  for (const w of demo.warnings) out(`    ${yellow(w)}`);
   const podDir = join(dir, "pod");
   mkdirSync(podDir, { recursive: true });
-  const tokenFile = join(podDir, "token");
-  writeFileSync(tokenFile, pod.token, { mode: 0o600 });
   // ZTS sees the SIA's connection coming from the pod's IP, as on a pod network.
   zts.setClientIp(POD_IP);
 
-  section("SIA (MODE=init) → ZTS → gateway");
-  const files = {
-    key: join(podDir, "athenz", "service.key.pem"),
-    cert: join(podDir, "athenz", "service.cert.pem"),
-    ca: join(podDir, "athenz", "ca.cert.pem"),
-  };
-  const sia = await runSia({
-    MODE: "init",
-    ENDPOINT: `${zts.url}/zts/v1`,
-    SERVER_CA_CERT: zts.caFile,
-    PROVIDER_SERVICE: M.PROVIDER,
-    DNS_SUFFIX: M.DNS_SUFFIX,
-    NAMESPACE,
-    SERVICEACCOUNT: SERVICE_ACCOUNT,
-    POD_NAME,
-    POD_IP,
-    POD_UID: pod.uid,
-    SA_TOKEN_FILE: tokenFile,
-    KEY_FILE: files.key,
-    CERT_FILE: files.cert,
-    CA_CERT_FILE: files.ca,
-    INIT_TIMEOUT: "20s",
-    LOG_LEVEL: "info",
-  });
-  for (const l of sia.lines) {
-    const level = l.level ?? "info";
-    const tint = level === "error" || level === "fatal" ? red : level === "warn" ? yellow : dim;
-    // Errors are logged as { err } (type, message, stack): the message is enough on screen.
-    const err = typeof l.err === "object" ? l.err.message : l.err;
-    out(`    ${tint(`sia │ ${l.msg ?? ""}${err ? `: ${err}` : ""}`)}`);
-  }
-  row("exit", sia.code === 0 ? green(`0 in ${secs(sia.ms)}`) : red(`${sia.code} after ${secs(sia.ms)}`));
+  section("SIA (as the stored pod spec says) → ZTS → gateway");
+  const sia = await runPodSia(demo, podDir);
+  const files = sia.files;
 
   section("Decision");
-  const line = audit.find((a) => a.instanceId === pod.uid && (a.endpoint === "instance" || a.endpoint === "refresh"));
+  const line = audit.find((a) => a.instanceId === demo.uid && (a.endpoint === "instance" || a.endpoint === "refresh"));
   if (line) {
     const verdict = line.outcome === "allow" ? green(bold("ALLOW")) : red(bold(String(line.outcome).toUpperCase()));
     row(
@@ -570,7 +851,7 @@ async function main(): Promise<void> {
     if (attrs) row("answer to ZTS", JSON.stringify(attrs));
   }
 
-  if (sia.code !== 0 || !existsSync(files.cert)) {
+  if (!sia.ok || !existsSync(files.cert)) {
     out(`\n${red(bold("✘ no certificate was minted"))} ${dim(`(service logs: ${logFile})`)}`);
     await stopAll();
     process.exit(1);
@@ -598,6 +879,10 @@ async function main(): Promise<void> {
   if (confirmationFile) {
     out(`    ${dim("# why was this pod allowed? (the operator CLI against the running gateway)")}`);
     out(`    $ node --import tsx ${cli} explain ${confirmationFile} --gateway-url ${s.gateway.api.url}`);
+  }
+  if (source.inspectPod) {
+    out(`    ${dim("# the pod as stored, with the SIA the injector added")}`);
+    out(`    $ ${source.inspectPod}`);
   }
   out(`    ${dim("# what does the pod registry know about the sandbox pod?")}`);
   out(`    $ node --import tsx ${cli} pod ${NAMESPACE}/${POD_NAME} --pod-registry-url ${s.podRegistry.url}`);

@@ -1,7 +1,8 @@
 /**
  * `npm start` (scripts/local-stack.ts) as a user runs it, on the simulated cluster so this tier does
  * not need the Go build: `--once` mints a certificate and exits 0; a running stack answers the
- * operator CLI commands it prints and stops cleanly (exit 0) on Ctrl-C.
+ * operator CLI commands it prints and stops cleanly (exit 0) on Ctrl-C. (On the real API server, with
+ * the webhook called by it: test/cluster/local-stack.test.ts.)
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
@@ -57,6 +58,12 @@ const localStack = (...args: string[]) => start(["--import", "tsx", SCRIPT, ...a
 /** What every successful run prints about the certificate. */
 function assertMinted(out: string): void {
   assert.match(out, /source\s+SIMULATED/);
+  // The demo pod's template has no SIA: the injector's code adds it, and the SIA runs as the spec says.
+  assert.match(out, /injected by\s+the SIA injector's code in process/);
+  assert.match(out, /init containers\s+athenz-sia \(restartPolicy: Always\)/);
+  assert.match(out, /containers\s+app \(identity read-only at \/var\/run\/athenz\)/);
+  assert.match(out, /token\s+.*audience athenz-identityd, 3600 s \(volume athenz-sa-token\)/);
+  assert.match(out, /startup probe\s+\/healthz 200 after/);
   assert.match(out, /gateway audit\s+ALLOW\s+\/instance/);
   assert.match(out, /subject\s+OU=k8s\.cluster1\.identityd, CN=sandbox-demo\.demo/);
   assert.match(out, /DNS:demo\.sandbox-demo\.cluster1\.example\.com/);
