@@ -18,7 +18,7 @@ import { after, before, describe, it } from "node:test";
 import type { Snapshot } from "@k8s-athenz-identity/policy";
 import { loadConfig } from "@k8s-athenz-identity/shared";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
-import type { V1Container, V1Pod } from "@kubernetes/client-node";
+import { loadAllYaml, type V1Container, type V1Pod } from "@kubernetes/client-node";
 import { admissionSpec } from "../../services/admission/src/config.js";
 import { INJECTED_ANNOTATION } from "../../services/admission/src/inject.js";
 import { type RunningAdmission, startAdmission } from "../../services/admission/src/service.js";
@@ -385,6 +385,28 @@ describe("SIA injection at admission on the real API server", () => {
     assert.equal(viaApi.status, 201);
     assert.equal(viaApi.pod.spec.initContainers[0].name, "athenz-sia", "still injected: warn is the default");
     assert.deepEqual(viaApi.warnings, [printed[0]!.replace(/^Warning: /, "")]);
+  });
+
+  it("warns at kubectl apply of a Deployment whose pods the policy would deny (its pods are created by a controller)", async () => {
+    const docs = JSON.parse(JSON.stringify(loadAllYaml(readFileSync(join(repo, "k8s/sia/example-deployment.yaml"), "utf8")))) as Json[];
+    const deployment = docs.find((d) => d.kind === "Deployment");
+    deployment.metadata.name = "api";
+    deployment.spec.template.spec.serviceAccountName = "api";
+    const body = JSON.stringify(deployment);
+    const expected =
+      /^Warning: athenz-identity: pods of Deployment team-a\/api would be denied an Athenz identity \(team-a\.api\): ERR_POLICY_RULE_DENIED: IdentityPolicy team-a\/no-api@\d+ rule not-api: no identity for api here$/m;
+    // The registration reaches the API server's admission chain a moment after it is written.
+    const deadline = Date.now() + 30_000;
+    while (!expected.test((await kubectl(admin, ["-n", TEAM, "apply", "--dry-run=server", "-f", "-"], body)).stderr)) {
+      assert.ok(Date.now() < deadline, "the workload warning webhook never answered");
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    const applied = await kubectl(admin, ["-n", TEAM, "apply", "-f", "-"], body);
+    assert.equal(applied.code, 0, applied.stderr);
+    assert.match(applied.stderr, expected);
+    console.log(
+      `what kubectl apply prints for a Deployment the policy denies:\n  ${applied.stderr.split("\n").find((l) => l.startsWith("Warning:"))}`,
+    );
   });
 
   it("DENIED_POD_ACTION=refuse refuses such a pod with the reason; SIA_SIDECAR=classic injects the pair", async () => {

@@ -13,6 +13,7 @@ import { imageTargets, parseDockerfile } from "../../scripts/check-entrypoints.j
 import { admissionSpec } from "../../services/admission/src/config.js";
 import { INJECT_DISABLED, INJECT_ENABLED, INJECT_LABEL, SYSTEM_NAMESPACES } from "../../services/admission/src/inject.js";
 import { POD_INJECTION_PATH } from "../../services/admission/src/pod-route.js";
+import { WORKLOAD_WARNING_PATH } from "../../services/admission/src/workload-route.js";
 import { csrInspectorSpec } from "../../services/csr-inspector/src/config.js";
 import { gatewaySpec } from "../../services/gateway/src/config.js";
 import { podRegistrySpec } from "../../services/pod-registry/src/config.js";
@@ -183,6 +184,18 @@ describe("k8s/ workloads", () => {
       { key: "kubernetes.io/metadata.name", operator: "NotIn", values: [...SYSTEM_NAMESPACES, own] },
     ]);
     assert.deepEqual(hook.objectSelector.matchExpressions, [{ key: INJECT_LABEL, operator: "NotIn", values: [INJECT_DISABLED] }]);
+    // The workloads' warnings: the same namespaces, never blocking (it only warns).
+    const warn = JSON.parse(
+      JSON.stringify(objects.find((o) => o.kind === "ValidatingWebhookConfiguration" && o.metadata.name === "athenz-identity-workload-warnings")),
+    );
+    const [w] = warn.webhooks;
+    assert.equal(w.clientConfig.service.path, WORKLOAD_WARNING_PATH);
+    assert.deepEqual([w.failurePolicy, w.sideEffects], ["Ignore", "None"]);
+    assert.deepEqual(w.namespaceSelector, hook.namespaceSelector);
+    assert.deepEqual(
+      w.rules.flatMap((r: { resources: string[] }) => r.resources),
+      ["deployments", "statefulsets", "daemonsets", "replicasets", "jobs", "cronjobs"],
+    );
   });
 
   it("pins every image: our images by registry and tag, NATS by the release every test tier runs", () => {

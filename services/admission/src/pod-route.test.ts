@@ -190,6 +190,41 @@ describe("admission server: SIA injection and the identity prediction at pod adm
     assert.deepEqual([optedOut.response.allowed, optedOut.response.patch, optedOut.response.warnings], [true, undefined, undefined]);
   });
 
+  it("warns when a workload is applied whose pod template would be denied (Deployment, CronJob); never refuses", async () => {
+    const workload = (kind: string, group: string, spec: Record<string, unknown>) => ({
+      apiVersion: "admission.k8s.io/v1",
+      kind: "AdmissionReview",
+      request: {
+        uid: "b6f1c7a2-0000-4000-8000-000000000002",
+        kind: { group, version: "v1", kind },
+        namespace: "team-a",
+        name: "web",
+        operation: "UPDATE",
+        object: { kind, metadata: { name: "web" }, spec },
+      },
+    });
+    const template = (sa: string) => ({ metadata: { labels: { app: "web" } }, spec: pod(sa).spec });
+    for (const server of [warn, refuse]) {
+      const d = await post(server.server.url, ca.certPem, workload("Deployment", "apps", { template: template("api") }), "/warn/workloads");
+      assert.equal(d.response.allowed, true);
+      assert.equal(d.response.patch, undefined);
+      assert.deepEqual(d.response.warnings?.length, 1);
+      assert.match(
+        d.response.warnings![0]!,
+        /^athenz-identity: pods of Deployment team-a\/web would be denied an Athenz identity \(team-a\.api\): ERR_POLICY_RULE_DENIED: IdentityPolicy team-a\/no-api@\S+ rule not-api: no identity for api here$/,
+      );
+    }
+    const cron = await post(
+      warn.server.url,
+      ca.certPem,
+      workload("CronJob", "batch", { jobTemplate: { spec: { template: template("api") } } }),
+      "/warn/workloads",
+    );
+    assert.match(cron.response.warnings?.[0] ?? "", /^athenz-identity: pods of CronJob team-a\/web would be denied/);
+    const fine = await post(warn.server.url, ca.certPem, workload("Deployment", "apps", { template: template("web") }), "/warn/workloads");
+    assert.deepEqual([fine.response.allowed, fine.response.warnings], [true, undefined]);
+  });
+
   it("is ready, and injects, while the policy objects cannot be loaded: the prediction is unknown, never a refusal", async () => {
     // An API server that is not there: the policy informers never sync.
     const kubeconfig = join(tmp.dir, "nowhere.kubeconfig");

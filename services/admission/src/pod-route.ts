@@ -36,41 +36,50 @@ function cut(s: string, max: number): string {
   return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
 }
 
-/** How the pod is named in messages: its name, or its generateName followed by `*`. */
+/** How the pod is named in messages: `pod <ns>/<name>`, or `pod <ns>/<generateName>*`. */
 function podLabel(req: AdmissionRequest, object: unknown): string {
   const meta = (object as { metadata?: { name?: unknown; generateName?: unknown } } | undefined)?.metadata;
   const name =
     typeof meta?.name === "string" && meta.name !== "" ? meta.name : typeof meta?.generateName === "string" ? `${meta.generateName}*` : "?";
-  return `${req.namespace ?? "?"}/${name}`;
+  return `pod ${req.namespace ?? "?"}/${name}`;
 }
 
-/** One warning per reason: `athenz-identity: pod <ns>/<name> would be denied an Athenz identity (<domain>.<service>): <CODE>: <message>`. */
-export function denialWarnings(pod: string, p: Prediction & { kind: "deny" }): string[] {
+/**
+ * One warning per reason: `athenz-identity: <subject> would be denied an Athenz identity
+ * (<domain>.<service>): <CODE>: <message>`, where the subject is `pod <ns>/<name>` or
+ * `pods of Deployment <ns>/<name>`.
+ */
+export function denialWarnings(subject: string, p: Prediction & { kind: "deny" }): string[] {
   const who = p.identity ? ` (${p.identity.domain}.${p.identity.service})` : "";
   return p.violations.map((v: Violation) =>
-    cut(`athenz-identity: pod ${pod} would be denied an Athenz identity${who}: ${v.code}: ${v.message}`, MAX_WARNING),
+    cut(`athenz-identity: ${subject} would be denied an Athenz identity${who}: ${v.code}: ${v.message}`, MAX_WARNING),
   );
 }
 
-function auditOf(injection: InjectionResult, prediction: Prediction | undefined): Record<string, unknown> {
+/** The audit fields of a prediction (the review's audit log line). */
+export function predictionAudit(prediction: Prediction): Record<string, unknown> {
   const out: Record<string, unknown> = {
+    identity: prediction.identity ? `${prediction.identity.domain}.${prediction.identity.service}` : null,
+    prediction: prediction.kind,
+  };
+  if (prediction.kind === "deny") out.violations = prediction.violations.map((v) => v.code);
+  if (prediction.kind === "unknown") out.predictionReason = prediction.reason;
+  out.policyObjects = prediction.applied.map((r) => `${r.kind}/${r.namespace ? `${r.namespace}/` : ""}${r.name}@${r.resourceVersion}`).slice(0, 32);
+  out.policyRules = prediction.rules
+    .map((r) => `${r.policy.namespace ? `${r.policy.namespace}/` : ""}${r.policy.name}#${r.rule}=${r.outcome}`)
+    .slice(0, 64);
+  // Reported, never warned: what the gateway decides once the pod runs.
+  out.notEvaluated = prediction.notEvaluated.slice(0, 64);
+  return out;
+}
+
+function auditOf(injection: InjectionResult, prediction: Prediction | undefined): Record<string, unknown> {
+  return {
     injection:
       injection.kind === "skipped" ? `skipped:${injection.reason}` : injection.kind === "injected" ? `injected:${injection.mode}` : "completed",
+    ...(injection.kind === "skipped" ? { injectionDetail: injection.detail } : {}),
+    ...(prediction ? predictionAudit(prediction) : {}),
   };
-  if (injection.kind === "skipped") out.injectionDetail = injection.detail;
-  if (prediction) {
-    out.identity = prediction.identity ? `${prediction.identity.domain}.${prediction.identity.service}` : null;
-    out.prediction = prediction.kind;
-    if (prediction.kind === "deny") out.violations = prediction.violations.map((v) => v.code);
-    if (prediction.kind === "unknown") out.predictionReason = prediction.reason;
-    out.policyObjects = prediction.applied.map((r) => `${r.kind}/${r.namespace ? `${r.namespace}/` : ""}${r.name}@${r.resourceVersion}`).slice(0, 32);
-    out.policyRules = prediction.rules
-      .map((r) => `${r.policy.namespace ? `${r.policy.namespace}/` : ""}${r.policy.name}#${r.rule}=${r.outcome}`)
-      .slice(0, 64);
-    // Reported, never warned: what the gateway decides once the pod runs.
-    out.notEvaluated = prediction.notEvaluated.slice(0, 64);
-  }
-  return out;
 }
 
 /** Creates the pod route. */

@@ -28,6 +28,7 @@ import { createPodRoute, POD_INJECTION_PATH } from "./pod-route.js";
 import { IDENTITY_POLICY_PATH, validateIdentityPolicy } from "./policy-route.js";
 import { resolveSidecarMode, type ServerVersion, type SidecarModeState } from "./sidecar-mode.js";
 import { type AdmissionRoute, createAdmissionHandler } from "./webhook.js";
+import { createWorkloadRoute, WORKLOAD_WARNING_PATH } from "./workload-route.js";
 
 export interface RunningAdmission extends ServiceHandle {
   readonly server: RunningServer;
@@ -119,19 +120,28 @@ export async function startAdmission(config: AdmissionConfig, deps: AdmissionDep
     serverVersion: serverVersion ?? (() => Promise.reject(new Error("no API server configured"))),
     logger,
   });
-  const podRoute = createPodRoute({
-    sia: { image: config.siaImage, configMap: config.siaConfigMap, audience: config.siaTokenAudience },
-    mode: sidecar.mode,
-    excludedNamespaces: new Set([...SYSTEM_NAMESPACES, ...config.excludedNamespaces]),
+  const prediction = {
     naming,
     policy: policySource === "none" ? undefined : policyObjects,
     labelAllowList: config.labelAllowList,
     annotationAllowList: config.annotationAllowList,
     now: deps.now ?? (() => new Date()),
+  };
+  const excludedNamespaces = new Set([...SYSTEM_NAMESPACES, ...config.excludedNamespaces]);
+  const podRoute = createPodRoute({
+    ...prediction,
+    sia: { image: config.siaImage, configMap: config.siaConfigMap, audience: config.siaTokenAudience },
+    mode: sidecar.mode,
+    excludedNamespaces,
     deniedPodAction: config.deniedPodAction,
     registry,
   });
-  const routes = { [IDENTITY_POLICY_PATH]: validateIdentityPolicy, [POD_INJECTION_PATH]: podRoute, ...deps.routes };
+  const routes = {
+    [IDENTITY_POLICY_PATH]: validateIdentityPolicy,
+    [POD_INJECTION_PATH]: podRoute,
+    [WORKLOAD_WARNING_PATH]: createWorkloadRoute({ ...prediction, excludedNamespaces, registry }),
+    ...deps.routes,
+  };
   const closeAll = async () => {
     sidecar.close();
     await policyObjects.close();
