@@ -149,14 +149,26 @@ export class UnknownProbe {
   }
 }
 
+/**
+ * One error per field, made once: throwing a made error costs no stack capture, and a pod's
+ * admission may read a dozen unknown fields (which error is thrown never matters: the probe does).
+ */
+const unknownErrors = new Map<string, UnknownAtAdmission>();
+
 /** Makes `field` of `o` an accessor that records `path` in `probe` and throws {@link UnknownAtAdmission}. */
 function unknown(o: object, field: string, path: string, probe: UnknownProbe): void {
+  let error = unknownErrors.get(path);
+  if (!error) {
+    error = new UnknownAtAdmission(path);
+    unknownErrors.set(path, error);
+  }
+  const thrown = error;
   Object.defineProperty(o, field, {
     enumerable: true,
     configurable: true,
     get() {
       probe.touched.add(path);
-      throw new UnknownAtAdmission(path);
+      throw thrown;
     },
   });
 }
