@@ -385,6 +385,15 @@ describe("SIA injection at admission on the real API server", () => {
     assert.equal(viaApi.status, 201);
     assert.equal(viaApi.pod.spec.initContainers[0].name, "athenz-sia", "still injected: warn is the default");
     assert.deepEqual(viaApi.warnings, [printed[0]!.replace(/^Warning: /, "")]);
+    // One prediction per pod: the reinvocation after the API server's own plugins ran again is not predicted twice.
+    const forPod = audit.filter((a) => a.injection === "injected:native" && a.identity === `${TEAM}.api`);
+    const line = forPod.at(-1);
+    assert.equal(audit.at(-1).injection, "skipped:reinvoked");
+    assert.equal(audit.at(-1).prediction, undefined);
+    assert.deepEqual(line.violations, ["ERR_POLICY_RULE_DENIED"]);
+    assert.deepEqual(line.policyRules, [`${TEAM}/no-api#not-api=fail`]);
+    const { time: _t, pid: _p, hostname: _h, ...shown } = line;
+    console.log(`the admission server's audit line for it:\n  ${JSON.stringify(shown)}`);
   });
 
   it("warns at kubectl apply of a Deployment whose pods the policy would deny (its pods are created by a controller)", async () => {
@@ -404,9 +413,7 @@ describe("SIA injection at admission on the real API server", () => {
     const applied = await kubectl(admin, ["-n", TEAM, "apply", "-f", "-"], body);
     assert.equal(applied.code, 0, applied.stderr);
     assert.match(applied.stderr, expected);
-    console.log(
-      `what kubectl apply prints for a Deployment the policy denies:\n  ${applied.stderr.split("\n").find((l) => l.startsWith("Warning:"))}`,
-    );
+    console.log(`what kubectl apply prints for a Deployment the policy denies:\n  ${applied.stderr.trim()}\n  ${applied.stdout.trim()}`);
   });
 
   it("DENIED_POD_ACTION=refuse refuses such a pod with the reason; SIA_SIDECAR=classic injects the pair", async () => {

@@ -113,7 +113,7 @@ describe("SIA injection", () => {
     assert.equal(again.kind, "skipped");
     assert.match((again as { detail: string }).detail, /already carries athenz-sia, athenz-sia-init, athenz-sa-token/);
     const twice = injectSia(injected(injectSia(examplePod(), "team-a", options())).pod, "team-a", options());
-    assert.deepEqual(twice, { kind: "skipped", reason: "already-injected", detail: "injected before (native)" });
+    assert.deepEqual(twice, { kind: "skipped", reason: "reinvoked", detail: "injected before (native); nothing missing" });
     assert.equal((injectSia({ metadata: {} }, "team-a", options()) as { reason?: string }).reason, "not-a-pod");
   });
 

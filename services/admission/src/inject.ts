@@ -45,7 +45,12 @@ export interface InjectionOptions {
   excludedNamespaces: ReadonlySet<string>;
 }
 
-export type SkipReason = "excluded-namespace" | "opted-out" | "already-injected" | "not-a-pod";
+/**
+ * Why a pod was left alone. `reinvoked`: this injector injected it earlier in the same admission
+ * (the API server calls again after later mutations, `reinvocationPolicy: IfNeeded`) and nothing is
+ * missing; `already-injected`: it carries someone else's SIA (e.g. patched by hand).
+ */
+export type SkipReason = "excluded-namespace" | "opted-out" | "already-injected" | "reinvoked" | "not-a-pod";
 
 export type InjectionResult =
   | {
@@ -165,7 +170,7 @@ export function injectSia(object: unknown, namespace: string, o: InjectionOption
     }
     const blocked = mountIdentity(rec, appContainers(spec), parts.appMount as { name: string; mountPath: string; readOnly: boolean });
     if (rec.operations.length === 0)
-      return { kind: "skipped", reason: "already-injected", detail: `injected before (${String(annotations[INJECTED_ANNOTATION])})` };
+      return { kind: "skipped", reason: "reinvoked", detail: `injected before (${String(annotations[INJECTED_ANNOTATION])}); nothing missing` };
     return { kind: "completed", patch: rec.operations, pod, warnings: blocked.length > 0 ? [blockedWarning(blocked)] : [] };
   }
 

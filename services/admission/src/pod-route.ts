@@ -108,7 +108,7 @@ export function createPodRoute(o: PodRouteOptions): AdmissionRoute {
       result:
         injection.kind === "skipped" ? `skipped:${injection.reason}` : injection.kind === "injected" ? `injected:${injection.mode}` : "completed",
     });
-    // A pod that gets no SIA asks for no identity; a completed reinvocation was predicted the first time.
+    // A pod that gets no SIA asks for no identity; a reinvocation was predicted (and warned about) the first time.
     const predict = injection.kind === "injected" || (injection.kind === "skipped" && injection.reason === "already-injected");
     const prediction = predict ? predictIdentity(podAtAdmission(req.object, namespace), o) : undefined;
     if (prediction) predictions.inc({ outcome: prediction.kind });
