@@ -105,6 +105,7 @@ function resolveEnv(
     "metadata.name": pod.name,
     "metadata.uid": pod.uid,
     "status.podIP": pod.ip,
+    "status.podIPs": pod.ip,
     "spec.serviceAccountName": pod.serviceAccount,
   };
   const env: Record<string, string> = {};
@@ -139,6 +140,7 @@ function checkSiaContainer(spec: PodSpec, c: Container, mode: string): void {
     ["NAMESPACE", "metadata.namespace"],
     ["SERVICEACCOUNT", "spec.serviceAccountName"],
     ["POD_IP", "status.podIP"],
+    ["POD_IPS", "status.podIPs"],
     ["POD_UID", "metadata.uid"],
     ["POD_NAME", "metadata.name"],
   ] as const) {

@@ -14,7 +14,8 @@
  *
  * Every SIA container reads the namespace's ConfigMap (`athenz-sia` by default, k8s/sia/sia.env) and
  * gets the pod's identity from the downward API: NAMESPACE, SERVICEACCOUNT, POD_IP (status.podIP),
- * POD_UID (metadata.uid, the instance id), POD_NAME. The token is a projected service-account token
+ * POD_IPS (status.podIPs: both addresses of a dual-stack pod), POD_UID (metadata.uid, the instance
+ * id), POD_NAME. The token is a projected service-account token
  * for the provider's audience, rewritten by the kubelet before it expires (the SIA reads it fresh).
  * The key and certificate live on an in-memory emptyDir, writable by the SIA only.
  */
@@ -78,6 +79,7 @@ function siaContainer(name: string, role: keyof typeof MODE_BY_ROLE, o: SiaPodOp
       { name: "NAMESPACE", ...field("metadata.namespace") },
       { name: "SERVICEACCOUNT", ...field("spec.serviceAccountName") },
       { name: "POD_IP", ...field("status.podIP") },
+      { name: "POD_IPS", ...field("status.podIPs") },
       { name: "POD_UID", ...field("metadata.uid") },
       { name: "POD_NAME", ...field("metadata.name") },
       { name: "SA_TOKEN_FILE", value: `${TOKEN_DIR}/token` },

@@ -81,6 +81,7 @@ describe("SIA agent against the ZTS stand-in", () => {
     domain: "foo.bar",
     service: "api",
     podIp: "10.1.2.3",
+    podIps: [],
     podUid: UID,
     saTokenFile: tokenFile,
     keyFile: join(dir, "service.key.pem"),
@@ -105,6 +106,14 @@ describe("SIA agent against the ZTS stand-in", () => {
 
   const newDir = () => join(tmp.dir, `pod-${++n}`);
   const remember = (dir: string) => keysSeen.add(readFileSync(join(dir, "service.key.pem"), "utf8"));
+
+  it("a dual-stack pod (POD_IPS, status.podIPs) asks for both of its addresses as IP SANs", async () => {
+    const dir = newDir();
+    const { agent } = agentFor(dir, { podIps: ["10.1.2.3", "fd00::1:7"] });
+    await agent.init();
+    const cert = new X509Certificate(readFileSync(join(dir, "service.cert.pem"), "utf8"));
+    assert.match(cert.subjectAltName ?? "", /IP Address:10\.1\.2\.3, IP Address:FD00:0:0:0:0:0:1:7/i);
+  });
 
   it("init: registers, writes key (0600), certificate and CA; subject and SANs check out by parsing and by openssl", async () => {
     const dir = newDir();

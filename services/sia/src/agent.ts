@@ -48,7 +48,7 @@ export type AgentConfig = Pick<
   | "initTimeout"
   | "ztsTimeout"
 > &
-  Partial<Pick<SiaConfig, "certExtraSanDns" | "keyFormat">> & {
+  Partial<Pick<SiaConfig, "certExtraSanDns" | "keyFormat" | "podIps">> & {
     serverCaPem?: string | undefined;
     /** k8s-athenz-sia settings set but not implemented: named in one warning at start-up. */
     ignoredSettings?: readonly string[];
@@ -201,7 +201,8 @@ export function createAgent(opts: AgentOptions): Agent {
     provider: config.providerService,
     dnsSuffix: config.dnsSuffix,
     instanceId: config.podUid,
-    podIps: config.podIp === undefined ? [] : [config.podIp],
+    // Every IP of a dual-stack pod (POD_IPS), else POD_IP alone.
+    podIps: config.podIps && config.podIps.length > 0 ? [...config.podIps] : config.podIp === undefined ? [] : [config.podIp],
     wildcard: config.wildcard,
     extraDnsNames: config.certExtraSanDns,
   };

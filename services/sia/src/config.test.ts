@@ -50,6 +50,8 @@ describe("SIA config", () => {
       env: { ...noIp, CERT_EXTRA_SAN_DNS: "WWW.cluster1.example.com, *.apps.cluster1.example.com", DELETE_INSTANCE_ID: "true", KEY_FORMAT: "pkcs8" },
     });
     assert.equal(c.podIp, undefined);
+    assert.deepEqual(c.podIps, []);
+    assert.deepEqual(loadSiaConfig({ env: { ...env, POD_IPS: "10.1.2.3,fd00::7" } }).podIps, ["10.1.2.3", "fd00::7"]);
     assert.deepEqual(c.certExtraSanDns, ["www.cluster1.example.com", "*.apps.cluster1.example.com"]);
     assert.equal(c.deleteOnShutdown, true);
     assert.equal(c.keyFormat, "pkcs8");
@@ -102,6 +104,9 @@ describe("SIA config", () => {
     failsNaming({ ...env, ENDPOINT: "http://zts" }, /ENDPOINT: must be an https/);
     failsNaming({ ...env, POD_IP: "10.1.2" }, /POD_IP: must be an IPv4 or IPv6/);
     failsNaming({ ...env, POD_IP: "10.01.2.3" }, /POD_IP: must be an IPv4 or IPv6/);
+    failsNaming({ ...env, POD_IPS: "10.1.2.3,nope" }, /POD_IPS: must be IPv4 or IPv6 addresses/);
+    failsNaming({ ...env, POD_IPS: "10.1.2.3,fd00::1,10.1.2.4" }, /POD_IPS: must be at most 2 addresses/);
+    failsNaming({ ...env, POD_IPS: "10.9.9.9,fd00::1" }, /POD_IPS: 10\.9\.9\.9,fd00::1 does not include POD_IP 10\.1\.2\.3/);
     failsNaming({ ...env, REFRESH_INTERVAL: "soon" }, /REFRESH_INTERVAL/);
     failsNaming({ ...env, DELAY_JITTER_SECONDS: "-1" }, /DELAY_JITTER_SECONDS/);
     failsNaming({ ...env, PROVIDER_SERVICE: "identityd" }, /PROVIDER_SERVICE/);

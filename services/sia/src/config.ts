@@ -20,6 +20,7 @@ import {
   port,
   type Setting,
   shutdownTimeoutSetting,
+  splitList,
   str,
 } from "@k8s-athenz-identity/shared/config";
 import { tokenSpec } from "./token-config.js";
@@ -37,6 +38,21 @@ const ip: Setting<string | undefined> = {
   parse: (raw) => {
     if (!isIp(raw)) throw new Error(`must be an IPv4 or IPv6 address, got ${JSON.stringify(raw.slice(0, 64))}`);
     return raw;
+  },
+};
+
+const ips: Setting<string[]> = {
+  env: "POD_IPS",
+  flag: "pod-ips",
+  description:
+    "the pod's IPs (status.podIPs, comma-separated: both families on a dual-stack pod), all put in the certificate as IP SANs; unset: POD_IP alone",
+  default: [],
+  parse: (raw) => {
+    const list = splitList(raw);
+    // Kubernetes gives a pod at most one IP per family (core/v1 PodStatus.podIPs).
+    if (list.length > 2) throw new Error(`must be at most 2 addresses (one per family), got ${list.length}`);
+    for (const a of list) if (!isIp(a)) throw new Error(`must be IPv4 or IPv6 addresses, got ${JSON.stringify(a.slice(0, 64))}`);
+    return list;
   },
 };
 
@@ -111,6 +127,7 @@ export const siaSpec = {
   namespace: str({ env: "NAMESPACE", flag: "namespace", description: "the pod's namespace (metadata.namespace)" }),
   serviceAccount: str({ env: "SERVICEACCOUNT", flag: "serviceaccount", description: "the pod's service account (spec.serviceAccountName)" }),
   podIp: ip,
+  podIps: ips,
   podUid: str({ env: "POD_UID", flag: "pod-uid", description: "the pod's UID (metadata.uid): the instance id", pattern: POD_UID }),
   podName: optionalStr({ env: "POD_NAME", flag: "pod-name", description: "the pod's name (metadata.name), for logs" }),
   saTokenFile: str({
@@ -332,6 +349,9 @@ export function resolveSiaConfig(settings: SiaSettings): SiaConfig {
   ] as const) {
     if (file.includes(",")) throw new ConfigError(name, "several comma-separated paths (k8s-athenz-sia 3.6) are not supported yet: give one path");
   }
+  // The kubelet gives status.podIP = status.podIPs[0]: a POD_IP outside POD_IPS is a hand-made mistake.
+  if (settings.podIp !== undefined && settings.podIps.length > 0 && !settings.podIps.includes(settings.podIp))
+    throw new ConfigError("--pod-ips/POD_IPS", `${settings.podIps.join(",")} does not include POD_IP ${settings.podIp}`);
   const ignoredSettings = UNIMPLEMENTED_K8S_ATHENZ_SIA_SETTINGS.filter((env) => settings[`unimplemented_${env}`] !== undefined);
   return { ...settings, domain: mapped.domain, service: mapped.service, namingDescription: policy.describe(), ignoredSettings };
 }
