@@ -13,8 +13,7 @@
 # Each image holds Node and its own service's compiled output only, made by scripts/image-tree.sh: one
 # esbuild bundle (our code and the third-party modules it uses), its source map, and dist/main.js,
 # which turns source maps on and loads the bundle. No node_modules, no TypeScript, no npm. The SIA,
-# which runs in every application pod, is smaller than every provider service's image (the admission
-# webhook's alone is smaller: it has no X.509 code, the SIA needs pkijs for its CSRs).
+# which runs in every application pod, is smaller than every provider service's image.
 #
 # No Docker engine runs in CI; scripts/check-entrypoints.sh runs the same scripts/image-tree.sh, then
 # starts each image stage's ENTRYPOINT below in its tree and checks /healthz and a clean SIGTERM. It

@@ -138,8 +138,11 @@ export function imageTargets(dockerfile = readFileSync(join(repo, "Dockerfile"),
     });
 }
 
-/** Trees allowed to be smaller than the SIA's (see main). */
-const SMALLER_THAN_SIA = new Set(["admission"]);
+/**
+ * Trees allowed to be smaller than the SIA's (see main). None since issue 15: the admission webhook
+ * now watches the identity policy objects (client-node) to predict decisions at pod admission.
+ */
+const SMALLER_THAN_SIA = new Set<string>();
 
 /** Runs scripts/image-tree.sh into `outroot`, as the Dockerfile's build stage does. */
 export function buildImageTrees(outroot: string): void {
@@ -546,9 +549,8 @@ async function main(): Promise<void> {
     if (stageless.length) throw new Error(`scripts/image-tree.sh builds trees no Dockerfile stage ships: ${stageless.join(", ")}`);
     const sizes = new Map(targets.map((t) => [t.name, checkTree(t, join(out, t.name))]));
     console.log(`[check] trees: ${[...sizes].map(([n, b]) => `${n} ${(b / 1024).toFixed(0)} KiB`).join(", ")}`);
-    // The SIA runs in every pod: its tree must be smaller than every provider service's. The admission
-    // webhook (CEL validation of the policy objects, no X.509 code) is the one known exception: the
-    // SIA needs pkijs to build its CSRs (about 440 KiB of its bundle), and it is compared and shown.
+    // The SIA runs in every pod: its tree must be smaller than every provider service's (an exception
+    // in SMALLER_THAN_SIA is compared and shown).
     const sia = sizes.get("sia");
     const smaller = [...sizes].filter(([n, b]) => n !== "sia" && !SMALLER_THAN_SIA.has(n) && sia !== undefined && b <= sia);
     if (sia === undefined || smaller.length)
