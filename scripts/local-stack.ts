@@ -12,7 +12,12 @@
  * prints the decision and the certificate, and keeps running until Ctrl-C (exit 0), or exits right
  * away with --once.
  *
- *   node --import tsx scripts/local-stack.ts [--once] [--cluster auto|real|simulated] [--keep]
+ * With --denied (the real API server tier only), an IdentityPolicy that denies the demo pod is in
+ * force before it is created, and the stack prints what an operator sees for that one denied pod, each
+ * captured as it happens: the admission warning, the pod's Event, the gateway's audit line, the CLI's
+ * `explain`, the deny counter behind the dashboard's "Denies by reason" panel, and the alert's rule.
+ *
+ *   node --import tsx scripts/local-stack.ts [--once] [--cluster auto|real|simulated] [--keep] [--denied]
  *   (env LOCAL_STACK_CLUSTER=auto|real|simulated does the same as --cluster)
  */
 import { execFile, spawn } from "node:child_process";
@@ -70,13 +75,15 @@ spec:
       message: the demo app gets no identity while this policy is in force
 `;
 
-const USAGE = `Usage: npm start [-- --once] [-- --cluster auto|real|simulated] [-- --keep]
+const USAGE = `Usage: npm start [-- --once] [-- --cluster auto|real|simulated] [-- --keep] [-- --denied]
 
   --once                 exit 0 right after printing (for CI)
   --cluster <source>     auto (default): the real kube-apiserver tier when its binaries are built
                          (npm run test:cluster builds them), else a simulated cluster;
                          real: require it; simulated: never use it. Env: LOCAL_STACK_CLUSTER.
   --keep                 keep the working directory (certificates, logs) after exit
+  --denied               the demo pod under an IdentityPolicy that denies it: what an operator sees
+                         for one denied pod, step by step (needs the real API server tier)
 `;
 
 /**
@@ -140,14 +147,16 @@ let M: Awaited<ReturnType<typeof loadModules>>;
 // ---- arguments ---------------------------------------------------------------------------------
 
 type ClusterChoice = "auto" | "real" | "simulated";
-function parseArgs(argv: string[]): { once: boolean; keep: boolean; cluster: ClusterChoice } {
+function parseArgs(argv: string[]): { once: boolean; keep: boolean; denied: boolean; cluster: ClusterChoice } {
   let once = false;
   let keep = false;
+  let denied = false;
   let cluster = (process.env.LOCAL_STACK_CLUSTER ?? "auto") as string;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "--once") once = true;
     else if (a === "--keep") keep = true;
+    else if (a === "--denied") denied = true;
     else if (a === "--cluster") cluster = argv[++i] ?? "";
     else if (a.startsWith("--cluster=")) cluster = a.slice("--cluster=".length);
     else if (a === "-h" || a === "--help") {
@@ -162,7 +171,11 @@ function parseArgs(argv: string[]): { once: boolean; keep: boolean; cluster: Clu
     process.stderr.write(`local-stack: --cluster/LOCAL_STACK_CLUSTER must be auto, real or simulated, got ${JSON.stringify(cluster)}\n`);
     process.exit(2);
   }
-  return { once, keep, cluster };
+  if (denied && cluster === "simulated") {
+    process.stderr.write("local-stack: --denied needs the real API server tier (admission warnings, pod Events)\n");
+    process.exit(2);
+  }
+  return { once, keep, denied, cluster };
 }
 
 // ---- output ------------------------------------------------------------------------------------
@@ -252,6 +265,13 @@ interface DemoPod {
   tokenSource: string;
 }
 
+interface DemoPodOptions {
+  /** Runs once the namespace exists, before the pod is created (e.g. a policy that denies it). */
+  beforeCreate?: () => Promise<void>;
+  /** Creates the pod only once a server-side dry run shows an admission warning too. */
+  awaitWarning?: boolean;
+}
+
 interface ClusterSource {
   /** One line for the banner. */
   label: string;
@@ -261,9 +281,11 @@ interface ClusterSource {
    * Creates the demo pod from {@link DEMO_TEMPLATE} in a namespace opted in to injection, with the
    * SIA's ConfigMap `siaSettings` (IP set via status, phase Pending as during init containers).
    */
-  demoPod(siaSettings: Record<string, string>): Promise<DemoPod>;
+  demoPod(siaSettings: Record<string, string>, opts?: DemoPodOptions): Promise<DemoPod>;
   /** A command that shows the stored pod, when there is an API server to ask. */
   inspectPod?: string;
+  /** `kubectl describe pod` of the demo pod, when there is an API server to ask. */
+  describePod?: () => Promise<string>;
   /** How the demo changes the identity policy objects, as an operator would here. */
   policy: {
     /** The command shown for applying `yaml` (a file named deny-demo.yaml). */
@@ -313,8 +335,9 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
   const services = await step("starting token-verifier, pod-registry, csr-inspector, gateway", () =>
     M.startServices({
       logDestination,
-      // The gateway watches the policy objects as shipped: POLICY_SOURCE=kubernetes, its own ServiceAccount.
-      gatewayEnv: { ...gatewayEnv, POLICY_SOURCE: "kubernetes", KUBECONFIG: gatewayKubeconfig },
+      // The gateway watches the policy objects and writes Events on pods as shipped (k8s/config/gateway.env:
+      // POLICY_SOURCE=kubernetes, POD_EVENTS=true), as its own ServiceAccount.
+      gatewayEnv: { ...gatewayEnv, POLICY_SOURCE: "kubernetes", POD_EVENTS: "true", KUBECONFIG: gatewayKubeconfig },
       cluster: {
         kubeConfig: M.loadKubeConfig(registryKubeconfig),
         verifierEnv: {
@@ -341,7 +364,7 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
       "the demo pod's SIA: injected by the admission server's webhook (k8s/admission.yaml), registered with a loopback url",
     ],
     services,
-    async demoPod(siaSettings) {
+    async demoPod(siaSettings, opts) {
       // The admission server as shipped (its own ServiceAccount, SIA_SIDECAR=auto on this API server's
       // version), registered as k8s/admission.yaml ships it with a loopback url.
       const admission = await step("starting the admission server and registering its webhooks (k8s/admission.yaml)", async () => {
@@ -381,6 +404,7 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
           await state.ensureNode(NODE);
         },
       );
+      await opts?.beforeCreate?.();
       // As its ReplicaSet would create it (named, and bound to a node as the scheduler would).
       const podJson = {
         apiVersion: "v1",
@@ -394,8 +418,10 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
         const deadline = Date.now() + 30_000;
         for (;;) {
           const dry = await kubectl(["-n", NAMESPACE, "create", "--dry-run=server", "-f", "-", "-o", "json"], JSON.stringify(podJson));
-          if ((JSON.parse(dry.stdout) as Json).metadata?.annotations?.[M.INJECTED_ANNOTATION]) break;
-          if (Date.now() > deadline) throw new Error("the SIA injector did not take effect within 30 s");
+          // With a denying policy in force, also until the admission server has loaded it (it warns then).
+          const warned = !opts?.awaitWarning || dry.stderr.includes("Warning:");
+          if ((JSON.parse(dry.stdout) as Json).metadata?.annotations?.[M.INJECTED_ANNOTATION] && warned) break;
+          if (Date.now() > deadline) throw new Error(`the SIA injector did not take effect${warned ? "" : " (with its warning)"} within 30 s`);
           await new Promise((r) => setTimeout(r, 100));
         }
         return await kubectl(["-n", NAMESPACE, "create", "-f", "-", "-o", "json"], JSON.stringify(podJson));
@@ -421,6 +447,7 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
       };
     },
     inspectPod: `KUBECONFIG=${cluster.kubeconfigPath} kubectl -n ${NAMESPACE} get pod ${POD_NAME} -o yaml`,
+    describePod: async () => (await kubectl(["-n", NAMESPACE, "describe", "pod", POD_NAME])).stdout,
     policy: {
       applyCommand: `KUBECONFIG=${cluster.kubeconfigPath} kubectl apply -f deny-demo.yaml`,
       deleteCommand: `KUBECONFIG=${cluster.kubeconfigPath} kubectl -n ${NAMESPACE} delete identitypolicy deny-demo`,
@@ -566,7 +593,12 @@ function freeLoopbackPort(): Promise<number> {
  * startup probe awaited; another runs to completion), then the SIA's regular containers. Only the
  * SIA's containers run here: the app's image is a placeholder.
  */
-async function runPodSia(demo: DemoPod, podDir: string): Promise<{ files: { key: string; cert: string; ca: string }; ms: number; ok: boolean }> {
+async function runPodSia(
+  demo: DemoPod,
+  podDir: string,
+  /** Stops awaiting the startup probe when it says why it will not pass (e.g. the gateway denied the pod). */
+  giveUp: () => string | undefined = () => undefined,
+): Promise<{ files: { key: string; cert: string; ca: string }; ms: number; ok: boolean }> {
   const spec = demo.pod.spec;
   const siaNames = new Set(["athenz-sia", "athenz-sia-init"]);
   const volumes = new Map<string, string>();
@@ -652,6 +684,12 @@ async function runPodSia(demo: DemoPod, podDir: string): Promise<{ files: { key:
           );
           break;
         }
+        const why = giveUp();
+        if (why) {
+          row("startup probe", red(`not passed, and will not: ${why}`) + dim(" (the kubelet would keep restarting the SIA)"));
+          ok = false;
+          break;
+        }
         if (exited || Date.now() > deadline) {
           row("startup probe", red(`never passed${exited ? " (the SIA exited)" : ""}`));
           ok = false;
@@ -675,6 +713,20 @@ async function runPodSia(demo: DemoPod, podDir: string): Promise<{ files: { key:
 
 const run = promisify(execFile);
 
+/** Resolves with the time of the gateway's first policy snapshot whose object names satisfy `pred`. */
+function policySwap(s: Services, pred: (names: string[]) => boolean): Promise<number> {
+  const store = s.gateway.policyObjects;
+  return new Promise<number>((resolve) => {
+    const check = () => pred(store.snapshot()?.objects.map((o) => o.ref.name) ?? []);
+    const off = store.subscribe(() => {
+      if (check()) {
+        off();
+        resolve(performance.now());
+      }
+    });
+  });
+}
+
 /**
  * After the certificate: a namespace owner's IdentityPolicy that denies the demo pod, applied as an
  * operator would; the gateway's explanation names the object, its version and the rule; then it is
@@ -684,18 +736,7 @@ async function policyDemo(source: ClusterSource, confirmation: unknown): Promise
   const s = source.services;
   if (!confirmation) return;
   section("Identity policy: a namespaced deny, then removed");
-  const store = s.gateway.policyObjects;
-  /** Resolves with the time of the first snapshot whose object names satisfy `pred`. */
-  const swapTo = (pred: (names: string[]) => boolean) =>
-    new Promise<number>((resolve) => {
-      const check = () => pred(store.snapshot()?.objects.map((o) => o.ref.name) ?? []);
-      const off = store.subscribe(() => {
-        if (check()) {
-          off();
-          resolve(performance.now());
-        }
-      });
-    });
+  const swapTo = (pred: (names: string[]) => boolean) => policySwap(s, pred);
   const client = M.createClient(M.IdentityProviderService, M.createConnectTransport({ baseUrl: s.gateway.api.url, httpVersion: "2" }));
   const explain = async () => {
     const ex = await client.explainInstance({ confirmation: confirmation as never, operation: M.Operation.REGISTER });
@@ -729,6 +770,91 @@ async function policyDemo(source: ClusterSource, confirmation: unknown): Promise
   await step(source.policy.deleteCommand, () => source.policy.remove());
   row("gateway", `new policy snapshot in force ${after(performance.now(), await removed)}`);
   await explain();
+}
+
+// ---- one denied pod, as an operator sees it ------------------------------------------------------
+
+const DASHBOARD = join(ROOT, "k8s/observability/athenz-identity-dashboard.json");
+
+/**
+ * --denied: each place an operator looks for the demo pod the policy denied (docs/sia-injection.md,
+ * docs/runbook.md "Where to look first"), printed as captured. Returns false when one is missing.
+ */
+async function deniedWalkthrough(
+  source: ClusterSource,
+  demo: DemoPod,
+  audit: { admission: Json | undefined; gateway: Json | undefined },
+  confirmationFile: string | undefined,
+): Promise<boolean> {
+  const s = source.services;
+  let ok = true;
+  const missing = (what: string) => {
+    out(`    ${red(`missing: ${what}`)}`);
+    ok = false;
+  };
+  const block = (text: string) =>
+    out(
+      text
+        .trimEnd()
+        .split("\n")
+        .map((l) => `    ${l}`)
+        .join("\n"),
+    );
+  section("What the operator sees for this denied pod");
+
+  out(bold("1. The admission warning (kubectl create printed it)"));
+  if (demo.warnings.length) block(demo.warnings.join("\n"));
+  else missing("no admission warning");
+  out(`    ${dim("the admission server's audit line (kubectl -n athenz-identity logs deploy/admission):")}`);
+  if (audit.admission) block(JSON.stringify(audit.admission));
+  else missing("no admission audit line for the pod");
+
+  out(bold("2. The pod's Event (kubectl describe pod)"));
+  // The gateway writes it after answering ZTS, without holding the answer back: await it.
+  let described = "";
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    described = (await source.describePod?.()) ?? "";
+    if (described.includes("IdentityDenied") || Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const events = described.indexOf("Events:");
+  if (events >= 0) block(described.slice(events));
+  if (!described.includes("IdentityDenied")) missing("no IdentityDenied Event on the pod within 30 s");
+
+  out(bold("3. The gateway's audit line"));
+  out(`    ${dim("kubectl -n athenz-identity logs deploy/gateway | grep '\"audit\":true' | grep <pod uid>")}`);
+  if (audit.gateway) block(JSON.stringify(audit.gateway));
+  else missing("no gateway audit line for the pod");
+
+  out(bold("4. athenz-identity explain"));
+  if (confirmationFile) {
+    const argv = ["--import", "tsx", CLI, "explain", confirmationFile, "--gateway-url", s.gateway.api.url];
+    out(`    $ athenz-identity explain confirmation.json ${dim("(here: node --import tsx services/gateway/src/cli.ts, API_AUTH=none)")}`);
+    const r = await run(process.execPath, argv, { cwd: ROOT }).catch((e: { stdout?: string; stderr?: string; code?: number }) => e);
+    block(`${r.stdout ?? ""}${r.stderr ?? ""}`);
+  } else missing("ZTS sent no confirmation to explain");
+
+  out(bold(`5. The dashboard's "Denies by reason" panel`));
+  const panels = (JSON.parse(readFileSync(DASHBOARD, "utf8")) as Json).panels as Json[];
+  const panel = panels.find((p) => p.title === "Denies by reason");
+  out(`    ${dim("query:")} ${panel?.targets?.[0]?.expr ?? "?"}`);
+  const metrics = await (await fetch(`${s.gateway.zts.adminUrl}/metrics`)).text();
+  const denies = metrics.split("\n").filter((l) => l.startsWith("gateway_decisions_total{") && l.includes('outcome="deny"'));
+  out(`    ${dim("the series it reads, from the gateway's /metrics:")}`);
+  if (denies.length) block(denies.join("\n"));
+  else missing('no gateway_decisions_total{outcome="deny"} series');
+
+  out(bold("6. The alert"));
+  block(
+    [
+      "AthenzIdentityDenyRateSpike (k8s/observability/prometheus-rule.yaml) fires when denies (instance and",
+      "refresh) exceed 0.05/s and 4 times the rate of an hour earlier for 5 minutes: one denied pod stays below",
+      'it ("a few denies from nothing stay below the floor", test/observability/rules.test.yaml); a deploy',
+      "whose pods are all denied fires it (docs/runbook.md#athenzidentitydenyratespike).",
+    ].join("\n"),
+  );
+  return ok;
 }
 
 // ---- main --------------------------------------------------------------------------------------
@@ -790,7 +916,19 @@ async function main(): Promise<void> {
   row("provider", `${M.PROVIDER}  ${dim(`DNS suffix ${M.DNS_SUFFIX}`)}`);
 
   section(`Demo pod ${NAMESPACE}/${POD_NAME}: its template has no SIA; the injector adds it`);
-  const demo = await source.demoPod(siaSettings(zts));
+  // --denied: an IdentityPolicy that denies the demo pod is in force before the pod is created.
+  const denyFirst = async () => {
+    out(
+      DENY_POLICY.trimEnd()
+        .split("\n")
+        .map((l) => `    ${dim("│")} ${l}`)
+        .join("\n"),
+    );
+    const applied = policySwap(s, (names) => names.includes("deny-demo"));
+    await step(source.policy.applyCommand, () => source.policy.apply(DENY_POLICY));
+    await step("waiting for the gateway to hold it", () => applied);
+  };
+  const demo = await source.demoPod(siaSettings(zts), args.denied ? { beforeCreate: denyFirst, awaitWarning: true } : {});
   await step("waiting for the pod registry to see it", () =>
     s.registryReaches(() => s.podRegistry.registry.getByUid(demo.uid)?.podIps.includes(POD_IP) === true),
   );
@@ -819,7 +957,9 @@ async function main(): Promise<void> {
   zts.setClientIp(POD_IP);
 
   section("SIA (as the stored pod spec says) → ZTS → gateway");
-  const sia = await runPodSia(demo, podDir);
+  const denied = () =>
+    args.denied && audit.some((a) => a.instanceId === demo.uid && a.outcome === "deny") ? "the gateway denied the pod (its audit line)" : undefined;
+  const sia = await runPodSia(demo, podDir, denied);
   const files = sia.files;
 
   section("Decision");
@@ -849,6 +989,24 @@ async function main(): Promise<void> {
     }
     const attrs = ex.decision?.confirmation?.attributes;
     if (attrs) row("answer to ZTS", JSON.stringify(attrs));
+  }
+
+  if (args.denied) {
+    // The admission server's audit line for the pod's creation (not the dry runs, not the reinvocation).
+    const admitted = (audit as Json[]).find(
+      (a) => a.path === "/mutate/pods" && a.namespace === NAMESPACE && a.dryRun === false && String(a.injection).startsWith("injected"),
+    );
+    const ok = !existsSync(files.cert) && (await deniedWalkthrough(source, demo, { admission: admitted, gateway: line }, confirmationFile));
+    out();
+    out(
+      ok ? green(bold("✔ the demo pod was denied, and every step above shows it")) : red(bold("✘ the denied pod walk-through is incomplete (above)")),
+    );
+    if (args.once || !ok) {
+      await stopAll();
+      process.exit(ok ? 0 : 1);
+    }
+    out(bold("Running. Press Ctrl-C to stop."));
+    return;
   }
 
   if (!sia.ok || !existsSync(files.cert)) {
