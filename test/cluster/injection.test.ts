@@ -58,7 +58,7 @@ function assertSubset(actual: unknown, expected: unknown, path = ""): void {
     assert.ok(typeof actual === "object" && actual !== null, `${path}: not an object`);
     for (const [k, v] of Object.entries(expected)) assertSubset((actual as Record<string, unknown>)[k], v, `${path}.${k}`);
   } else {
-    // Quantities come back normalized ("96Mi" stays "96Mi", but 9999 may not be a string): compare as text.
+    // Quantities come back normalized ("80Mi" stays "80Mi", but 9999 may not be a string): compare as text.
     assert.equal(String(actual), String(expected), path);
   }
 }

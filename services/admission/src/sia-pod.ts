@@ -88,9 +88,11 @@ function siaContainer(name: string, role: keyof typeof MODE_BY_ROLE, o: SiaPodOp
       { name: "CA_CERT_FILE", value: `${IDENTITY_DIR}/ca.cert.pem` },
     ],
     ...(role === "init" ? {} : { ports: [{ name: "sia-metrics", containerPort: SIA_METRICS_PORT }] }),
+    // Memory: 64 MiB steady (bench/results/footprint.json, image_sia_rss_steady_mib) + 25% (no
+    // traffic; a refresh repeats the register path), rounded up to 16 MiB; limit 2x (k8s/README.md, Resources).
     resources: {
-      requests: { cpu: "10m", memory: "96Mi" },
-      limits: { cpu: "500m", memory: "256Mi" },
+      requests: { cpu: "10m", memory: "80Mi" },
+      limits: { cpu: "500m", memory: "160Mi" },
     },
     // No runAsUser: the SIA runs as the pod's user (or the image's 1000), so the app's containers,
     // running as that same user, can read the key (mode 0600).
