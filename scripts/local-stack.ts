@@ -899,6 +899,8 @@ async function main(): Promise<void> {
   } else {
     source = await simulatedCluster(logs, gatewayEnv, dir);
   }
+  // --denied shows the pod's Event and the admission warning: there is neither without an API server.
+  if (args.denied && !source.describePod) throw new Error("--denied needs the real API server tier (npm run test:cluster builds it)");
   const s = source.services;
   zts.setProvider({ name: M.PROVIDER, endpoint: s.endpoint, dnsSuffixes: [M.DNS_SUFFIX], caPem: s.pki.athenzCa.certPem });
 
