@@ -199,31 +199,31 @@ async function main(): Promise<void> {
     const load = loadavg()[0]!.toFixed(1);
     recordFigures("injector", 15, [
       {
-        name: "injector route, no policy objects",
+        name: "injector_route_no_policy_pods_per_second",
         value: opsNone,
         unit: "pods/s",
         target: "report",
         note: "injection + naming prediction, in process",
       },
       {
-        name: "injector route, 20 objects / 50 rules in force",
+        name: "injector_route_20_objects_50_rules_pods_per_second",
         value: opsSome,
         unit: "pods/s",
         target: "report",
         note: `${audit.policyRules.length} rules decided at admission, ${audit.notEvaluated.length} not evaluated (need the running pod)`,
       },
-      { name: "injector route CPU per pod, no policy objects", value: cpuNone, unit: "us", target: "report" },
-      { name: "injector route CPU per pod, 20 objects / 50 rules", value: cpuSome, unit: "us", target: "report" },
+      { name: "injector_route_cpu_per_pod_no_policy_us", value: cpuNone, unit: "us", target: "report" },
+      { name: "injector_route_cpu_per_pod_20_objects_50_rules_us", value: cpuSome, unit: "us", target: "report" },
       {
-        name: "AdmissionReviews over HTTPS (8 in flight)",
+        name: "admission_reviews_https_8_in_flight_per_second",
         value: TOTAL / seconds,
         unit: "reviews/s",
         target: "report",
         note: `load average ${load}`,
       },
-      { name: "AdmissionReview round trip p50", value: percentile(latencies, 50), unit: "ms", target: "report" },
+      { name: "admission_review_round_trip_p50_ms", value: percentile(latencies, 50), unit: "ms", target: "report" },
       {
-        name: "AdmissionReview round trip p99",
+        name: "admission_review_round_trip_p99_ms",
         value: percentile(latencies, 99),
         unit: "ms",
         target: "<= 5000 ms (timeoutSeconds)",
