@@ -50,18 +50,30 @@
  * ones before it idle), so one batch waits for its settle time once. Runs: FOOTPRINT_RUNS (default 3);
  * each figure is the median over runs.
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import * as http from "node:http";
 import { createServer as createNetServer, type Server as NetServer, connect as netConnect, type Socket } from "node:net";
 import { availableParallelism, loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { bundle, executables, writeLauncher } from "../scripts/build.js";
-import { buildImageTrees, type Fixtures, freePort, type ImageTarget, imageTargets, startFixtures } from "../scripts/check-entrypoints.js";
-import { createCa, issueCert } from "../test/support/pki.js";
+import { buildImageTrees, type Fixtures, freePort, startFixtures } from "../scripts/check-entrypoints.js";
 import { tempDir } from "../test/support/tmp.js";
 import { type Figure, percentile, recordFigures } from "./lib.js";
+import {
+  BARE,
+  type Command,
+  imageCommand,
+  type Running,
+  type Sched,
+  SIA_RSS_FACTOR,
+  sampleRss as sampleRssOf,
+  sched,
+  startMtlsReference,
+  startMtlsServer,
+  start as startProcess,
+  stop,
+} from "./processes.js";
 
 const repo = new URL("..", import.meta.url).pathname;
 const RUNS = Number(process.env.FOOTPRINT_RUNS ?? 3);
@@ -75,8 +87,6 @@ const ALL_SERVICES = ["sia", "gateway", "token-verifier", "pod-registry", "csr-i
 /** FOOTPRINT_SERVICES (comma-separated) narrows the run, e.g. to the SIA while tuning it. */
 const SERVICES = process.env.FOOTPRINT_SERVICES?.split(",") ?? ALL_SERVICES;
 for (const s of SERVICES) if (!ALL_SERVICES.includes(s)) throw new Error(`unknown service ${s}; services: ${ALL_SERVICES.join(", ")}`);
-/** The SIA's target is relative to the mTLS reference: at most this factor of its steady RSS. */
-const SIA_RSS_FACTOR = 1.15;
 const SIA_FIRST_ZTS_MS = 150;
 
 const node = process.execPath;
@@ -87,24 +97,13 @@ const tmp = tempDir("footprint");
 
 // ---- what each shape runs ----------------------------------------------------------------------------
 
-interface Command {
-  argv: string[];
-  cwd: string;
-  env: Record<string, string>;
-}
-
-const images = new Map<string, ImageTarget>(imageTargets().map((t) => [t.name, t]));
 /** V8 tuning flags an ENTRYPOINT may carry (what `image_v8_default` leaves out). */
 const V8_FLAGS = ["--lite-mode"];
 /** Whether `shape` says something about `service` (image_v8_default only where a flag is set). */
 const applies = (shape: Shape, service: string): boolean =>
   shape !== "image_v8_default" || commands.image(service).argv.some((a) => V8_FLAGS.includes(a));
 const commands: Record<Shape, (service: string) => Command> = {
-  image: (s) => {
-    const t = images.get(s);
-    if (!t) throw new Error(`the Dockerfile has no image stage ${s}`);
-    return { argv: t.argv, cwd: join(work, "image", s), env: t.env };
-  },
+  image: (s) => imageCommand(join(work, "image"), s),
   image_nomaps: (s) => {
     const c = commands.image(s);
     return { ...c, argv: c.argv.map((a) => (a === "dist/main.js" ? "dist/main.bundle.js" : a)) };
@@ -163,170 +162,6 @@ async function prepare(shape: Shape): Promise<void> {
   console.log(`[footprint] ${shape}: prepared in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }
 
-// ---- measuring one process ----------------------------------------------------------------------------
-
-interface Running {
-  name: string;
-  child: ChildProcess;
-  startedAt: number;
-  readyMs: number;
-  /** The main thread's time on a CPU and waiting for one, spawn to ready. */
-  readySched: Sched;
-  output: () => string;
-  exited: Promise<number | null>;
-}
-
-interface Sched {
-  cpuMs: number;
-  waitMs: number;
-}
-
-/**
- * Time the process's main thread spent on a CPU and waiting in the run queue so far
- * (/proc/<pid>/schedstat). On a busy machine the wait, not our code, is what inflates a start-up.
- */
-function sched(pid: number): Sched {
-  const [cpu, wait] = readFileSync(`/proc/${pid}/schedstat`, "utf8").trim().split(/\s+/).map(Number);
-  return { cpuMs: cpu! / 1e6, waitMs: wait! / 1e6 };
-}
-
-function rssKiB(pid: number): { rss: number; hwm: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const field = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
-  return { rss: field("VmRSS"), hwm: field("VmHWM") };
-}
-
-function httpStatus(url: string): Promise<number> {
-  return new Promise((resolve) => {
-    const req = http.get(url, { agent: false, timeout: 1000 }, (res) => {
-      res.resume();
-      res.on("end", () => resolve(res.statusCode ?? 0));
-    });
-    req.on("timeout", () => req.destroy());
-    req.on("error", () => resolve(0));
-  });
-}
-
-/** Spawns `cmd` and resolves once `ready` (URLs all answering 200, in order, or a stdout line) is seen. */
-async function start(
-  name: string,
-  cmd: Command,
-  env: Record<string, string>,
-  ready: { urls: string[] } | { line: string },
-  onSpawn?: (pid: number) => void,
-): Promise<Running> {
-  const argv = cmd.argv[0] === "node" ? [node, ...cmd.argv.slice(1)] : cmd.argv;
-  const startedAt = performance.now();
-  const child = spawn(argv[0]!, argv.slice(1), {
-    cwd: cmd.cwd,
-    env: { PATH: `${dirname(node)}:/usr/bin:/bin`, HOME: tmp.dir, ...cmd.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  if (child.pid !== undefined) onSpawn?.(child.pid);
-  let out = "";
-  let lineSeen: (() => void) | undefined;
-  child.stdout!.on("data", (d: Buffer) => {
-    out += d.toString();
-    if ("line" in ready && out.includes(ready.line)) lineSeen?.();
-  });
-  child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-  let exitCode: number | null | undefined;
-  const exited = new Promise<number | null>((resolve) =>
-    child.once("exit", (code, signal) => {
-      exitCode = code ?? (signal ? -1 : null);
-      resolve(exitCode);
-    }),
-  );
-  const deadline = startedAt + 30_000;
-  if ("line" in ready) {
-    await new Promise<void>((resolve, reject) => {
-      lineSeen = resolve;
-      void exited.then((c) => reject(new Error(`${name} exited ${c} before "${ready.line}":\n${out}`)));
-      setTimeout(() => reject(new Error(`${name}: no "${ready.line}" after 30 s:\n${out}`)), 30_000).unref();
-    });
-  } else {
-    // Polled every 5 ms: the figure is at most that late.
-    for (const url of ready.urls) {
-      for (;;) {
-        if (exitCode !== undefined) throw new Error(`${name} exited ${exitCode} before ${url} answered 200:\n${out}`);
-        if ((await httpStatus(url)) === 200) break;
-        if (performance.now() > deadline) throw new Error(`${name}: ${url} not 200 after 30 s:\n${out}`);
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    }
-  }
-  const readyMs = performance.now() - startedAt;
-  return { name, child, startedAt, readyMs, readySched: sched(child.pid!), output: () => out, exited };
-}
-
-/** Steady and peak RSS (MiB) of every process, sampled from SETTLE_MS after the last one was ready. */
-async function sampleRss(procs: Running[]): Promise<Map<string, { steady: number; peak: number }>> {
-  await new Promise((r) => setTimeout(r, SETTLE_MS));
-  const samples = new Map<string, number[]>(procs.map((p) => [p.name, []]));
-  const until = performance.now() + SAMPLE_MS;
-  while (performance.now() < until) {
-    for (const p of procs) samples.get(p.name)!.push(rssKiB(p.child.pid!).rss / 1024);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  return new Map(procs.map((p) => [p.name, { steady: percentile(samples.get(p.name)!, 50), peak: rssKiB(p.child.pid!).hwm / 1024 }]));
-}
-
-async function stop(p: Running, mustExitZero: boolean): Promise<void> {
-  p.child.kill("SIGTERM");
-  const code = await Promise.race([p.exited, new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 15_000))]);
-  if (code === "timeout") {
-    p.child.kill("SIGKILL");
-    throw new Error(`${p.name} did not exit within 15 s of SIGTERM`);
-  }
-  if (mustExitZero && code !== 0) throw new Error(`${p.name} exited ${code} after SIGTERM:\n${p.output().slice(-3000)}`);
-}
-
-// ---- the references ------------------------------------------------------------------------------------
-
-const BARE = 'process.stdout.write("ready\\n"); setInterval(() => {}, 1 << 30);';
-
-/** node:https with a client key/cert/CA and one kept-alive mTLS connection, plus one HTTP port. */
-const MTLS_HTTP = `
-const https = require("node:https");
-const http = require("node:http");
-const fs = require("node:fs");
-const agent = new https.Agent({
-  keepAlive: true,
-  key: fs.readFileSync(process.env.KEY_FILE),
-  cert: fs.readFileSync(process.env.CERT_FILE),
-  ca: fs.readFileSync(process.env.CA_FILE),
-});
-let ready = false;
-https.get(process.env.SERVER_URL, { agent }, (res) => {
-  res.resume();
-  res.on("end", () => (ready = res.statusCode === 200));
-});
-http
-  .createServer((req, res) => res.writeHead(ready ? 200 : 503).end(ready ? "ok\\n" : "not yet\\n"))
-  .listen(Number(process.env.PORT), "127.0.0.1");
-`;
-
-/** A local server requiring a client certificate (the other end of the reference's mTLS connection). */
-async function startMtlsServer(dir: string): Promise<{ url: string; env: Record<string, string>; close(): Promise<void> }> {
-  const { createServer } = await import("node:https");
-  const ca = createCa(dir, "ref-ca", "footprint reference CA");
-  const server = issueCert(dir, "ref-server", ca, { cn: "localhost", dns: ["localhost"], ips: ["127.0.0.1"], usage: "server" });
-  const client = issueCert(dir, "ref-client", ca, { cn: "footprint.client", usage: "client" });
-  const srv = createServer({ key: server.keyPem, cert: server.certPem, ca: ca.certPem, requestCert: true, rejectUnauthorized: true }, (_req, res) =>
-    res.writeHead(200).end("ok\n"),
-  );
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  return {
-    url: `https://127.0.0.1:${(srv.address() as { port: number }).port}/`,
-    env: { KEY_FILE: client.keyFile, CERT_FILE: client.certFile, CA_FILE: ca.certFile },
-    close: () =>
-      new Promise<void>((r) => {
-        srv.close(() => r());
-        srv.closeAllConnections();
-      }),
-  };
-}
-
 /**
  * A pass-through TCP proxy to ZTS that notes when the first connection after `arm()` arrives, and
  * the caller's main-thread times at that moment (`pid()` names the process once it is spawned).
@@ -366,6 +201,16 @@ async function startFirstCallProxy(
       }),
   };
 }
+
+/** The shared helpers with this run's HOME and settle/sample windows. */
+const start = (
+  name: string,
+  cmd: Command,
+  env: Record<string, string>,
+  ready: { urls: string[] } | { line: string },
+  onSpawn?: (pid: number) => void,
+) => startProcess(name, cmd, env, ready, { home: tmp.dir, onSpawn });
+const sampleRss = (procs: Running[]) => sampleRssOf(procs, { settleMs: SETTLE_MS, sampleMs: SAMPLE_MS });
 
 // ---- the run ---------------------------------------------------------------------------------------------
 
@@ -447,15 +292,7 @@ for (let run = 1; run <= RUNS; run++) {
     ["ref_node_mtls_http", []],
     ["ref_node_mtls_http_lite", ["--lite-mode"]],
   ] as const) {
-    const port = await freePort();
-    refs.push(
-      await start(
-        name,
-        { argv: ["node", ...flags, "-e", MTLS_HTTP], cwd: tmp.dir, env: {} },
-        { ...mtls.env, SERVER_URL: mtls.url, PORT: `${port}` },
-        { urls: [`http://127.0.0.1:${port}/readyz`] },
-      ),
-    );
+    refs.push(await startMtlsReference(name, mtls, await freePort(), { home: tmp.dir, flags: [...flags] }));
   }
   for (const [name, r] of await sampleRss(refs)) note(refs.find((p) => p.name === name)!, r);
   for (const p of refs) await stop(p, false);

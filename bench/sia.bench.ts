@@ -10,13 +10,17 @@
  *
  * Figures per key type: p50 and p90 of each step and of their sum, the gateway's own decision
  * time (its audit line's latencyMs: the fan-out to the three services) inside the round trip, and
- * `createAgent().init()` in process. Then, per key type, the whole `MODE=init` process (node --import
- * tsx services/sia/src/main.ts) against the same stack, spawn to exit, and how much of it is start-up.
+ * `createAgent().init()` in process (these run in this process, through tsx). Then, per key type, the
+ * whole `MODE=init` process as its image runs it (the tree of scripts/image-tree.sh, the Dockerfile's
+ * `sia` stage ENTRYPOINT and ENV: `node --lite-mode dist/main.js`) against the same stack, spawn to
+ * exit, and how much of it is start-up. Then the token server and footprint figures of issue 16
+ * (bench/sia-tokens.ts), on the same image.
  */
 import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
+import { buildImageTrees } from "../scripts/check-entrypoints.js";
 import { createAgent } from "../services/sia/src/agent.js";
 import { createKeyAndCsr, type KeyType } from "../services/sia/src/csr.js";
 import { createCredentialStore } from "../services/sia/src/files.js";
@@ -26,6 +30,7 @@ import type { PodJson } from "../test/support/fake-kube-api.js";
 import { tempDir } from "../test/support/tmp.js";
 import { startZtsStandIn } from "../test/support/zts-stand-in.js";
 import { type Figure, percentile, recordFigures } from "./lib.js";
+import { imageCommand } from "./processes.js";
 import { benchTokenServer } from "./sia-tokens.js";
 
 const N = 40; // measured runs per key type (after WARMUP)
@@ -42,6 +47,9 @@ const { stream: gatewayLogs } = auditCollector((o) => {
 });
 
 const tmp = tempDir("sia-bench");
+// What the image runs: the trees of scripts/image-tree.sh (as the Dockerfile's build stage makes them).
+buildImageTrees(join(tmp.dir, "image"));
+const image = imageCommand(join(tmp.dir, "image"), "sia");
 // Wired as test/e2e/sia.test.ts: ZTS first, then the gateway trusting exactly its client CA and principal.
 const zts = await startZtsStandIn({ dir: join(tmp.dir, "zts"), principal: "athenz.zts" });
 const s = await startStack({ logDestination: gatewayLogs, gatewayEnv: { TLS_CLIENT_CA_FILE: zts.clientCaFile, ALLOWED_ZTS_CNS: zts.principal } });
@@ -150,7 +158,7 @@ for (const type of ["rsa", "ec"] as KeyType[]) {
   );
 }
 
-// Whole process: `node --import tsx services/sia/src/main.ts` with MODE=init, start to exit, a new pod each.
+// Whole process as the image runs it, MODE=init, start to exit, a new pod each.
 for (const type of ["rsa", "ec"] as KeyType[]) {
   const proc: number[] = [];
   const startup: number[] = [];
@@ -160,10 +168,14 @@ for (const type of ["rsa", "ec"] as KeyType[]) {
     const spawnedAt = Date.now();
     let out = "";
     const code = await new Promise<number | null>((resolve, reject) => {
-      const child = spawn(process.execPath, ["--import", "tsx", "services/sia/src/main.ts"], {
+      const [node, ...args] = image.argv;
+      if (node !== "node") throw new Error(`the sia image's ENTRYPOINT does not start node: ${image.argv.join(" ")}`);
+      const child = spawn(process.execPath, args, {
+        cwd: image.cwd,
         stdio: ["ignore", "pipe", "pipe"],
         env: {
           PATH: process.env.PATH ?? "",
+          ...image.env,
           MODE: "init",
           ENDPOINT: `${zts.url}/zts/v1`,
           PROVIDER_SERVICE: PROVIDER,
@@ -205,14 +217,14 @@ for (const type of ["rsa", "ec"] as KeyType[]) {
       value: percentile(proc, 50),
       unit: "ms",
       target: "report",
-      note: `whole MODE=init process against the stack, spawn to exit, incl. Node+tsx start-up; n=${PROC_N}, max ${Math.max(...proc).toFixed(0)} ms`,
+      note: `whole MODE=init process (\`${image.argv.join(" ")}\` in the image tree) against the stack, spawn to exit, incl. Node start-up; n=${PROC_N}, max ${Math.max(...proc).toFixed(0)} ms`,
     },
     {
       name: `${p}_startup_p50_ms`,
       value: percentile(startup, 50),
       unit: "ms",
       target: "report",
-      note: `of which spawn to the SIA's first log line (Node + tsx + module load); n=${PROC_N}`,
+      note: `of which spawn to the SIA's first log line (Node start-up + loading the bundle); n=${PROC_N}`,
     },
   );
 }
@@ -220,7 +232,7 @@ for (const type of ["rsa", "ec"] as KeyType[]) {
 recordFigures("sia", 6, figures);
 await s.close();
 await zts.close();
-tmp.cleanup();
 
 // Issue 16: the token server from the cache and the SIA's RSS with 20 roles (bench/sia-tokens.ts).
-recordFigures("sia", 16, await benchTokenServer());
+recordFigures("sia", 16, await benchTokenServer(image));
+tmp.cleanup();
