@@ -149,6 +149,8 @@ describe("durations", () => {
       ["0", 0],
       ["0s", 0],
       ["1500us", 2],
+      ["1500\u00b5s", 2], // Go's micro sign
+      ["1500\u03bcs", 2], // and Greek mu
     ];
     for (const [raw, ms] of cases) assert.equal(parseGoDuration(raw), ms, raw);
     assert.equal(parseDuration("250"), 250, "a bare number is milliseconds");
