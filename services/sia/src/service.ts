@@ -14,7 +14,8 @@ import { defineService, type ServiceHandle } from "@k8s-athenz-identity/shared/r
 import { type Agent, type AgentOptions, createAgent } from "./agent.js";
 import { resolveSiaConfig, type SiaSettings, siaSpec } from "./config.js";
 import { startHealthServer } from "./http.js";
-import { createTokenRuntime, type TokenRuntime } from "./token-runtime.js";
+import { resolveTokenFeatures, tokensWanted } from "./token-config.js";
+import type { TokenRuntime } from "./token-runtime.js";
 
 export interface SiaDeps extends Partial<Pick<AgentOptions, "clock" | "random" | "retryPolicy" | "zts" | "store" | "registry" | "onOutcome">> {
   /** Default: JSON lines on stdout at LOG_LEVEL. */
@@ -23,8 +24,8 @@ export interface SiaDeps extends Partial<Pick<AgentOptions, "clock" | "random" |
 
 export interface RunningSia extends ServiceHandle {
   readonly agent: Agent;
-  /** Role certificates, tokens and the token server. */
-  readonly tokens: TokenRuntime;
+  /** Role certificates, tokens and the token server; undefined when none is configured. */
+  readonly tokens: TokenRuntime | undefined;
   /** The /healthz and /metrics port (refresh and run modes). */
   readonly healthPort: number | undefined;
 }
@@ -57,46 +58,53 @@ export async function startSia(settings: SiaSettings, deps: SiaDeps = {}): Promi
     },
     "starting",
   );
-  // Role certificates, tokens and the token server follow the identity (token-runtime.ts).
-  let tokens: TokenRuntime | undefined;
+  // Role certificates, tokens and the token server follow the identity (token-runtime.ts). Their code
+  // (token client, cache, token server) is loaded only when one of them is configured: most pods run
+  // the SIA for the identity certificate alone, and every pod pays for what the SIA loads
+  // (bench/results/sia.json). The settings are checked here either way, before anything starts.
+  const features = resolveTokenFeatures(config, config.mode, config.shutdownTimeout);
+  let runtime: TokenRuntime | undefined;
   const agent = createAgent({
     ...agentDeps,
     config: { ...config, serverCaPem },
     logger,
     onOutcome: (e) => {
       agentDeps.onOutcome?.(e);
-      if (e.outcome === "success") tokens?.identityChanged();
+      if (e.outcome === "success") runtime?.identityChanged();
     },
   });
-  const runtime = createTokenRuntime({ config, serverCaPem, identity: () => agent.current, logger, registry: agent.registry });
-  tokens = runtime;
+  if (features.roleCerts !== undefined || tokensWanted(features)) {
+    const { createTokenRuntime } = await import("./token-runtime.js");
+    runtime = createTokenRuntime({ config, features, serverCaPem, identity: () => agent.current, logger, registry: agent.registry });
+  }
+  const tokens = runtime;
   if (config.mode === "init") {
     const finished = agent.init().then(async (held) => {
       try {
-        await runtime.init();
+        await tokens?.init();
       } finally {
-        await runtime.close();
+        await tokens?.close();
       }
       logger.info({ certFile: config.certFile, notAfter: new Date(held.notAfter).toISOString() }, "identity written; init done");
     });
-    return { agent, tokens: runtime, healthPort: undefined, finished, close: () => agent.close() };
+    return { agent, tokens, healthPort: undefined, finished, close: () => agent.close() };
   }
   const health = await startHealthServer({ host: config.metricsHost, port: config.metricsPort, healthy: agent.healthy, registry: agent.registry });
   logger.info({ port: health.port }, "serving /healthz and /metrics");
   try {
     await agent.start(config.mode);
-    await runtime.start();
+    await tokens?.start();
   } catch (err) {
-    await runtime.close();
+    await tokens?.close();
     await health.close();
     throw err;
   }
   return {
     agent,
-    tokens: runtime,
+    tokens,
     healthPort: health.port,
     async close() {
-      await runtime.close();
+      await tokens?.close();
       await agent.close({ deleteInstance: config.deleteOnShutdown });
       await health.close();
     },

@@ -5,9 +5,13 @@
  * - init mode: after the identity is written, every role certificate is fetched and written, and,
  *   when token files are configured, every token (init fails when one cannot be had: the app would
  *   start without it);
- * - refresh and run modes: role certificates and tokens are fetched at once and kept fresh, role
- *   certificates again after every identity refresh; the token server starts listening at once and
- *   answers from the cache.
+ * - refresh and run modes: role certificates and tokens are fetched as soon as the identity
+ *   certificate is held (at once when it is on disk, else after the first register) and kept fresh,
+ *   role certificates again after every identity refresh; the token server starts listening at once
+ *   and answers from the cache.
+ *
+ * `service.ts` loads this module (and with it the token client, cache and server) only when a role
+ * certificate or token feature is configured.
  */
 import { createBackoff } from "@k8s-athenz-identity/shared/backoff";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
@@ -35,6 +39,8 @@ export interface TokenRuntimeConfig extends TokenSettings {
 
 export interface TokenRuntimeOptions {
   config: TokenRuntimeConfig;
+  /** The features `config` resolves to (token-config.ts `resolveTokenFeatures`), when already resolved. */
+  features?: TokenFeatures;
   /** CA bundle for ZTS's server certificate (SERVER_CA_CERT), or the system roots. */
   serverCaPem: string | undefined;
   /** The identity certificate held by the agent. */
@@ -54,7 +60,10 @@ export interface TokenRuntime {
   readonly active: boolean;
   /** Init mode: role certificates, then token files; throws when one cannot be had. */
   init(): Promise<void>;
-  /** Refresh/run modes: starts the loops and the token server. */
+  /**
+   * Refresh/run modes: starts the token server, and the refresh loops once the identity certificate
+   * is held (now, or at the first {@link identityChanged}).
+   */
   start(): Promise<void>;
   /** Call after every successful identity register/refresh. */
   identityChanged(): void;
@@ -66,7 +75,7 @@ export interface TokenRuntime {
 
 export function createTokenRuntime(o: TokenRuntimeOptions): TokenRuntime {
   const c = o.config;
-  const features = resolveTokenFeatures(c, c.mode, c.shutdownTimeout);
+  const features = o.features ?? resolveTokenFeatures(c, c.mode, c.shutdownTimeout);
   const clock = o.clock ?? systemClock;
   const wantTokens = tokensWanted(features);
   const active = features.roleCerts !== undefined || wantTokens;
@@ -98,6 +107,19 @@ export function createTokenRuntime(o: TokenRuntimeOptions): TokenRuntime {
       ? createTokenService({ features, service: c.service, zts, clock, logger: o.logger, registry: o.registry, ...backoff })
       : undefined;
   let server: TokenServer | undefined;
+  let started = false;
+  let looping = false;
+  /**
+   * Every fetch needs the identity certificate (mutual TLS to ZTS): started without one, each role
+   * and token would fail, log a warning with its stack and back off, only to be triggered again when
+   * the register succeeds. So the loops wait for the identity.
+   */
+  const startLoops = () => {
+    if (looping || o.identity() === undefined) return;
+    looping = true;
+    roleCerts?.start();
+    tokens?.start();
+  };
 
   return {
     features,
@@ -130,13 +152,15 @@ export function createTokenRuntime(o: TokenRuntimeOptions): TokenRuntime {
       }
     },
     async start() {
-      roleCerts?.start();
-      tokens?.start();
+      started = true;
+      startLoops();
       if (features.tokenServer && tokens) {
         server = await startTokenServer({ feature: features.tokenServer, tokens, logger: o.logger, registry: o.registry, now: () => clock.now() });
       }
     },
     identityChanged() {
+      if (!started) return;
+      if (!looping) return startLoops();
       roleCerts?.identityChanged();
       tokens?.identityChanged();
     },
