@@ -1,6 +1,6 @@
 /**
  * Conformance of role certificates and tokens with Athenz's own Go client (github.com/AthenZ/athenz
- * v1.12.13, from the Go module proxy; driver in go-tokens/):
+ * v1.12.13, from the Go module proxy; driver in go/tokens/, a package of the conformance tier's one Go module):
  *
  * 1. the ZTS stand-in answers Athenz's client as ZTS would: its role certificate, access token and role
  *    token calls succeed and decode into Athenz's models, and its 400/403/404 come back as the client's
@@ -43,8 +43,8 @@ describe("conformance: Athenz's Go ZTS client (v1.12.13) for role certificates a
 
   before(async () => {
     driver = join(tmp.dir, "go-tokens");
-    execFileSync(GO, ["build", "-o", driver, "."], {
-      cwd: join(here, "go-tokens"),
+    execFileSync(GO, ["build", "-o", driver, "./tokens"], {
+      cwd: join(here, "go"),
       stdio: ["ignore", "inherit", "inherit"],
       env: { ...process.env, GOFLAGS: "-mod=readonly" },
     });
