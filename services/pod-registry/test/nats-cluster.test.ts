@@ -41,6 +41,10 @@ async function startCluster(): Promise<{ urls: string[]; members: Member[]; clos
   const clientPorts = await Promise.all([0, 1, 2].map(() => freePort()));
   const routePorts = await Promise.all([0, 1, 2].map(() => freePort()));
   const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`).join(",");
+  // Every member knows the meta leader ("Self is new ..." on the leader, "new ...: <name>" elsewhere):
+  // checked on every line a member prints, not polled.
+  const elected = (m: Member) => /JetStream cluster (new )?metadata leader/.test(m.log);
+  let onLog = () => {};
   const members = [0, 1, 2].map((i): Member => {
     const m: Member = { name: `n${i}`, log: "", proc: undefined as unknown as ChildProcess };
     m.proc = spawn(
@@ -54,6 +58,7 @@ async function startCluster(): Promise<{ urls: string[]; members: Member[]; clos
     );
     const onData = (d: Buffer) => {
       m.log = (m.log + d.toString()).slice(-64_000);
+      onLog();
     };
     m.proc.stdout!.on("data", onData);
     m.proc.stderr!.on("data", onData);
@@ -72,14 +77,22 @@ async function startCluster(): Promise<{ urls: string[]; members: Member[]; clos
     );
     rmSync(dir, { recursive: true, force: true });
   };
-  // Every member knows the meta leader ("Self is new ..." on the leader, "new ...: <name>" elsewhere).
-  const deadline = Date.now() + 60_000;
-  while (!members.every((m) => /JetStream cluster (new )?metadata leader/.test(m.log))) {
-    if (Date.now() > deadline) {
-      await close();
-      throw new Error(`no JetStream meta leader:\n${members.map((m) => m.log.slice(-1500)).join("\n---\n")}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
+  const ready = await new Promise<string | undefined>((resolve) => {
+    const timer = setTimeout(() => resolve("no JetStream meta leader within 60 s"), 60_000);
+    const done = (failure?: string) => {
+      clearTimeout(timer);
+      onLog = () => {};
+      resolve(failure);
+    };
+    for (const m of members) m.proc.once("exit", (code, signal) => done(`${m.name} exited (${code ?? signal}) before a meta leader`));
+    onLog = () => {
+      if (members.every(elected)) done();
+    };
+    onLog();
+  });
+  if (ready !== undefined) {
+    await close();
+    throw new Error(`${ready}:\n${members.map((m) => m.log.slice(-1500)).join("\n---\n")}`);
   }
   return {
     urls: clientPorts.map((p) => `nats://127.0.0.1:${p}`),
