@@ -229,10 +229,11 @@ describe("revoker (one leadership term)", () => {
     assert.equal(h.zts.calls.length, 1);
   });
 
-  it("absence alone counts only once the record is older than the grace period; a DELETED on the feed at once", async () => {
-    const graceMs = 300;
+  it("a pod merely absent from the registry is marked gone only after the grace period from its confirmation; one deleted on the feed (a DELETED event) at once, without waiting for it", async () => {
+    // The grace is long next to what the steps before the DELETED event take even on a loaded machine,
+    // so the order below is the revoker's, not the scheduler's; no upper bound on elapsed time is asserted.
+    const graceMs = 2000;
     const h = harness({ graceMs });
-    const t0 = Date.now();
     await h.record(5); // absent from the registry: a pod confirmed through the API server, say
     await h.record(6);
     h.pods.pods.set(uid(6), { finished: false });
@@ -241,12 +242,14 @@ describe("revoker (one leadership term)", () => {
     h.pods.pods.delete(uid(6));
     h.pods.emit({ type: "deleted", uid: uid(6) });
     await h.until(() => h.events.some((e) => e.type === "gone" && e.key === h.key(6)));
-    const at6 = Date.now() - t0;
+    const grace5 = h.events.find((e) => e.type === "deferred" && e.key === h.key(5) && e.why === "grace");
+    assert.ok(grace5?.type === "deferred", "the absent pod was deferred for the grace period");
+    assert.ok(!h.events.some((e) => e.type === "gone" && e.key === h.key(5)), "the absent pod is not gone yet when the deleted one is");
+    assert.ok(!h.events.some((e) => e.type === "deferred" && e.key === h.key(6) && e.why === "grace"), "the DELETED pod never waited for the grace");
     await h.until(() => h.events.some((e) => e.type === "gone" && e.key === h.key(5)));
-    const at5 = Date.now() - t0;
+    const gone5At = Date.now();
     await h.stop();
-    assert.ok(at6 < graceMs, `DELETED seen: gone after ${at6} ms, without waiting for the grace`);
-    assert.ok(at5 >= graceMs, `absent only: gone after ${at5} ms, not before the grace (${graceMs} ms)`);
+    assert.ok(gone5At >= grace5.at, `absent only: gone at ${gone5At}, not before its grace ended (${grace5.at})`);
   });
 
   it("retries while ZTS fails, counting each failure, and sends once it answers", async () => {
