@@ -246,7 +246,9 @@ function figures(runs: RunFigures[], sia: Command): Figure[] {
   const siaRss = med((r) => r.rss.sia);
   const siaAfter = med((r) => r.rss.siaAfterLoad);
   const limit = (x: number) => `<= ${SIA_RSS_FACTOR}x ref_node_mtls_http (${(x * SIA_RSS_FACTOR).toFixed(1)} MiB)`;
-  return [
+  // Every figure says how loaded the shared machine was: rates, latencies and RSS all move with it.
+  const withLoad = (f: Figure): Figure => (f.note?.includes("load average") ? f : { ...f, note: `${f.note}; ${where}` });
+  const all: Figure[] = [
     {
       name: "sia_token_server_header_mode_answers_per_s",
       value: med((r) => r.header.rps),
@@ -343,6 +345,7 @@ function figures(runs: RunFigures[], sia: Command): Figure[] {
       note: `bench/processes.ts MTLS_HTTP (node ${process.version} -e, no V8 flags: as bench/footprint.bench.ts's ref_node_mtls_http), sampled alongside the SIAs; ${range((r) => r.rss.ref, "MiB")}`,
     },
   ];
+  return all.map(withLoad);
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {

@@ -18,6 +18,7 @@
  */
 import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
+import { availableParallelism, loadavg } from "node:os";
 import { join } from "node:path";
 import { createLogger } from "@k8s-athenz-identity/shared/logger";
 import { buildImageTrees } from "../scripts/check-entrypoints.js";
@@ -64,10 +65,13 @@ const newPod = async (): Promise<{ pod: PodJson; token: string; tokenFile: strin
   const tokenFile = join(tmp.dir, `token-${++n}`);
   writeFileSync(tokenFile, token);
   zts.setClientIp(pod.status.podIP);
+  loads.push(loadavg()[0]!);
   return { pod, token, tokenFile, dir: join(tmp.dir, `pod-${n}`) };
 };
 
 const figures: Figure[] = [];
+/** The 1-minute load average, sampled at every new pod. */
+const loads: number[] = [];
 const both = (prefix: string, values: number[], unit: string, note: string): Figure[] => [
   { name: `${prefix}_p50_ms`, value: percentile(values, 50), unit, target: "report", note: `${note}; n=${values.length}` },
   { name: `${prefix}_p90_ms`, value: percentile(values, 90), unit, target: "report", note: `n=${values.length}` },
@@ -229,7 +233,13 @@ for (const type of ["rsa", "ec"] as KeyType[]) {
   );
 }
 
-recordFigures("sia", 6, figures);
+// Every figure says how loaded the shared machine was (1-minute load average, sampled per step).
+const loadNote = `load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)} on ${availableParallelism()} shared cores during these runs`;
+recordFigures(
+  "sia",
+  6,
+  figures.map((f) => ({ ...f, note: f.note ? `${f.note}; ${loadNote}` : loadNote })),
+);
 await s.close();
 await zts.close();
 
