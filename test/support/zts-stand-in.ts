@@ -713,7 +713,9 @@ async function signCertificate(
   const cert = new pkijs.Certificate();
   cert.version = 2;
   const serial = randomBytes(16);
-  serial[0] = serial[0]! & 0x7f;
+  // Positive and minimally encoded (DER): a leading 0x00 octet followed by one below 0x80 is a
+  // malformed INTEGER that Go's x509 refuses ("x509: malformed serial number"), 1 time in ~256.
+  serial[0] = (serial[0]! & 0x7f) | 0x40;
   cert.serialNumber = new asn1js.Integer({ valueHex: serial });
   cert.issuer = signer.cert.subject;
   cert.subject = csr.req.subject;
