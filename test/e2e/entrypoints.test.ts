@@ -3,7 +3,8 @@
  * - every `bin` a workspace package declares works through npm's bin symlink (`node_modules/.bin/<name>
  *   --help` prints its usage and exits 0);
  * - `identityd` runs the four services in one process (`--target=all`): each answers /readyz on its
- *   own admin port, ZTS's call is confirmed through the co-located gateway, and SIGTERM ends it with 0;
+ *   own admin port, ZTS's call is confirmed through the co-located gateway, which calls the other
+ *   three in process (no *_URL setting), and SIGTERM ends it with 0;
  * - SIGTERM while a dependency is unreachable (NATS, the API server, ZTS) still ends the process
  *   within the runner's hard deadline (SHUTDOWN_TIMEOUT plus its margin).
  */
@@ -180,7 +181,6 @@ describe("identityd --target=all: the four services in one process", () => {
     const athenzCa = createCa(tmp.dir, "athenz");
     const server = issueCert(tmp.dir, "gateway", athenzCa, { cn: PROVIDER, dns: ["localhost"], ips: ["127.0.0.1"], usage: "server" });
     const zts = issueCert(tmp.dir, "zts", athenzCa, { cn: ZTS_CN, usage: "client" });
-    const [tv, pr, ci] = [await closedPort(), await closedPort(), await closedPort()];
     const issuer = "https://kubernetes.default.svc.cluster.local";
     const p = run(
       process.execPath,
@@ -194,16 +194,14 @@ describe("identityd --target=all: the four services in one process", () => {
         GATEWAY__ADMIN_PORT: "0",
         API_PORT: "0",
         API_ADMIN_PORT: "0",
-        TOKEN_VERIFIER__PORT: String(tv),
+        TOKEN_VERIFIER__PORT: "0",
         TOKEN_VERIFIER__ADMIN_PORT: "0",
-        POD_REGISTRY__PORT: String(pr),
+        POD_REGISTRY__PORT: "0",
         POD_REGISTRY__ADMIN_PORT: "0",
-        CSR_INSPECTOR__PORT: String(ci),
+        CSR_INSPECTOR__PORT: "0",
         CSR_INSPECTOR__ADMIN_PORT: "0",
-        // The gateway reaches its co-located dependencies over loopback.
-        TOKEN_VERIFIER_URL: `http://127.0.0.1:${tv}`,
-        POD_REGISTRY_URL: `http://127.0.0.1:${pr}`,
-        CSR_INSPECTOR_URL: `http://127.0.0.1:${ci}`,
+        // No *_URL settings: their defaults (http://token-verifier:8081, ...) do not resolve here, so
+        // a confirmation can only succeed through the in-process transports.
         GATEWAY__TLS_KEY_FILE: server.keyFile,
         GATEWAY__TLS_CLIENT_CA_FILE: athenzCa.certFile,
         PROVIDER_SERVICE: PROVIDER,
@@ -238,6 +236,19 @@ describe("identityd --target=all: the four services in one process", () => {
       const answer = await callAsZts(`${gw!.url}/instance`, { client: zts, ca: athenzCa, body: JSON.stringify(confirmationFor(pod, token)) });
       assert.equal(answer.status, 200, answer.body);
       assert.equal(answer.json().provider, PROVIDER);
+      // The co-located services were called in process, through their own interceptors (counted).
+      for (const dependency of ["token-verifier", "pod-registry", "csr-inspector"])
+        assert.ok(
+          p.lines().some((l) => l.service === "gateway" && l.dependency === dependency && /in process/.test(String(l.msg))),
+          `${dependency} called in process`,
+        );
+      const counted = async (admin: string, method: string) =>
+        new RegExp(`rpc_server_requests_total\\{method="athenz\\.identity\\.v1\\.${method}",code="ok"[^}]*\\} 1\\b`).test(
+          await (await fetch(`${admin}/metrics`)).text(),
+        );
+      assert.ok(await counted(tvl!.adminUrl, "TokenVerifierService/VerifyToken"), "token-verifier counted the call");
+      assert.ok(await counted(prl!.adminUrl, "PodRegistryService/GetPod"), "pod-registry counted the call");
+      assert.ok(await counted(cil!.adminUrl, "CsrInspectorService/InspectAttributes"), "csr-inspector counted the call");
     } finally {
       const { code } = await stopWithin(p, 2_000);
       assert.equal(code, 0, p.output().slice(-3000));

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import type { DescService } from "@bufbuild/protobuf";
-import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 export interface ServiceClientOptions {
@@ -47,4 +47,61 @@ export function createServiceClient<T extends DescService>(service: T, opts: Ser
     interceptors: opts.interceptors ?? [],
   });
   return { client: createClient(service, transport), close: () => sessionManager.abort() };
+}
+
+/**
+ * A transport that becomes `target` once it resolves: calls made before wait for it (bounded by
+ * their own signal and deadline), calls after go straight through. For a caller that starts beside
+ * the service it calls (`StartContext.colocated`) without waiting for that service to be up. When
+ * `target` rejects, every call fails with its error.
+ */
+export function deferredTransport(target: Promise<Transport>): Transport {
+  let resolved: Transport | undefined;
+  target.then(
+    (t) => {
+      resolved = t;
+    },
+    () => {},
+  );
+  /** The target, or a rejection once the call's signal aborts or its deadline passes first. */
+  const ready = (signal: AbortSignal | undefined, timeoutMs: number | undefined): Promise<Transport> => {
+    if (resolved) return Promise.resolve(resolved);
+    return new Promise<Transport>((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+      };
+      const onAbort = () => {
+        done();
+        reject(ConnectError.from(signal?.reason ?? new Error("aborted"), Code.Canceled));
+      };
+      const timer =
+        timeoutMs !== undefined && timeoutMs > 0
+          ? setTimeout(() => {
+              done();
+              reject(new ConnectError("the co-located service did not start within the call's deadline", Code.DeadlineExceeded));
+            }, timeoutMs)
+          : undefined;
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      target.then(
+        (t) => {
+          done();
+          resolve(t);
+        },
+        (err: unknown) => {
+          done();
+          reject(ConnectError.from(err, Code.Unavailable));
+        },
+      );
+    });
+  };
+  return {
+    async unary(method, signal, timeoutMs, header, input, contextValues) {
+      return (await ready(signal, timeoutMs)).unary(method, signal, timeoutMs, header, input, contextValues);
+    },
+    async stream(method, signal, timeoutMs, header, input, contextValues) {
+      return (await ready(signal, timeoutMs)).stream(method, signal, timeoutMs, header, input, contextValues);
+    },
+  };
 }

@@ -258,6 +258,38 @@ describe("runProgram with several targets", () => {
     assert.equal(h.lines.find((l) => l.msg === "start-up failed")?.service, "beta");
   });
 
+  it("lets a target find the others of its process (colocated): their handles once started, nothing for the rest", async () => {
+    const { a, b, c, program } = make();
+    const seen: { beta?: ServiceHandle; gamma?: Promise<ServiceHandle> | undefined } = {};
+    const handleOfBeta: ServiceHandle = { close: async () => {} };
+    let releaseBeta!: () => void;
+    const betaMayStart = new Promise<void>((r) => (releaseBeta = r));
+    const alpha = scripted("alpha", {
+      start: async (ctx) => {
+        seen.gamma = ctx.colocated("gamma");
+        const beta = ctx.colocated("beta");
+        assert.ok(beta, "beta runs in this process");
+        // alpha is not held up by beta: it waits only when it needs beta.
+        releaseBeta();
+        seen.beta = await beta;
+        return { close: async () => {} };
+      },
+    });
+    const beta = scripted("beta", {
+      start: async () => {
+        await betaMayStart;
+        return handleOfBeta;
+      },
+    });
+    const h = harness({ ...program, targets: [alpha.d, beta.d, c.d] });
+    await h.running;
+    assert.equal(seen.beta, handleOfBeta);
+    assert.equal(seen.gamma, undefined, "gamma is not a selected target");
+    assert.deepEqual([a.seen.started, b.seen.started], [0, 0]);
+    h.signal("SIGTERM");
+    assert.equal(await h.exited, 0);
+  });
+
   it("derives the deadline from the largest SHUTDOWN_TIMEOUT plus a margin of 1 to 5 s", () => {
     assert.equal(shutdownDeadlineMs(0), 1_000);
     assert.equal(shutdownDeadlineMs(2_000), 4_000);

@@ -15,7 +15,11 @@
  *   comes after the servers' grace period: closing clients (NATS drain, Lease release) and logs.
  * - A start that fails closes the others and exits 1 (its error logged as `{ err }`).
  * - A one-shot job (a handle with `finished`, e.g. the SIA's init mode) ends the process when done.
+ * - Targets of one process find each other through `StartContext.colocated`: a caller of a co-located
+ *   service (the gateway of its dependencies) uses that service's in-process `transport`, so one
+ *   process makes no network calls to itself and needs no URL settings for its own parts.
  */
+import type { Transport } from "@connectrpc/connect";
 import type { DestinationStream, LevelWithSilent } from "pino";
 import { pino } from "pino";
 import {
@@ -41,6 +45,11 @@ export interface ServiceHandle {
    * process (exit 0 when it resolves, 1 when it rejects).
    */
   readonly finished?: Promise<void>;
+  /**
+   * The service's Connect routes, callable in this process with the same contract as its port
+   * (`RunningServer.transport`): what co-located callers use.
+   */
+  readonly transport?: Transport;
 }
 
 /** What the runner passes to a service's `start`. */
@@ -49,6 +58,11 @@ export interface StartContext {
   logger: Logger;
   /** Aborted when the process is asked to stop while the service is still starting. */
   signal: AbortSignal;
+  /**
+   * Another target started by this same process: its handle once its start resolves (rejects when
+   * that start fails), or undefined when that target does not run in this process.
+   */
+  colocated(target: string): Promise<ServiceHandle> | undefined;
 }
 
 /** A service as the runner knows it: `{ name, summary, spec, start }`. */
@@ -283,13 +297,21 @@ export async function runProgram(p: Program, opts: RunOptions = {}): Promise<voi
   signals.on("SIGTERM", onTerm);
   signals.on("SIGINT", onInt);
 
-  const starting = Promise.allSettled(
-    selected.map(async (t, i) => {
-      const handle = await t.start(configs[i] as never, { logger: loggers[i]!, signal: aborter.signal });
-      started.push({ name: t.name, handle });
-      return handle;
-    }),
-  );
+  const handles = new Map<string, Promise<ServiceHandle>>();
+  const colocated = (target: string) => handles.get(target);
+  for (const [i, t] of selected.entries()) {
+    handles.set(
+      t.name,
+      (async () => {
+        // Every start is begun before any runs, so each sees all the others in `colocated`.
+        await undefined;
+        const handle = await t.start(configs[i] as never, { logger: loggers[i]!, signal: aborter.signal, colocated });
+        started.push({ name: t.name, handle });
+        return handle;
+      })(),
+    );
+  }
+  const starting = Promise.allSettled(handles.values());
   startsSettled = starting;
   const results = await starting;
   if (stopping) return;

@@ -4,12 +4,13 @@ import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { after, describe, it } from "node:test";
+import { connect as tlsConnect } from "node:tls";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, createRouterTransport, type Transport } from "@connectrpc/connect";
 import { TokenVerifierService, VerifyTokenResponseSchema } from "@k8s-athenz-identity/api/token_verifier";
 import { createCa, issueCert } from "../../../test/support/pki.js";
 import { tempDir } from "../../../test/support/tmp.js";
-import { createServiceClient } from "./client.js";
+import { createServiceClient, deferredTransport } from "./client.js";
 import { ConfigError } from "./config.js";
 import { DomainError, ErrorCode } from "./errors.js";
 import { createLogger } from "./logger.js";
@@ -263,6 +264,197 @@ describe("tlsFromSettings", () => {
         (e) => e instanceof ConfigError && re.test(e.message),
         JSON.stringify(settings),
       );
+    }
+  });
+});
+
+describe("startServiceServer: in-process transport", () => {
+  it("answers through its transport with the port's contract: errors mapped, metrics counted, deadlines kept", async () => {
+    const gate = createGate();
+    const { logger } = captureLogger();
+    const registry = createMetricsRegistry("inproc", { defaultMetrics: false });
+    const srv = await startServiceServer({
+      name: "inproc",
+      routes: routes(gate),
+      host: "127.0.0.1",
+      port: 0,
+      adminPort: 0,
+      logger,
+      registry,
+      readiness: () => ({ ready: true }),
+      shutdownTimeoutMs: 1000,
+    });
+    try {
+      const client = createClient(TokenVerifierService, srv.transport);
+      assert.deepEqual((await client.verifyToken({ token: "ok" })).verifiedBy, ["ok"]);
+      await assert.rejects(client.verifyToken({ token: "down" }), (e) => {
+        const ce = ConnectError.from(e);
+        return ce.code === Code.Unavailable && ce.rawMessage === "api server unreachable" && !ce.message.includes("secret-host");
+      });
+      await assert.rejects(client.verifyToken({ token: "bug" }), (e) => ConnectError.from(e).code === Code.Internal);
+      await assert.rejects(client.verifyToken({ token: "slow" }, { timeoutMs: 50 }), (e) => ConnectError.from(e).code === Code.DeadlineExceeded);
+      gate.release();
+      const m = await registry.metrics();
+      assert.match(m, /rpc_server_requests_total\{method="athenz.identity.v1.TokenVerifierService\/VerifyToken",code="ok",service="inproc"\} 1/);
+      assert.match(
+        m,
+        /rpc_server_requests_total\{method="athenz.identity.v1.TokenVerifierService\/VerifyToken",code="unavailable",service="inproc"\} 1/,
+      );
+    } finally {
+      await srv.close();
+    }
+  });
+});
+
+describe("deferredTransport", () => {
+  const srvRoutes = routes(createGate());
+  it("waits for its target, then calls it; fails with the call's deadline or the target's error", async () => {
+    let resolve!: (t: Transport) => void;
+    const client = createClient(TokenVerifierService, deferredTransport(new Promise<Transport>((r) => (resolve = r))));
+    const early = client.verifyToken({ token: "early" });
+    await assert.rejects(client.verifyToken({ token: "x" }, { timeoutMs: 20 }), (e) => ConnectError.from(e).code === Code.DeadlineExceeded);
+    const ac = new AbortController();
+    const aborted = client.verifyToken({ token: "x" }, { signal: ac.signal });
+    ac.abort();
+    await assert.rejects(aborted, (e) => ConnectError.from(e).code === Code.Canceled);
+    resolve(createRouterTransport(srvRoutes));
+    assert.deepEqual((await early).verifiedBy, ["early"]);
+    assert.deepEqual((await client.verifyToken({ token: "late" })).verifiedBy, ["late"]);
+
+    const failed = createClient(TokenVerifierService, deferredTransport(Promise.reject(new Error("start failed"))));
+    await assert.rejects(failed.verifyToken({ token: "x" }), (e) => ConnectError.from(e).code === Code.Unavailable);
+  });
+});
+
+/** One TLS connection to `port` that sends one HTTP/1.1 request, so a TLS 1.3 ticket has arrived when it resolves. */
+function tlsRoundTrip(
+  port: number,
+  o: { ca: string; cert: string; key: string; maxVersion: "TLSv1.2" | "TLSv1.3"; session?: Buffer | undefined },
+): Promise<{ reused: boolean; session: Buffer | undefined; status: string }> {
+  return new Promise((resolve, reject) => {
+    let session: Buffer | undefined;
+    const sock = tlsConnect({
+      host: "127.0.0.1",
+      port,
+      servername: "localhost",
+      ca: o.ca,
+      cert: o.cert,
+      key: o.key,
+      maxVersion: o.maxVersion,
+      minVersion: o.maxVersion,
+      session: o.session,
+    });
+    sock.on("session", (s: Buffer) => (session = s));
+    sock.on("error", reject);
+    let data = "";
+    let reused = false;
+    sock.on("secureConnect", () => {
+      reused = sock.isSessionReused();
+      session ??= sock.getSession();
+      sock.end("GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    });
+    sock.setEncoding("utf8");
+    sock.on("data", (c: string) => (data += c));
+    sock.on("close", () => resolve({ reused, session, status: data.split("\r\n")[0] ?? "" }));
+  });
+}
+
+describe("startServiceServer: TLS session resumption", () => {
+  const tmp = tempDir("server-resumption");
+  after(tmp.cleanup);
+  const ca = createCa(tmp.dir, "ca");
+  const a = issueCert(tmp.dir, "a", ca, { cn: "svc-a", dns: ["localhost"], ips: ["127.0.0.1"], usage: "server" });
+  const b = issueCert(tmp.dir, "b", ca, { cn: "svc-b", dns: ["localhost"], ips: ["127.0.0.1"], usage: "server" });
+  const client = issueCert(tmp.dir, "client", ca, { cn: "zts", usage: "client" });
+
+  const startTls = async (o: { ticketKeyRotationMs?: number; certFile?: string; keyFile?: string } = {}) => {
+    const registry = createMetricsRegistry("tls", { defaultMetrics: false });
+    const srv = await startServiceServer({
+      name: "tls",
+      routes: routes(createGate()),
+      host: "127.0.0.1",
+      port: 0,
+      adminPort: 0,
+      tls: {
+        certFile: o.certFile ?? a.certFile,
+        keyFile: o.keyFile ?? a.keyFile,
+        clientCaFile: ca.certFile,
+        reloadIntervalMs: 60_000,
+        ticketKeyRotationMs: o.ticketKeyRotationMs,
+      },
+      logger: captureLogger().logger,
+      registry,
+      readiness: () => ({ ready: true }),
+      shutdownTimeoutMs: 1000,
+    });
+    const handshakes = async () => {
+      const m = await registry.metrics();
+      const n = (resumed: string) => Number(new RegExp(`tls_handshakes_total\\{resumed="${resumed}",service="tls"\\} (\\d+)`).exec(m)?.[1] ?? 0);
+      return { full: n("false"), resumed: n("true") };
+    };
+    return { srv, handshakes };
+  };
+  const opts = (maxVersion: "TLSv1.2" | "TLSv1.3", session?: Buffer) => ({
+    ca: ca.certPem,
+    cert: client.certPem,
+    key: client.keyPem,
+    maxVersion,
+    session,
+  });
+
+  for (const version of ["TLSv1.2", "TLSv1.3"] as const) {
+    it(`${version}: resumes a session from its ticket, counts full and resumed handshakes, and a rotated key ends it`, async () => {
+      const { srv, handshakes } = await startTls();
+      try {
+        const first = await tlsRoundTrip(srv.port, opts(version));
+        assert.equal(first.reused, false);
+        assert.match(first.status, /^HTTP\/1\.1 404/);
+        assert.ok(first.session, "the server issued a ticket");
+        const second = await tlsRoundTrip(srv.port, opts(version, first.session));
+        assert.equal(second.reused, true, "the second connection resumed");
+        assert.match(second.status, /^HTTP\/1\.1 404/);
+        assert.deepEqual(await handshakes(), { full: 1, resumed: 1 });
+
+        assert.equal(srv.rotateTicketKeys(), true);
+        const afterRotation = await tlsRoundTrip(srv.port, opts(version, second.session ?? first.session));
+        assert.equal(afterRotation.reused, false, "a ticket sealed with the previous key does not resume");
+        assert.deepEqual(await handshakes(), { full: 2, resumed: 1 });
+      } finally {
+        await srv.close();
+      }
+    });
+  }
+
+  it("with resumption off (rotation 0) every handshake is full", async () => {
+    const { srv, handshakes } = await startTls({ ticketKeyRotationMs: 0 });
+    try {
+      for (const version of ["TLSv1.2", "TLSv1.3"] as const) {
+        const first = await tlsRoundTrip(srv.port, opts(version));
+        const second = await tlsRoundTrip(srv.port, opts(version, first.session));
+        assert.equal(second.reused, false, version);
+      }
+      assert.deepEqual(await handshakes(), { full: 4, resumed: 0 });
+      assert.equal(srv.rotateTicketKeys(), false);
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it("a reloaded certificate ends the sessions of the previous one", async () => {
+    const certFile = join(tmp.dir, "live.crt");
+    const keyFile = join(tmp.dir, "live.key");
+    copyFileSync(a.certFile, certFile);
+    copyFileSync(a.keyFile, keyFile);
+    const { srv } = await startTls({ certFile, keyFile });
+    try {
+      const first = await tlsRoundTrip(srv.port, opts("TLSv1.2"));
+      assert.equal((await tlsRoundTrip(srv.port, opts("TLSv1.2", first.session))).reused, true);
+      copyFileSync(b.certFile, certFile);
+      copyFileSync(b.keyFile, keyFile);
+      assert.equal(srv.reloadTls(), true);
+      assert.equal((await tlsRoundTrip(srv.port, opts("TLSv1.2", first.session))).reused, false);
+    } finally {
+      await srv.close();
     }
   });
 });

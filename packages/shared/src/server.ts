@@ -1,13 +1,13 @@
-import { createHash } from "node:crypto";
+import { createHash, constants as cryptoConstants, randomBytes } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
-import { createSecureContext } from "node:tls";
-import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { createSecureContext, type TLSSocket } from "node:tls";
+import { type ConnectRouter, createRouterTransport, type Interceptor, type Transport } from "@connectrpc/connect";
 import { type ConnectNodeAdapterOptions, connectNodeAdapter } from "@connectrpc/connect-node";
-import type { Registry } from "prom-client";
+import { Counter, type Registry } from "prom-client";
 import { ConfigError } from "./config.js";
 import { DomainError, toConnectError } from "./errors.js";
 import type { Logger } from "./logger.js";
@@ -31,7 +31,31 @@ export interface TlsFiles {
   clientCertOptional?: boolean | undefined;
   /** How often the files are checked for rotation. */
   reloadIntervalMs: number;
+  /**
+   * TLS session resumption (session tickets; see {@link DEFAULT_TICKET_KEY_ROTATION_MS}): how often the
+   * ticket key is replaced by a fresh random one. 0 turns resumption off (every handshake is full).
+   * Default {@link DEFAULT_TICKET_KEY_ROTATION_MS}.
+   */
+  ticketKeyRotationMs?: number | undefined;
 }
+
+/**
+ * Ticket keys are replaced every 5 minutes, which is also how long a ticket is valid (the session
+ * lifetime, {@link SESSION_LIFETIME_S}).
+ *
+ * Why: a TLS 1.2 session resumed from a ticket has no forward secrecy towards the ticket key (the
+ * ticket carries the session's master secret, encrypted under that key), so whoever obtains a key can
+ * read every TLS 1.2 session it sealed -- and what ZTS sends here is a pod's service-account token.
+ * Node holds a single ticket key (tls.Server#setTicketKeys), so a rotation also ends every ticket in
+ * flight: each ZTS instance then makes one full handshake (about 2.5 ms of CPU here) and resumes again
+ * from the new ticket. At one full handshake per ZTS connection pool per 5 minutes that cost does not
+ * register, while a leaked key exposes at most 5 minutes of sessions. TLS 1.3 resumption (psk_dhe_ke)
+ * keeps forward secrecy anyway; the rotation bounds TLS 1.2, which is what ZTS speaks.
+ */
+export const DEFAULT_TICKET_KEY_ROTATION_MS = 5 * 60_000;
+
+/** How long a session (a ticket) can be resumed, seconds: Node's default, stated here because the rotation above depends on it. */
+export const SESSION_LIFETIME_S = 300;
 
 /** The TLS part of {@link serverSettings}, as a service's config object carries it. */
 export interface TlsSettings {
@@ -115,12 +139,23 @@ export interface ServiceServerOptions {
 export interface RunningServer {
   /** Base URL of the Connect port, e.g. "http://127.0.0.1:34567". */
   readonly url: string;
+  /**
+   * The same routes, with the same interceptors (metrics, error mapping), called in this process
+   * (`createRouterTransport`): what a co-located caller uses instead of the port. Same contract as the
+   * port: messages are serialized, deadlines and Connect errors work as over the network.
+   */
+  readonly transport: Transport;
   readonly port: number;
   readonly adminUrl: string;
   /** Stops accepting, lets in-flight calls finish within the grace period, then closes. Idempotent. */
   close(): Promise<void>;
   /** Re-reads the TLS files now (the periodic check does the same). */
   reloadTls(): boolean;
+  /**
+   * Replaces the session ticket key now (the rotation timer does the same): tickets issued before
+   * no longer resume. False when the port has no TLS or resumption is off.
+   */
+  rotateTicketKeys(): boolean;
 }
 
 function errorInterceptor(logger: Logger): Interceptor {
@@ -180,14 +215,19 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
   setMaxListeners(0, shutdown.signal);
   let closing: Promise<void> | undefined;
 
-  const connectHandler = connectNodeAdapter({
-    routes: opts.routes,
+  const handlerOptions = {
     // Outermost first: metrics see the final Connect code; the error mapper sees handler and extra interceptor errors.
     interceptors: [rpcMetricsInterceptor(opts.registry), errorInterceptor(logger), ...(opts.interceptors ?? [])],
     shutdownSignal: shutdown.signal,
     maxTimeoutMs: opts.maxTimeoutMs ?? 30_000,
     // Every message here is small (a token, a CSR, a pod); a large body is hostile.
     readMaxBytes: opts.readMaxBytes ?? 256 * 1024,
+  };
+  // One set of interceptors for the port and for in-process callers: the metrics count both.
+  const transport = createRouterTransport(opts.routes, { router: handlerOptions });
+  const connectHandler = connectNodeAdapter({
+    routes: opts.routes,
+    ...handlerOptions,
     fallback:
       opts.fallback ??
       ((_req, res) => {
@@ -198,20 +238,53 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
 
   let tlsState: LoadedTls | undefined;
   let server: http2.Http2Server | http2.Http2SecureServer;
+  const rotationMs = opts.tls?.ticketKeyRotationMs ?? DEFAULT_TICKET_KEY_ROTATION_MS;
+  // Everything of the secure context, for the first one and for every reload (setSecureContext
+  // resets what it is not given, minVersion and secureOptions included).
+  const contextOptions = (loaded: LoadedTls) => ({
+    ...loaded.options,
+    minVersion: "TLSv1.2" as const,
+    sessionTimeout: SESSION_LIFETIME_S,
+    // Resumption off: OpenSSL then issues no tickets (and Node keeps no session-ID cache).
+    ...(rotationMs > 0 ? {} : { secureOptions: cryptoConstants.SSL_OP_NO_TICKET }),
+  });
   if (opts.tls) {
     tlsState = loadTls(opts.tls);
     server = http2.createSecureServer({
-      ...tlsState.options,
+      ...contextOptions(tlsState),
       // HTTP/1.1 too: Athenz ZTS calls providers with a Java HTTP/1.1 client.
       allowHTTP1: true,
       requestCert: opts.tls.clientCaFile !== undefined,
       rejectUnauthorized: opts.tls.clientCaFile !== undefined && opts.tls.clientCertOptional !== true,
-      minVersion: "TLSv1.2",
     });
   } else {
     server = http2.createServer({});
   }
   server.on("request", connectHandler);
+
+  // Full and resumed handshakes apart: a resumed one costs about half the CPU of a full one. A
+  // resumed session still carries the client certificate it was established with (Node keeps the
+  // peer certificate and its verification result in the session), so the handler's per-request
+  // checks of `authorized` and the certificate's CN hold on resumed sessions as well.
+  if (opts.tls) {
+    const handshakes = new Counter({
+      name: "tls_handshakes_total",
+      help: "TLS handshakes completed on the service port, by whether the session was resumed",
+      labelNames: ["resumed"] as const,
+      registers: [opts.registry],
+    });
+    const full = handshakes.labels({ resumed: "false" });
+    const resumed = handshakes.labels({ resumed: "true" });
+    server.on("secureConnection", (sock: TLSSocket) => (sock.isSessionReused() ? resumed : full).inc());
+  }
+  const rotateTicketKeys = (): boolean => {
+    if (!opts.tls || rotationMs <= 0) return false;
+    (server as http2.Http2SecureServer).setTicketKeys(randomBytes(48));
+    return true;
+  };
+  rotateTicketKeys();
+  const ticketTimer = opts.tls && rotationMs > 0 ? setInterval(rotateTicketKeys, rotationMs) : undefined;
+  ticketTimer?.unref();
 
   const sessions = new Set<http2.Http2Session>();
   server.on("session", (s: http2.Http2Session) => {
@@ -230,7 +303,9 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
     try {
       const next = loadTls(opts.tls);
       if (next.digest === tlsState.digest) return false;
-      (server as http2.Http2SecureServer).setSecureContext(next.options);
+      (server as http2.Http2SecureServer).setSecureContext(contextOptions(next));
+      // A new context starts with keys of its own; a fresh one of ours keeps the rotation's schedule honest.
+      rotateTicketKeys();
       tlsState = next;
       logger.info({ certFile: opts.tls.certFile }, "reloaded TLS certificate");
       return true;
@@ -282,6 +357,7 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
   const close = (): Promise<void> => {
     closing ??= (async () => {
       if (tlsTimer) clearInterval(tlsTimer);
+      if (ticketTimer) clearInterval(ticketTimer);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       // GOAWAY: clients finish their in-flight streams and open no new ones on this connection.
       for (const s of sessions) s.close();
@@ -310,5 +386,5 @@ export async function startServiceServer(opts: ServiceServerOptions): Promise<Ru
     return closing;
   };
 
-  return { url, port, adminUrl, close, reloadTls };
+  return { url, port, adminUrl, transport, close, reloadTls, rotateTicketKeys };
 }

@@ -44,7 +44,7 @@ export async function startCsrInspector(config: CsrInspectorConfig, deps: CsrIns
     readiness: () => ({ ready: true }),
     shutdownTimeoutMs: config.shutdownTimeout,
   });
-  return { server, url: server.url, adminUrl: server.adminUrl, registry, close: () => server.close() };
+  return { server, url: server.url, adminUrl: server.adminUrl, transport: server.transport, registry, close: () => server.close() };
 }
 
 /** The CSR inspector for the runner (`main.ts`, `identityd --target=csr-inspector`). */

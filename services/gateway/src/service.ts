@@ -10,12 +10,12 @@ import { type Client, createClient, type Interceptor, type Transport } from "@co
 import { CsrInspectorService } from "@k8s-athenz-identity/api/csr_inspector";
 import { PodRegistryService } from "@k8s-athenz-identity/api/pod_registry";
 import { TokenVerifierService } from "@k8s-athenz-identity/api/token_verifier";
-import { createServiceClient } from "@k8s-athenz-identity/shared/client";
+import { createServiceClient, deferredTransport } from "@k8s-athenz-identity/shared/client";
 import { ConfigError, checkReadable } from "@k8s-athenz-identity/shared/config";
 import { loadKubeConfig } from "@k8s-athenz-identity/shared/kube";
 import { createLogger, type Logger } from "@k8s-athenz-identity/shared/logger";
 import { createMetricsRegistry } from "@k8s-athenz-identity/shared/metrics";
-import { defineService, type ServiceHandle } from "@k8s-athenz-identity/shared/runner";
+import { defineService, type ServiceHandle, type StartContext } from "@k8s-athenz-identity/shared/runner";
 import { type RunningServer, startServiceServer, tlsFromSettings } from "@k8s-athenz-identity/shared/server";
 import type { Registry } from "prom-client";
 import { apiAuthInterceptor, createApiAuth, kubeReviews } from "./api-auth.js";
@@ -58,9 +58,16 @@ export interface GatewayDeps {
   logger?: Logger;
   /**
    * Transports to the dependencies (e.g. `createRouterTransport` for services in the same process).
-   * Default: an HTTP/2 client per *_URL setting.
+   * Default: the co-located service's in-process transport (see `colocated`), else an HTTP/2 client
+   * per *_URL setting.
    */
   transports?: DependencyTransports;
+  /**
+   * Given by the runner (identityd): the other targets of this process. A dependency running here is
+   * called in process through its transport (same contract, no port, no URL setting); the others
+   * through their *_URL settings.
+   */
+  colocated?: StartContext["colocated"];
   /** The decision's dependencies as plain functions (tests, the in-process bench); replaces every client. */
   dependencies?: Dependencies;
   /** Decision metrics and the ZTS port's RPC metrics. Default: a new registry labelled service="gateway". */
@@ -158,16 +165,28 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     sessions.push(c);
     return c.client;
   };
+  // A co-located dependency is called in process; the first calls wait for it to be up.
+  const inProcess = (name: "token-verifier" | "pod-registry" | "csr-inspector"): Transport | undefined => {
+    const handle = deps.colocated?.(name);
+    if (!handle) return undefined;
+    logger.info({ dependency: name }, "calling the co-located service in process; its URL setting is not used");
+    return deferredTransport(
+      handle.then((h) => {
+        if (!h.transport) throw new Error(`the co-located ${name} offers no in-process transport`);
+        return h.transport;
+      }),
+    );
+  };
   const t = deps.transports ?? {};
   // One registry client for the decisions and revocation's feed (made only when one of them needs it).
   let podRegistryClient: Client<typeof PodRegistryService> | undefined;
-  const podRegistry = () => (podRegistryClient ??= clientOf(PodRegistryService, t.podRegistry, config.podRegistryUrl));
+  const podRegistry = () => (podRegistryClient ??= clientOf(PodRegistryService, t.podRegistry ?? inProcess("pod-registry"), config.podRegistryUrl));
   const dependencies =
     deps.dependencies ??
     createConnectDependencies({
-      tokenVerifier: clientOf(TokenVerifierService, t.tokenVerifier, config.tokenVerifierUrl),
+      tokenVerifier: clientOf(TokenVerifierService, t.tokenVerifier ?? inProcess("token-verifier"), config.tokenVerifierUrl),
       podRegistry: podRegistry(),
-      csrInspector: clientOf(CsrInspectorService, t.csrInspector, config.csrInspectorUrl),
+      csrInspector: clientOf(CsrInspectorService, t.csrInspector ?? inProcess("csr-inspector"), config.csrInspectorUrl),
     });
 
   const observer = withPodEvents(

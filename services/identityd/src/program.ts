@@ -5,9 +5,13 @@
  * `start<Name>` as its own executable, so the split deployment and the all-in-one deployment run
  * the same code. The SIA is not a target: it runs in every application pod, not in the provider.
  *
- * Until co-located targets talk in process, the gateway reaches the others through its *_URL
- * settings, whose defaults name the split deployment's Services (http://token-verifier:8081, ...):
- * in one process, point them at 127.0.0.1 and the targets' ports.
+ * Co-located targets talk in process: the gateway calls a token-verifier, pod-registry or
+ * csr-inspector running in the same process through that service's in-process Connect transport
+ * (`createRouterTransport` over the same routes and interceptors as its port: same contract, no
+ * network hop, no *_URL setting needed). A dependency that is not a selected target is reached
+ * through its *_URL setting, whose default names the split deployment's Service
+ * (http://token-verifier:8081, ...). The co-located services keep their own ports (the operator
+ * CLI and their probes and metrics use them).
  */
 
 import { admissionService } from "@k8s-athenz-identity/admission/service";

@@ -139,6 +139,7 @@ export async function startPodRegistry(config: PodRegistryConfig, deps: PodRegis
     server,
     url: server.url,
     adminUrl: server.adminUrl,
+    transport: server.transport,
     registry,
     metrics,
     async close() {

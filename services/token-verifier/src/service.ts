@@ -112,6 +112,7 @@ export async function startTokenVerifier(config: TokenVerifierConfig, deps: Toke
     server,
     url: server.url,
     adminUrl: server.adminUrl,
+    transport: server.transport,
     verifier,
     registry,
     async close() {
