@@ -7,8 +7,9 @@
  * Why not jose's `createRemoteJWKSet`: the API server's JWKS needs a private CA and a bearer token
  * that the kubelet rotates (so it must be re-read per fetch), and when its cache is older than
  * `cacheMaxAge` jose refetches *inside* the verification and fails it if the endpoint is down.
- * Here the keys are fetched by our own small client, handed to jose's `createLocalJWKSet` (which
- * picks and imports keys, with its own import cache), refreshed in the background when old, and
+ * Here the keys are fetched by our own small client, imported once per fetch as node:crypto
+ * KeyObjects ({@link createLocalKeySet}: jose's selection rules, no WebCrypto on the hot path),
+ * refreshed in the background when old, and
  * refreshed on an unknown `kid` at most once per cooldown, so a burst of forged `kid`s cannot
  * hammer the endpoint. The last good key set keeps serving while a refresh fails.
  */
@@ -18,15 +19,8 @@ import * as http from "node:http";
 import * as https from "node:https";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
-import {
-  type CryptoKey,
-  createLocalJWKSet,
-  type FlattenedJWSInput,
-  type JSONWebKeySet,
-  type JWK,
-  type JWSHeaderParameters,
-  errors as joseErrors,
-} from "jose";
+import { type FlattenedJWSInput, type JWK, type JWSHeaderParameters, errors as joseErrors } from "jose";
+import { createLocalKeySet, type KeyLookup } from "./keyset.js";
 
 export type KeySourceSpec = { kind: "discovery"; issuer: string } | { kind: "url"; url: string } | { kind: "file"; path: string };
 
@@ -55,8 +49,8 @@ export interface KeySourceOptions {
 }
 
 export interface KeySource {
-  /** Key lookup for `jose.compactVerify`. Throws jose's `JWKSNoMatchingKey` for an unknown key, DomainError when keys cannot be had. */
-  getKey(header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<CryptoKey>;
+  /** Key lookup for `compactVerify` (./jws.ts). Throws jose's `JWKSNoMatchingKey` for an unknown key, DomainError when keys cannot be had. */
+  getKey(header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<KeyObject>;
   /** Whether a key set has been loaded. */
   ready(): boolean;
   /** Fetches now (coalesced with a fetch in flight). Rejects with DomainError Unavailable. */
@@ -157,9 +151,9 @@ function getJson(url: URL, o: GetOptions): Promise<unknown> {
 
 /** Creates a key source; nothing is fetched until `refresh` or the first `getKey`. */
 export function createKeySource(o: KeySourceOptions): KeySource {
-  let local: ReturnType<typeof createLocalJWKSet> | undefined;
-  // Keys already chosen by (alg, kid) for the current key set: the hot path skips jose's scan.
-  let chosen = new Map<string, CryptoKey>();
+  let local: KeyLookup | undefined;
+  // Keys already chosen by (alg, kid) for the current key set: the hot path skips the scan.
+  let chosen = new Map<string, KeyObject>();
   let keyCount = 0;
   let loadedAt = 0;
   let lastAttemptAt = Number.NEGATIVE_INFINITY;
@@ -203,7 +197,7 @@ export function createKeySource(o: KeySourceOptions): KeySource {
       try {
         const keys = await load();
         if (keys.length === 0) throw new Error("key set has no usable signature keys");
-        local = createLocalJWKSet({ keys } as JSONWebKeySet);
+        local = createLocalKeySet(keys, (kid, reason) => o.logger.warn({ kid, reason }, "a key of the issuer's key set is not usable; skipped"));
         chosen = new Map();
         keyCount = keys.length;
         loadedAt = o.now();

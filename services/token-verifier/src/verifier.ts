@@ -9,16 +9,18 @@
  * server unreachable) throws a DomainError (Unavailable), which callers must never turn into a deny.
  */
 
+import type { KeyObject } from "node:crypto";
 import type { Violation } from "@k8s-athenz-identity/api/common";
 import { createBackoff } from "@k8s-athenz-identity/shared/backoff";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
 import { createLogger, type Logger } from "@k8s-athenz-identity/shared/logger";
 import { ViolationCode, violation } from "@k8s-athenz-identity/shared/violations";
 import type { KubeConfig } from "@kubernetes/client-node";
-import { type CryptoKey, compactVerify, errors as joseErrors } from "jose";
+import { errors as joseErrors } from "jose";
 import { Registry } from "prom-client";
 import { type ClaimsPolicy, checkClaims, decodePayload, precheckToken, SUPPORTED_ALGORITHMS, type VerifiedIdentity } from "./claims.js";
 import { createKeySource, type KeySource, type KeySourceSpec } from "./jwks.js";
+import { compactVerify } from "./jws.js";
 import { createVerifierMetrics } from "./metrics.js";
 import { createReviewCache, createTokenReviewClient, type ReviewCache, type ReviewOutcome, type TokenReviewClient } from "./tokenreview.js";
 
@@ -297,7 +299,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       if (err instanceof joseErrors.JWKSMultipleMatchingKeys) {
         // No kid and several keys of the type: try each (jose hands them out as an async iterator).
         let found: Uint8Array | undefined;
-        for await (const key of err as unknown as AsyncIterable<CryptoKey>) {
+        for await (const key of err as unknown as AsyncIterable<KeyObject>) {
           try {
             found = (await compactVerify(token, key, opts)).payload;
             break;
