@@ -7,8 +7,8 @@
  *
  * Co-located targets talk in process: the gateway calls a token-verifier, pod-registry or
  * csr-inspector running in the same process through that service's in-process Connect transport
- * (`createRouterTransport` over the same routes and interceptors as its port: same contract, no
- * network hop, no *_URL setting needed). A dependency that is not a selected target is reached
+ * (packages/shared/src/in-process.ts: the same routes and interceptors as its port, same contract,
+ * no serialization, no network hop, no *_URL setting needed). A dependency that is not a selected target is reached
  * through its *_URL setting, whose default names the split deployment's Service
  * (http://token-verifier:8081, ...). The co-located services keep their own ports (the operator
  * CLI and their probes and metrics use them).
