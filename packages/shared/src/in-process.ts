@@ -86,7 +86,7 @@ export function createInProcessTransport(routes: (router: ConnectRouter) => void
       contextValues?: ReturnType<typeof createContextValues>,
     ): Promise<UnaryResponse<I, O>> {
       const spec = specs.get(method) as UnarySpec | undefined;
-      if (!spec || spec.kind !== "unary") throw new ConnectError(`${method.parent.typeName}/${method.name} is not implemented`, Code.Unimplemented);
+      if (spec?.kind !== "unary") throw new ConnectError(`${method.parent.typeName}/${method.name} is not implemented`, Code.Unimplemented);
       const deadline = timeoutMs !== undefined && timeoutMs > 0 ? Math.min(timeoutMs, o.maxTimeoutMs ?? timeoutMs) : o.maxTimeoutMs;
       const context = createHandlerContext({
         service: method.parent,
