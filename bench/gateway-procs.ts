@@ -49,22 +49,29 @@ export interface ServiceProcess {
 }
 
 /**
- * Starts `node --import tsx services/<name>/src/main.ts` with `env` (plus the parent's PATH), its
- * stdout and stderr (the JSON log, audit lines included) appended to `logFile`, and waits until
- * `<adminUrl><readyPath>` (default `/readyz`; the SIA has `/healthz` only) answers 200.
+ * Starts `node --import tsx services/<name>/src/main.ts` (or `script`) with `env` (plus the parent's
+ * PATH), its stdout and stderr (the JSON log, audit lines included) appended to `logFile`, and waits
+ * until `<readyPath>` (default `/readyz`; the SIA has `/healthz` only) answers 200 on its admin port
+ * (and `readyPorts`).
  */
 export async function startServiceProcess(o: {
   name: string;
   env: Record<string, string>;
   adminPort: number;
+  /** Further admin ports whose /readyz must answer 200 too (identityd: one per target). */
+  readyPorts?: number[];
   logFile: string;
   nodeArgs?: string[];
   readyPath?: string;
+  /** Script to run, relative to the repository; default services/<name>/src/main.ts. */
+  script?: string;
+  args?: string[];
 }): Promise<ServiceProcess> {
   const fd = openSync(o.logFile, "a");
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, [...(o.nodeArgs ?? []), "--import", "tsx", join(ROOT, "services", o.name, "src", "main.ts")], {
+    const script = join(ROOT, o.script ?? join("services", o.name, "src", "main.ts"));
+    child = spawn(process.execPath, [...(o.nodeArgs ?? []), "--import", "tsx", script, ...(o.args ?? [])], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? "", NODE_ENV: "production", ...o.env },
       stdio: ["ignore", fd, fd],
@@ -82,7 +89,8 @@ export async function startServiceProcess(o: {
       child.kill("SIGKILL");
       throw new Error(`${o.name} not ready within 30 s; see ${o.logFile}`);
     }
-    if ((await probe(`http://127.0.0.1:${o.adminPort}${o.readyPath ?? "/readyz"}`)) === 200) break;
+    const statuses = await Promise.all([o.adminPort, ...(o.readyPorts ?? [])].map((p) => probe(`http://127.0.0.1:${p}${o.readyPath ?? "/readyz"}`)));
+    if (statuses.every((s) => s === 200)) break;
     await new Promise((r) => setTimeout(r, 100));
   }
   const pid = child.pid!;
