@@ -83,7 +83,11 @@ try {
           phases,
           pids: shape.procs.map((p) => p.pid),
           onPhaseStart: () => {
-            pending.push(shape.handshakes().then((h) => void (before = h)));
+            pending.push(
+              shape.handshakes().then((h) => {
+                before = h;
+              }),
+            );
           },
           onPhaseEnd: (r) => {
             const b = before;
