@@ -43,7 +43,8 @@ const NODES = ["node-1", "node-2", "node-3"];
 const GIVE_UP_MS = 120_000;
 
 const bins = clusterBinaries();
-if (!existsSync(bins.kubeApiserver) || !existsSync(bins.etcd)) throw new Error("the real API server tier is not built: run bash test/cluster/setup.sh");
+if (!existsSync(bins.kubeApiserver) || !existsSync(bins.etcd))
+  throw new Error("the real API server tier is not built: run bash test/cluster/setup.sh");
 if (!existsSync(NATS_SERVER_BIN)) throw new Error(`nats-server not found at ${NATS_SERVER_BIN} (set NATS_SERVER_BIN)`);
 
 const load0 = loadavg();
@@ -84,7 +85,18 @@ try {
   // ---- the provider, each service its own process
   const ports = await Promise.all(Array.from({ length: 14 }, () => freePort()));
   const [gw, gwA, api, apiA, tv, tvA, pr1, pr1A, pr2, pr2A, ci, ciA] = ports as number[] as [
-    number, number, number, number, number, number, number, number, number, number, number, number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
   ];
   const common = { HOST: "127.0.0.1", SHUTDOWN_TIMEOUT: "2s", LOG_LEVEL: "info" };
   const log = (name: string) => join(tmp.dir, `${name}.log`);
@@ -172,7 +184,13 @@ try {
     }
     for (const line of text.split("\n")) {
       if (!line.includes(`system:serviceaccount:${PRODUCT_NAMESPACE}:`)) continue;
-      let e: { auditID: string; verb: string; user?: { username?: string }; objectRef?: { resource?: string; subresource?: string }; requestURI?: string };
+      let e: {
+        auditID: string;
+        verb: string;
+        user?: { username?: string };
+        objectRef?: { resource?: string; subresource?: string };
+        requestURI?: string;
+      };
       try {
         e = JSON.parse(line);
       } catch {
@@ -208,7 +226,8 @@ try {
   };
   await auditCaughtUp();
   const before = providerRequests();
-  const reviewsOf = (m: ReturnType<typeof providerRequests>) => m.get(`system:serviceaccount:${PRODUCT_NAMESPACE}:token-verifier`)?.get("create tokenreviews")?.size ?? 0;
+  const reviewsOf = (m: ReturnType<typeof providerRequests>) =>
+    m.get(`system:serviceaccount:${PRODUCT_NAMESPACE}:token-verifier`)?.get("create tokenreviews")?.size ?? 0;
 
   // ---- the storm
   interface PodRun {
@@ -233,7 +252,10 @@ try {
       const token = await state.podToken({ namespace, serviceAccountName: "api", pod: { name, uid } });
       // The SIA's part: key + CSR, register, retry as the SIA retries.
       const domain = namespace.replaceAll("-", ".");
-      const { csrPem } = await createKeyAndCsr({ domain, service: "api", provider: PROVIDER, dnsSuffix: DNS_SUFFIX, instanceId: uid, podIps: [ip] }, "ec");
+      const { csrPem } = await createKeyAndCsr(
+        { domain, service: "api", provider: PROVIDER, dnsSuffix: DNS_SUFFIX, instanceId: uid, podIps: [ip] },
+        "ec",
+      );
       for (;;) {
         run.attempts++;
         try {
