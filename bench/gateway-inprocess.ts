@@ -9,7 +9,7 @@
 import { create } from "@bufbuild/protobuf";
 import { InspectAttributesResponseSchema } from "@k8s-athenz-identity/api/csr_inspector";
 import { GetPodResponseSchema, WaitForPodResponseSchema } from "@k8s-athenz-identity/api/pod_registry";
-import { createLogger, loadConfig } from "@k8s-athenz-identity/shared";
+import { createLogDestination, createLogger, loadConfig } from "@k8s-athenz-identity/shared";
 import { inspectAttributes } from "../services/csr-inspector/src/inspect-attributes.js";
 import { gatewaySpec } from "../services/gateway/src/config.js";
 import type { Dependencies } from "../services/gateway/src/dependencies.js";
@@ -47,7 +47,10 @@ const dependencies: Dependencies = {
   inspectAttributes: async (req) =>
     create(InspectAttributesResponseSchema, { violations: inspectAttributes(req.expected!, req.attributes, req.policy!) }),
 };
-const gw = await startGateway(loadConfig(gatewaySpec, { env: process.env }), { dependencies });
+// The same log destination as the product's processes (the runner's), so the audit log costs the same.
+const config = loadConfig(gatewaySpec, { env: process.env });
+const logger = createLogger({ service: "gateway", level: config.logLevel, destination: createLogDestination() });
+const gw = await startGateway(config, { dependencies, logger });
 process.on("SIGTERM", () => {
   void Promise.all([gw.close(), pr.close(), tv.close()]).then(() => process.exit(0));
 });

@@ -117,6 +117,16 @@ const LOG_BATCH_BYTES = 4096;
 /** ...or this often, whichever comes first. */
 const LOG_FLUSH_MS = 200;
 
+/**
+ * The process's log destination: stdout, written in batches of up to 4 KiB and at least every
+ * 200 ms. One write per audit line was about a tenth of the gateway's CPU under load (a CPU profile
+ * of bench/gateway.bench.ts). What a hard kill can lose is bounded by that; the runner flushes on
+ * every exit it controls.
+ */
+export function createLogDestination(): DestinationStream {
+  return pino.destination({ sync: false, minLength: LOG_BATCH_BYTES, periodicFlush: LOG_FLUSH_MS });
+}
+
 /** Used for the deadline when a spec has no SHUTDOWN_TIMEOUT. */
 const DEFAULT_SHUTDOWN_TIMEOUT_MS = 10_000;
 
@@ -223,10 +233,7 @@ export async function runProgram(p: Program, opts: RunOptions = {}): Promise<voi
   }
 
   // ---- logging: one destination, one logger per target (its own name and level)
-  // Lines are written in batches of up to 4 KiB, and at least every 200 ms: one write per audit line
-  // was a fifth of the gateway's CPU under load (bench/results/gateway.json, profile). What a hard
-  // kill can lose is bounded by that; a normal exit flushes everything (see `flush`).
-  const dest = opts.logDestination ?? pino.destination({ sync: false, minLength: LOG_BATCH_BYTES, periodicFlush: LOG_FLUSH_MS });
+  const dest = opts.logDestination ?? createLogDestination();
   const levelOf = (c: Record<string, unknown>): LevelWithSilent => (typeof c.logLevel === "string" ? (c.logLevel as LevelWithSilent) : "info");
   const loggers = selected.map((t, i) => createLogger({ service: t.name, level: levelOf(configs[i]!), destination: dest }));
   const programLevel = LEVEL_ORDER[Math.min(...configs.map((c) => LEVEL_ORDER.indexOf(levelOf(c))))] ?? "info";
