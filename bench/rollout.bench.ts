@@ -301,7 +301,9 @@ try {
   for (const [user, whats] of Object.entries(count(after))) {
     for (const [what, n] of Object.entries(whats)) {
       const d = n - (b[user]?.[what] ?? 0);
-      if (d > 0) (delta[user] ??= {})[what] = d;
+      if (d <= 0) continue;
+      delta[user] ??= {};
+      delta[user][what] = d;
     }
   }
   const providerTotal = Object.values(delta).reduce((s, w) => s + Object.values(w).reduce((a, n) => a + n, 0), 0);
