@@ -108,7 +108,23 @@ describe("k8s/overlays/monolithic on a real kube-apiserver", () => {
     assert.equal(await status(cluster, token, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", review), 201);
     assert.equal(await status(cluster, token, "GET", "/openid/v1/jwks"), 200);
     assert.equal(await status(cluster, token, "GET", "/.well-known/openid-configuration"), 200);
-    // Refused: Secrets (the gateway's key among them), Leases, writing pods.
+    // The gateway's Events on pods: create only.
+    const event = {
+      apiVersion: "events.k8s.io/v1",
+      kind: "Event",
+      metadata: { generateName: "identity-", namespace: "default" },
+      // A MicroTime (microseconds), as the API requires for eventTime.
+      eventTime: new Date().toISOString().replace("Z", "000Z"),
+      reportingController: "athenz.io/identity-provider",
+      reportingInstance: "identityd-0",
+      action: "Issue",
+      reason: "IdentityIssued",
+      type: "Normal",
+      regarding: { kind: "Pod", namespace: "default", name: "x", apiVersion: "v1" },
+    };
+    assert.equal(await status(cluster, token, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", event), 201);
+    assert.equal(await status(cluster, token, "GET", "/apis/events.k8s.io/v1/namespaces/default/events"), 403);
+    // Refused: Secrets (the gateway's key among them), Leases, writing pods, reading Events.
     assert.equal(await status(cluster, token, "GET", `/api/v1/namespaces/${NS}/secrets`), 403);
     assert.equal(await status(cluster, token, "GET", `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases`), 403);
     assert.equal(await status(cluster, token, "DELETE", "/api/v1/namespaces/default/pods/x"), 403);

@@ -80,9 +80,9 @@ describe("k8s/overlays/monolithic", () => {
     }
   });
 
-  it("allows its ServiceAccount exactly the base's pod-registry and token-verifier rules, no Lease", () => {
+  it("allows its ServiceAccount exactly the base's pod-registry, token-verifier and gateway rules, no Lease", () => {
     const role = objects.find((o) => o.kind === "ClusterRole");
-    const baseRules = ["athenz-identity-pod-registry", "athenz-identity-token-verifier"].flatMap(
+    const baseRules = ["athenz-identity-pod-registry", "athenz-identity-token-verifier", "athenz-identity-gateway"].flatMap(
       (name) => baseObjects.find((o) => o.kind === "ClusterRole" && o.metadata.name === name)!.rules!,
     );
     assert.deepEqual(role?.rules, baseRules);
