@@ -33,13 +33,22 @@ export interface Caller {
   close(): void;
 }
 
+/**
+ * ZTS's check of the provider's certificate (CN = provider name), set on the Agent: Node 24 never
+ * pools a connection (nor resumes its session) made with a per-request checkServerIdentity, so
+ * passed with each request it would make every call a new connection with a full handshake.
+ */
+const checkProviderIdentity = (_host: string, cert: { subject: { CN?: string | string[] } }) =>
+  cert.subject.CN === PROVIDER ? undefined : new Error(`server CN ${String(cert.subject.CN)}`);
+
 export function createCaller(o: ClientOptions): Caller {
+  const tls = { maxVersion: o.tls, minVersion: o.tls, checkServerIdentity: checkProviderIdentity };
   const agent =
     o.mode === "keep-alive"
-      ? new https.Agent({ keepAlive: true, maxSockets: o.maxSockets ?? 16, maxVersion: o.tls, minVersion: o.tls })
+      ? new https.Agent({ ...tls, keepAlive: true, maxSockets: o.maxSockets ?? 16 })
       : o.mode === "resumed"
-        ? new https.Agent({ keepAlive: false, maxCachedSessions: 100, maxVersion: o.tls, minVersion: o.tls })
-        : new https.Agent({ keepAlive: false, maxCachedSessions: 0, maxVersion: o.tls, minVersion: o.tls });
+        ? new https.Agent({ ...tls, keepAlive: false, maxCachedSessions: 100 })
+        : new https.Agent({ ...tls, keepAlive: false, maxCachedSessions: 0 });
   return {
     call: (url, body) =>
       new Promise<void>((resolve, reject) => {
@@ -52,7 +61,6 @@ export function createCaller(o: ClientOptions): Caller {
             cert: o.client.certPem,
             key: o.client.keyPem,
             servername: PROVIDER,
-            checkServerIdentity: (_h, cert) => (cert.subject.CN === PROVIDER ? undefined : new Error(`server CN ${cert.subject.CN}`)),
             headers: {
               "content-type": "application/json",
               "content-length": Buffer.byteLength(body),
