@@ -31,8 +31,8 @@ import {
   ConnectError,
   type ConnectRouter,
   createContextValues,
-  createHandlerContext,
   createServiceImplSpec,
+  type HandlerContext,
   type Interceptor,
   type MethodImplSpec,
   type ServiceImpl,
@@ -72,6 +72,76 @@ function recordRoutes(routes: (router: ConnectRouter) => void): Map<DescMethod, 
   return specs;
 }
 
+/**
+ * The handler's context, lighter than `createHandlerContext` (which builds three Headers objects, two
+ * linked AbortControllers and a deadline timer per call, most of them unused by our handlers): one
+ * AbortController linked to the caller's signal, the shutdown signal and the deadline (a timer only
+ * when the caller set one), header objects made when first used.
+ */
+class InProcessContext implements HandlerContext {
+  readonly requestMethod = "POST";
+  readonly protocolName = "in-process";
+  readonly url: string;
+  readonly values: ReturnType<typeof createContextValues>;
+  private readonly ac = new AbortController();
+  private readonly linked: AbortSignal[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private readonly deadlineAt: number | undefined;
+  private reqHeader: Headers | undefined;
+  private resHeader: Headers | undefined;
+  private resTrailer: Headers | undefined;
+  private readonly onLinkedAbort = (ev: Event) => this.end((ev.target as AbortSignal).reason);
+
+  constructor(
+    readonly service: DescService,
+    readonly method: DescMethod,
+    private readonly header: ConstructorParameters<typeof Headers>[0] | undefined,
+    signals: Array<AbortSignal | undefined>,
+    timeoutMs: number | undefined,
+    contextValues: ReturnType<typeof createContextValues> | undefined,
+  ) {
+    this.url = `in-process:///${service.typeName}/${method.name}`;
+    this.values = contextValues ?? createContextValues();
+    for (const s of signals) {
+      if (!s) continue;
+      if (s.aborted) {
+        this.end(s.reason);
+        break;
+      }
+      s.addEventListener("abort", this.onLinkedAbort);
+      this.linked.push(s);
+    }
+    if (timeoutMs !== undefined && !this.ac.signal.aborted) {
+      this.deadlineAt = Date.now() + timeoutMs;
+      this.timer = setTimeout(() => this.end(new ConnectError("the operation timed out", Code.DeadlineExceeded)), timeoutMs);
+    }
+  }
+
+  get signal(): AbortSignal {
+    return this.ac.signal;
+  }
+  get requestHeader(): Headers {
+    this.reqHeader ??= new Headers(this.header);
+    return this.reqHeader;
+  }
+  get responseHeader(): Headers {
+    this.resHeader ??= new Headers();
+    return this.resHeader;
+  }
+  get responseTrailer(): Headers {
+    this.resTrailer ??= new Headers();
+    return this.resTrailer;
+  }
+  timeoutMs = (): number | undefined => (this.deadlineAt === undefined ? undefined : this.deadlineAt - Date.now());
+
+  /** Ends the call's signal (once) and drops the links and the timer. */
+  end(reason: unknown): void {
+    clearTimeout(this.timer);
+    for (const s of this.linked.splice(0)) s.removeEventListener("abort", this.onLinkedAbort);
+    if (!this.ac.signal.aborted) this.ac.abort(reason);
+  }
+}
+
 /** The in-process transport of `routes`. */
 export function createInProcessTransport(routes: (router: ConnectRouter) => void, o: InProcessTransportOptions = {}): Transport {
   const specs = recordRoutes(routes);
@@ -87,33 +157,19 @@ export function createInProcessTransport(routes: (router: ConnectRouter) => void
     ): Promise<UnaryResponse<I, O>> {
       const spec = specs.get(method) as UnarySpec | undefined;
       if (spec?.kind !== "unary") throw new ConnectError(`${method.parent.typeName}/${method.name} is not implemented`, Code.Unimplemented);
-      const deadline = timeoutMs !== undefined && timeoutMs > 0 ? Math.min(timeoutMs, o.maxTimeoutMs ?? timeoutMs) : o.maxTimeoutMs;
-      const context = createHandlerContext({
-        service: method.parent,
-        method,
-        protocolName: "in-process",
-        requestMethod: "POST",
-        url: `in-process:///${method.parent.typeName}/${method.name}`,
-        timeoutMs: deadline,
-        shutdownSignal: o.shutdownSignal,
-        requestSignal: signal,
-        requestHeader: header,
-        contextValues: contextValues ?? createContextValues(),
-      });
+      // As a Connect server: the caller's deadline, capped by maxTimeoutMs; none when it sets none.
+      const deadline = timeoutMs !== undefined && timeoutMs > 0 ? Math.min(timeoutMs, o.maxTimeoutMs ?? timeoutMs) : undefined;
+      const context = new InProcessContext(method.parent, method, header, [signal, o.shutdownSignal], deadline, contextValues);
       // The callee's own message, as it would have decoded one from the wire: a copy of a message, or
       // a new one from an init object (what generated clients pass).
       const message = isMessage(input, method.input)
         ? clone(method.input, input as MessageShape<I>)
         : create(method.input, input as MessageInitShape<I>);
-      const impl = async (req: UnaryRequest<I, O>): Promise<UnaryResponse<I, O>> => ({
-        stream: false,
-        service: method.parent,
-        method,
-        header: context.responseHeader,
-        trailer: context.responseTrailer,
+      const impl = async (req: UnaryRequest<I, O>): Promise<UnaryResponse<I, O>> => {
         // An implementation may answer an init object; the wire would have made it a message.
-        message: create(method.output, (await spec.impl(req.message as never, context)) as MessageInitShape<O>),
-      });
+        const out = create(method.output, (await spec.impl(req.message as never, context)) as MessageInitShape<O>);
+        return { stream: false, service: method.parent, method, header: context.responseHeader, trailer: context.responseTrailer, message: out };
+      };
       let next = impl;
       for (let i = interceptors.length - 1; i >= 0; i--) next = interceptors[i]!(next as never) as unknown as typeof impl;
       // As a network client does, the caller is answered when its call is aborted or its deadline
@@ -148,7 +204,7 @@ export function createInProcessTransport(routes: (router: ConnectRouter) => void
         throw new ConnectError("internal error", Code.Internal);
       } finally {
         if (onAbort) context.signal.removeEventListener("abort", onAbort);
-        context.abort(CALL_ENDED);
+        context.end(CALL_ENDED);
       }
     },
     async stream(method) {
