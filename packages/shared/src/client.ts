@@ -96,12 +96,15 @@ export function deferredTransport(target: Promise<Transport>): Transport {
       );
     });
   };
+  // Once the target is there, calls go straight to it (no extra promise per call).
   return {
-    async unary(method, signal, timeoutMs, header, input, contextValues) {
-      return (await ready(signal, timeoutMs)).unary(method, signal, timeoutMs, header, input, contextValues);
+    unary(method, signal, timeoutMs, header, input, contextValues) {
+      if (resolved) return resolved.unary(method, signal, timeoutMs, header, input, contextValues);
+      return ready(signal, timeoutMs).then((t) => t.unary(method, signal, timeoutMs, header, input, contextValues));
     },
-    async stream(method, signal, timeoutMs, header, input, contextValues) {
-      return (await ready(signal, timeoutMs)).stream(method, signal, timeoutMs, header, input, contextValues);
+    stream(method, signal, timeoutMs, header, input, contextValues) {
+      if (resolved) return resolved.stream(method, signal, timeoutMs, header, input, contextValues);
+      return ready(signal, timeoutMs).then((t) => t.stream(method, signal, timeoutMs, header, input, contextValues));
     },
   };
 }
