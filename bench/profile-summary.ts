@@ -32,7 +32,10 @@ interface Profile {
 
 /** The parts of a decision, by the first frame on the stack (innermost first) that matches. */
 const PARTS: Array<[string, RegExp]> = [
-  ["TLS handshake", /onhandshakedone|onnewsession|TLSSocket\._finishInit|tlsConnectionListener|onServerSocketSecure|_tls_wrap.*(ssl|handshake)|loadSession|requestOCSP/i],
+  [
+    "TLS handshake",
+    /onhandshakedone|onnewsession|TLSSocket\._finishInit|tlsConnectionListener|onServerSocketSecure|_tls_wrap.*(ssl|handshake)|loadSession|requestOCSP/i,
+  ],
   ["token verification", /verifyOneShot|compactVerify|verifyInner|checkClaims|precheckToken|decodePayload/],
   ["CSR/SAN inspection", /inspect-attributes|src\/san\.ts|compileSanRules/],
   ["pod registry lookup", /toProtoPod|getByUid|waitForPod|registry\.ts/],
@@ -52,7 +55,8 @@ function summarize(file: string, skipUs: number): string {
   const byId = new Map(prof.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of prof.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const label = (n: ProfileNode) => `${n.callFrame.functionName || "(anonymous)"} ${n.callFrame.url.split("/").slice(-2).join("/")}:${n.callFrame.lineNumber + 1}`;
+  const label = (n: ProfileNode) =>
+    `${n.callFrame.functionName || "(anonymous)"} ${n.callFrame.url.split("/").slice(-2).join("/")}:${n.callFrame.lineNumber + 1}`;
   const parts = new Map<string, number>();
   const self = new Map<string, number>();
   let busy = 0;

@@ -53,7 +53,9 @@ import java.util.concurrent.locks.LockSupport;
  * </ul>
  * A phase's {@code resumption: "off"} gives every call a TLS context of its own (same key and trust managers), so
  * no session can be resumed: the full-handshake figures. {@code --pids} names the provider's processes: their CPU
- * time (utime + stime from /proc) over each measured window is reported, and so is this JVM's own.
+ * time (utime + stime from /proc) over each measured window is reported, and so is this JVM's own. A phase may
+ * name its own endpoint and pids, so several providers are measured in turns by one warm JVM (on a shared
+ * machine, providers compared should see the same load), and may be quiet (load without a result: a warm-up).
  *
  * <p>Output: per phase, a line {@code {"event":"phase-start","name":...}} when its measured window opens and then
  * its result object (counts, latency percentiles in ms, the achieved rate, CPU figures). Exit 0, or 2 on a usage
@@ -61,7 +63,7 @@ import java.util.concurrent.locks.LockSupport;
  *
  * <p>Usage: {@code java -Dathenz.ssl_key_store=... ZtsLoadDriver --provider <service> --endpoint <https url>
  * --bodies <file: JSON array of InstanceConfirmation> --phases <JSON array of {name, rate, threads, settleMs,
- * durationMs, resumption}> [--call instance|refresh] [--warmup-ms 20000] [--warmup-threads 4]
+ * durationMs, resumption, endpoint?, pids?, quiet?}> [--call instance|refresh] [--warmup-ms 20000] [--warmup-threads 4]
  * [--tls TLSv1.2|TLSv1.3] [--pids 1,2] [--clk-tck 100]}
  */
 public final class ZtsLoadDriver {
@@ -95,6 +97,12 @@ public final class ZtsLoadDriver {
         long settleMs;
         long durationMs;
         boolean resumption;
+        /** This phase's provider, when not the run's (several providers measured in turns, one warm JVM). */
+        String endpoint;
+        /** The processes of this phase's provider, when not the run's. */
+        long[] pids;
+        /** Load without a reported result (warms a provider). */
+        boolean quiet;
     }
 
     static final class Options {
@@ -150,6 +158,14 @@ public final class ZtsLoadDriver {
                 throw new ProviderClientConformance.UsageException("phase " + ph.name + ": resumption must be on or off");
             }
             ph.resumption = resumption.equals("on");
+            ph.endpoint = p.hasNonNull("endpoint") ? p.get("endpoint").asText() : null;
+            if (p.has("pids")) {
+                ph.pids = new long[p.get("pids").size()];
+                for (int i = 0; i < ph.pids.length; i++) {
+                    ph.pids[i] = p.get("pids").get(i).asLong();
+                }
+            }
+            ph.quiet = p.path("quiet").asBoolean(false);
             if (ph.threads < 1 || ph.durationMs < 1 || ph.rate < 0 || ph.settleMs < 0) {
                 throw new ProviderClientConformance.UsageException("phase " + ph.name + ": threads and durationMs must be positive, rate and settleMs >= 0");
             }
@@ -222,10 +238,10 @@ public final class ZtsLoadDriver {
     }
 
     /** One call as ZTS makes it; returns the outcome name. */
-    private static String call(Options o, SSLContext context, InstanceConfirmation body) {
+    private static String call(Options o, String endpoint, SSLContext context, InstanceConfirmation body) {
         InstanceProvider client = new InstanceHttpProvider();
         try {
-            client.initialize(o.provider, o.endpoint, context, null);
+            client.initialize(o.provider, endpoint, context, null);
             InstanceConfirmation answer = o.call.equals("refresh") ? client.refreshInstance(body) : client.confirmInstance(body);
             return answer != null ? "allow" : "forbidden";
         } catch (ProviderResourceException ex) {
@@ -316,13 +332,18 @@ public final class ZtsLoadDriver {
         }
         for (Phase phase : o.phases) {
             ERRORS.clear();
-            System.out.println(JSON.writeValueAsString(runPhase(o, phase, managers, shared, next, true)));
-            System.out.flush();
+            ObjectNode result = runPhase(o, phase, managers, shared, next, !phase.quiet);
+            if (!phase.quiet) {
+                System.out.println(JSON.writeValueAsString(result));
+                System.out.flush();
+            }
         }
     }
 
     private static ObjectNode runPhase(Options o, Phase ph, Managers managers, SSLContext shared, AtomicLong next, boolean report) throws Exception {
-        Recorder rec = new Recorder(ph.rate > 0 ? (int) Math.min(50_000_000, ph.rate * ph.durationMs / 1000 * 2 + 1000) : 10_000_000);
+        Recorder rec = new Recorder(ph.rate > 0 ? (int) Math.min(50_000_000, ph.rate * ph.durationMs / 1000 * 2 + 1000) : 2_000_000);
+        String endpoint = ph.endpoint != null ? ph.endpoint : o.endpoint;
+        long[] pids = ph.pids != null ? ph.pids : o.pids;
         // One call: the body cycles through the file (a distinct pod per call), the context is the shared one
         // unless resumption is off.
         java.util.function.LongConsumer oneCall = (scheduledNs) -> {
@@ -335,7 +356,7 @@ public final class ZtsLoadDriver {
                 rec.record(System.nanoTime() - scheduledNs, "error");
                 return;
             }
-            String outcome = call(o, context, body);
+            String outcome = call(o, endpoint, context, body);
             rec.record(System.nanoTime() - scheduledNs, outcome);
         };
         Runnable opened = () -> {
@@ -373,7 +394,7 @@ public final class ZtsLoadDriver {
                     }
                     if (window == null && slot >= measureFrom) {
                         opened.run();
-                        window = new Window(o.pids);
+                        window = new Window(pids);
                         rec.recording = true;
                     }
                     final long scheduled = slot;
@@ -416,7 +437,7 @@ public final class ZtsLoadDriver {
                 TimeUnit.NANOSECONDS.sleep(wait);
             }
             opened.run();
-            window = new Window(o.pids);
+            window = new Window(pids);
             rec.recording = true;
             long left = measureTo - System.nanoTime();
             if (left > 0) {
@@ -429,12 +450,12 @@ public final class ZtsLoadDriver {
             }
         }
         if (window == null) {
-            window = new Window(o.pids);
+            window = new Window(pids);
         }
         long ownCpu = ownCpuNs() - window.own;
-        long[] cpuAfter = new long[o.pids.length];
-        for (int i = 0; i < o.pids.length; i++) {
-            cpuAfter[i] = procCpuTicks(o.pids[i]);
+        long[] cpuAfter = new long[pids.length];
+        for (int i = 0; i < pids.length; i++) {
+            cpuAfter[i] = procCpuTicks(pids[i]);
         }
 
         int n = Math.min(rec.count.get(), rec.latencies.length);
@@ -443,6 +464,7 @@ public final class ZtsLoadDriver {
         double seconds = (endNs - window.startNs) / 1e9;
         ObjectNode out = JSON.createObjectNode();
         out.put("name", ph.name);
+        out.put("endpoint", endpoint);
         out.put("mode", ph.rate > 0 ? "open-loop" : "saturation");
         out.put("offeredPerSecond", ph.rate);
         out.put("threads", ph.threads);
@@ -464,9 +486,9 @@ public final class ZtsLoadDriver {
         out.put("driverCpuShare", ownCpu / 1e9 / seconds / Runtime.getRuntime().availableProcessors());
         ObjectNode provider = out.putObject("providerCpuMs");
         double total = 0;
-        for (int i = 0; i < o.pids.length; i++) {
+        for (int i = 0; i < pids.length; i++) {
             double ms = (cpuAfter[i] - window.provider[i]) * 1000.0 / o.clkTck;
-            provider.put(String.valueOf(o.pids[i]), ms);
+            provider.put(String.valueOf(pids[i]), ms);
             total += ms;
         }
         out.put("providerCpuMsTotal", total);
