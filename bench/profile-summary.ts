@@ -2,10 +2,10 @@
  * Where the CPU goes: a summary of the V8 CPU profiles a bench wrote with BENCH_CPU_PROF=<dir> (one
  * folder per shape and process, see bench/shapes.ts), as markdown.
  *
- *   node --import tsx bench/profile-summary.ts <dir> <out.md> [--skip-s 20]
+ *   node --import tsx bench/profile-summary.ts <dir> <out.md> [--skip-s 20 | --last-s 30]
  *
  * For each process: the busy samples (idle excluded) after the first `--skip-s` seconds (start-up
- * and warm-up), grouped into the parts of a decision by the frames on their stack (the TLS handshake,
+ * and warm-up), or of its last `--last-s` seconds, grouped into the parts of a decision by the frames on their stack (the TLS handshake,
  * HTTP parsing and writing, the decision and each dependency, the Connect hops, the audit log, GC),
  * then the functions with the most self time. V8 samples the main thread by wall clock, so on a
  * loaded machine a thread descheduled inside a system call is counted where it waits: read the
@@ -50,7 +50,7 @@ const PARTS: Array<[string, RegExp]> = [
   ["garbage collector", /^\(garbage collector\)/],
 ];
 
-function summarize(file: string, skipUs: number): string {
+export function summarize(file: string, skipUs: number, lastUs?: number): string {
   const prof = JSON.parse(readFileSync(file, "utf8")) as Profile;
   const byId = new Map(prof.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
@@ -61,6 +61,10 @@ function summarize(file: string, skipUs: number): string {
   const self = new Map<string, number>();
   let busy = 0;
   let t = 0;
+  if (lastUs !== undefined) {
+    const total = prof.timeDeltas.reduce((a, b) => a + b, 0);
+    skipUs = Math.max(0, total - lastUs);
+  }
   prof.samples.forEach((id, i) => {
     const d = prof.timeDeltas[i] ?? 0;
     t += d;
@@ -82,31 +86,45 @@ function summarize(file: string, skipUs: number): string {
     parts.set(part, (parts.get(part) ?? 0) + d);
   });
   const pct = (v: number) => `${((100 * v) / Math.max(1, busy)).toFixed(1)}%`;
-  const lines = [`busy ${(busy / 1000).toFixed(0)} ms (idle excluded, first ${skipUs / 1e6} s skipped)`, "", "| part | share |", "| --- | --- |"];
+  const lines = [
+    `busy ${(busy / 1000).toFixed(0)} ms (idle excluded, first ${(skipUs / 1e6).toFixed(0)} s of the profile skipped)`,
+    "",
+    "| part | share |",
+    "| --- | --- |",
+  ];
   for (const [k, v] of [...parts].sort((a, b) => b[1] - a[1])) lines.push(`| ${k} | ${pct(v)} |`);
   lines.push("", "| function (self time) | share |", "| --- | --- |");
   for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 15)) lines.push(`| \`${k}\` | ${pct(v)} |`);
   return lines.join("\n");
 }
 
-const [dir, out] = process.argv.slice(2);
-if (!dir || !out) {
-  process.stderr.write("usage: bench/profile-summary.ts <profile dir> <out.md> [--skip-s 20]\n");
-  process.exit(2);
+/** Summaries of every process folder of `dir` (see bench/shapes.ts), as one markdown document. */
+export function summarizeDir(dir: string, title: string, o: { skipS?: number; lastS?: number }): string {
+  const sections: string[] = [`# ${title}`, ""];
+  for (const proc of readdirSync(dir).sort()) {
+    const pdir = join(dir, proc);
+    if (!statSync(pdir).isDirectory()) continue;
+    // The main thread's profile is the largest file of the folder (the loader thread writes a small one).
+    const files = readdirSync(pdir)
+      .filter((f) => f.endsWith(".cpuprofile"))
+      .map((f) => join(pdir, f))
+      .sort((a, b) => statSync(b).size - statSync(a).size);
+    if (!files[0]) continue;
+    sections.push(`## ${proc}`, "", summarize(files[0], (o.skipS ?? 0) * 1e6, o.lastS === undefined ? undefined : o.lastS * 1e6), "");
+  }
+  return `${sections.join("\n")}\n`;
 }
-const skipArg = process.argv.indexOf("--skip-s");
-const skipUs = (skipArg > 0 ? Number(process.argv[skipArg + 1]) : 20) * 1e6;
-const sections: string[] = [`# CPU profiles (${dir})`, ""];
-for (const proc of readdirSync(dir).sort()) {
-  const pdir = join(dir, proc);
-  if (!statSync(pdir).isDirectory()) continue;
-  // The main thread's profile is the largest file of the folder (the loader thread writes a small one).
-  const files = readdirSync(pdir)
-    .filter((f) => f.endsWith(".cpuprofile"))
-    .map((f) => join(pdir, f))
-    .sort((a, b) => statSync(b).size - statSync(a).size);
-  if (!files[0]) continue;
-  sections.push(`## ${proc}`, "", summarize(files[0], skipUs), "");
+
+if (process.argv[1] && import.meta.filename === process.argv[1]) {
+  const [dir, out] = process.argv.slice(2);
+  if (!dir || !out) {
+    process.stderr.write("usage: bench/profile-summary.ts <profile dir> <out.md> [--skip-s 20 | --last-s 30]\n");
+    process.exit(2);
+  }
+  const arg = (name: string) => {
+    const i = process.argv.indexOf(name);
+    return i > 0 ? Number(process.argv[i + 1]) : undefined;
+  };
+  writeFileSync(out, summarizeDir(dir, `CPU profiles (${dir})`, { skipS: arg("--skip-s") ?? 20, lastS: arg("--last-s") }));
+  process.stdout.write(`wrote ${out}\n`);
 }
-writeFileSync(out, `${sections.join("\n")}\n`);
-process.stdout.write(`wrote ${out}\n`);
