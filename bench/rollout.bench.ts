@@ -251,7 +251,8 @@ try {
       await state.setPodStatus(namespace, name, { podIP: ip, phase: "Pending", hostIP: "192.0.2.10" });
       const token = await state.podToken({ namespace, serviceAccountName: "api", pod: { name, uid } });
       // The SIA's part: key + CSR, register, retry as the SIA retries.
-      const domain = namespace.replaceAll("-", ".");
+      // The default naming rule (k8s-athenz-sia's): the domain is the namespace, unchanged.
+      const domain = namespace;
       const { csrPem } = await createKeyAndCsr(
         { domain, service: "api", provider: PROVIDER, dnsSuffix: DNS_SUFFIX, instanceId: uid, podIps: [ip] },
         "ec",
