@@ -63,7 +63,7 @@ describe("k8s/overlays/monolithic on a real kube-apiserver", () => {
   });
   after(() => cluster?.stop());
 
-  it("installs as its README says, without warnings, and creates one workload behind Service gateway", async () => {
+  it("installs as its README says, without warnings, and runs identityd behind Service gateway", async () => {
     await kubectl(["apply", "-f", join(OVERLAY, "namespace.yaml")]);
     const pki = join(cluster.dir, "monolithic-pki");
     const serverCa = createCa(pki, "server-ca", "provider server CA", "rsa");
@@ -86,7 +86,11 @@ describe("k8s/overlays/monolithic on a real kube-apiserver", () => {
       [],
       "Pod Security 'restricted' (warn) or other warnings",
     );
-    assert.equal((await kubectl(["get", "deployments", "-n", NS, "-o", "name"])).stdout.trim(), "deployment.apps/identityd");
+    assert.equal(
+      (await kubectl(["get", "deployments", "-n", NS, "-o", "name"])).stdout.trim(),
+      "deployment.apps/admission\ndeployment.apps/identityd",
+      "identityd, and the base's admission webhook",
+    );
     assert.equal((await kubectl(["get", "statefulsets", "-n", NS, "-o", "name"])).stdout.trim(), "", "no NATS");
     const svc = JSON.parse((await kubectl(["get", "service", "gateway", "-n", NS, "-o", "json"])).stdout) as {
       spec: { selector: Record<string, string> };
@@ -98,16 +102,51 @@ describe("k8s/overlays/monolithic on a real kube-apiserver", () => {
     assert.equal(d.spec.template.spec.serviceAccountName, "identityd");
     assert.equal(d.spec.template.spec.containers[0]!.image, "registry.example.com/athenz-identity/identityd:0.1.0");
     assert.equal((await kubectl(["diff", "-k", OVERLAY])).stdout, "", "the cluster matches the manifests");
+    await kubectl([
+      "wait",
+      "--for=condition=Established",
+      "--timeout=60s",
+      "crd/clusteridentitypolicies.identity.k8s-athenz-identity.io",
+      "crd/identitypolicies.identity.k8s-athenz-identity.io",
+    ]);
   });
 
   it("lets identityd's ServiceAccount do what its four services call, and nothing else", async () => {
     const token = (await kubectl(["-n", NS, "create", "token", "identityd", "--duration=10m"])).stdout.trim();
-    assert.equal(await status(cluster, token, "GET", "/api/v1/pods?limit=1"), 200);
-    assert.equal(await status(cluster, token, "GET", "/api/v1/pods?watch=true&timeoutSeconds=1"), 200);
+    assert.equal(await status(cluster, token, "GET", "/api/v1/pods?limit=1"), 200, "/api/v1/pods?limit=1");
+    assert.equal(await status(cluster, token, "GET", "/api/v1/pods?watch=true&timeoutSeconds=1"), 200, "/api/v1/pods?watch=true&timeoutSeconds=1");
     const review = { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token } };
-    assert.equal(await status(cluster, token, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", review), 201);
-    assert.equal(await status(cluster, token, "GET", "/openid/v1/jwks"), 200);
-    assert.equal(await status(cluster, token, "GET", "/.well-known/openid-configuration"), 200);
+    assert.equal(
+      await status(cluster, token, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", review),
+      201,
+      "/apis/authentication.k8s.io/v1/tokenreviews",
+    );
+    assert.equal(await status(cluster, token, "GET", "/openid/v1/jwks"), 200, "/openid/v1/jwks");
+    assert.equal(await status(cluster, token, "GET", "/.well-known/openid-configuration"), 200, "/.well-known/openid-configuration");
+    // The gateway's identity policy objects (its authorization, asked of the API server) and the namespaces' labels.
+    // kubectl auth can-i prints yes or no, and exits 1 for no.
+    const canI = async (verb: string, resource: string, ...extra: string[]) => {
+      const args = [
+        "--kubeconfig",
+        cluster.kubeconfigPath,
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        ...extra,
+        "--all-namespaces",
+        `--as=system:serviceaccount:${NS}:identityd`,
+      ];
+      try {
+        return (await run(clusterBinaries().kubectl, args)).stdout.trim();
+      } catch (err) {
+        return String((err as { stdout?: string }).stdout ?? "").trim();
+      }
+    };
+    assert.equal(await canI("watch", "identitypolicies.identity.k8s-athenz-identity.io"), "yes");
+    assert.equal(await canI("patch", "clusteridentitypolicies.identity.k8s-athenz-identity.io", "--subresource=status"), "yes");
+    assert.equal(await canI("delete", "identitypolicies.identity.k8s-athenz-identity.io"), "no");
+    assert.equal(await status(cluster, token, "GET", "/api/v1/namespaces"), 200, "/api/v1/namespaces");
     // The gateway's Events on pods: create only.
     const event = {
       apiVersion: "events.k8s.io/v1",
@@ -122,11 +161,23 @@ describe("k8s/overlays/monolithic on a real kube-apiserver", () => {
       type: "Normal",
       regarding: { kind: "Pod", namespace: "default", name: "x", apiVersion: "v1" },
     };
-    assert.equal(await status(cluster, token, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", event), 201);
-    assert.equal(await status(cluster, token, "GET", "/apis/events.k8s.io/v1/namespaces/default/events"), 403);
+    assert.equal(
+      await status(cluster, token, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", event),
+      201,
+      "/apis/events.k8s.io/v1/namespaces/default/events",
+    );
+    assert.equal(
+      await status(cluster, token, "GET", "/apis/events.k8s.io/v1/namespaces/default/events"),
+      403,
+      "/apis/events.k8s.io/v1/namespaces/default/events",
+    );
     // Refused: Secrets (the gateway's key among them), Leases, writing pods, reading Events.
-    assert.equal(await status(cluster, token, "GET", `/api/v1/namespaces/${NS}/secrets`), 403);
-    assert.equal(await status(cluster, token, "GET", `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases`), 403);
-    assert.equal(await status(cluster, token, "DELETE", "/api/v1/namespaces/default/pods/x"), 403);
+    assert.equal(await status(cluster, token, "GET", `/api/v1/namespaces/${NS}/secrets`), 403, `/api/v1/namespaces/${NS}/secrets`);
+    assert.equal(
+      await status(cluster, token, "GET", `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases`),
+      403,
+      `/apis/coordination.k8s.io/v1/namespaces/${NS}/leases`,
+    );
+    assert.equal(await status(cluster, token, "DELETE", "/api/v1/namespaces/default/pods/x"), 403, "/api/v1/namespaces/default/pods/x");
   });
 });
