@@ -53,9 +53,11 @@ describe("k8s/overlays/monolithic", () => {
     assert.deepEqual(envFile(join(dir, "admission.env")), envFile(join(base, "config/admission.env")));
   });
 
-  it("repeats the base's operator and namespace-owner roles and the admission and operator accounts unchanged", () => {
+  it("repeats the base's operator and namespace-owner roles, the admission account and role, and the operator account unchanged", () => {
     for (const [kind, name] of [
       ["ServiceAccount", "admission"],
+      ["ClusterRole", "athenz-identity-admission"],
+      ["ClusterRoleBinding", "athenz-identity-admission"],
       ["ServiceAccount", "operator"],
       ["ClusterRole", "athenz-identity-policy-editor"],
       ["ClusterRole", "athenz-identity-operator"],
