@@ -109,6 +109,15 @@ describe("decision", () => {
     assert.equal(noIp.outcome, Outcome.RETRY);
   });
 
+  it("answers RETRY, never ALLOW, for a pod in phase Unknown (its node lost): not evidence that it runs", async () => {
+    for (const phase of [PodPhase.UNKNOWN, PodPhase.UNSPECIFIED]) {
+      const r = await engine(fakeDeps({ pod: podAnswer(podA({ phase })) })).decide(Operation.REGISTER, confirmation());
+      assert.equal(r.outcome, Outcome.RETRY, PodPhase[phase]);
+      assert.equal(r.checks.find((c) => c.name === "pod")?.outcome, CheckOutcome.ERROR);
+      assert.match(r.retryReason ?? "", /^pod: .*phase/);
+    }
+  });
+
   it("checks sanIP and clientIP against the pod's IPs, with proxy CIDRs from the policy", async () => {
     const san = await engine(fakeDeps()).decide(Operation.REGISTER, confirmation({}, { sanIP: "10.1.2.3,10.9.9.9" }));
     assert.deepEqual(codes(san), [ViolationCode.SanIpNotAllowed]);

@@ -236,7 +236,10 @@ export interface PodLookup {
   waited: boolean;
 }
 
-/** The registry's pod must exist, be the token's, not be terminating or finished, and have an IP. */
+/**
+ * The registry's pod must exist, be the token's, not be terminating or finished, and have an IP;
+ * a phase that says nothing about whether it runs (Unknown: its node is lost) is a retry.
+ */
 export function checkPod(lookup: PodLookup, instanceId: string, verified: VerifiedToken | undefined): { check: CheckResult; pod?: Pod } {
   const { result: r, waited } = lookup;
   if (!r.ok) return { check: errorCheck("pod", r.error, r.ms) };
@@ -267,6 +270,10 @@ export function checkPod(lookup: PodLookup, instanceId: string, verified: Verifi
   if (found.phase === PodPhase.SUCCEEDED || found.phase === PodPhase.FAILED)
     v.push(violation(ViolationCode.PodNotRunning, "the pod has finished", ""));
   if (v.length) return { check: check("pod", CheckOutcome.FAIL, v, "", r.ms) };
+  // Phase Unknown: the node stopped reporting. The pod may run on, or be long gone with its IP free
+  // for reuse; neither allow nor deny is founded, so the caller retries.
+  if (found.phase === PodPhase.UNKNOWN || found.phase === PodPhase.UNSPECIFIED)
+    return { check: check("pod", CheckOutcome.ERROR, [], `the pod's phase is ${PodPhase[found.phase]} (its node is not reporting)`, r.ms) };
   if (found.podIps.length === 0) return { check: check("pod", CheckOutcome.ERROR, [], "the pod has no IP yet", r.ms) };
   return {
     check: check("pod", CheckOutcome.PASS, [], `phase ${PodPhase[found.phase] ?? found.phase}${waited ? ", after waiting" : ""}`, r.ms),
