@@ -140,7 +140,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
 /**
  * Checks the claims of a payload: issuer, audience, lifetime with bounded skew, optional maximum
  * age, the Kubernetes pod binding, and that `sub` names the same service account. Returns every
- * violation found, so the caller sees all reasons at once.
+ * violation found, so the caller sees all reasons at once. `ERR_TOKEN_NOT_YET_VALID` alone is not
+ * evidence against the token (the issuer's clock may run ahead): the verifier answers Unavailable.
  */
 export function checkClaims(payload: Record<string, unknown>, policy: ClaimsPolicy, nowMs: number): ClaimsResult {
   const v: Violation[] = [];

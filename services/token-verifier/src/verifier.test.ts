@@ -122,16 +122,12 @@ describe("token verifier, jwks mode", () => {
     oidc.setKeys([rsa, ec]);
   });
 
-  test("lifetime: expired, not yet valid, issued in the future, within skew", async () => {
+  test("lifetime: expired, within skew", async () => {
     const t = sec();
     const expired = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t - 7200, exp: t - 61 });
     assert.deepEqual(codes(await verifier.verify(expired)), ["ERR_TOKEN_EXPIRED"]);
     const justExpired = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t - 3600, exp: t - 30 });
     assert.equal((await verifier.verify(justExpired)).kind, "valid", "inside the 60 s skew");
-    const future = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t + 300, nbf: t + 300 });
-    assert.deepEqual(codes(await verifier.verify(future)).sort(), ["ERR_TOKEN_NOT_YET_VALID", "ERR_TOKEN_NOT_YET_VALID"]);
-    const nbfOnly = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, nbf: t + 120 });
-    assert.deepEqual(codes(await verifier.verify(nbfOnly)), ["ERR_TOKEN_NOT_YET_VALID"]);
     // Time moves: the same token expires when the injected clock passes exp + skew.
     const token = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, lifetimeSec: 600 });
     assert.equal((await verifier.verify(token)).kind, "valid");
@@ -141,6 +137,26 @@ describe("token verifier, jwks mode", () => {
     } finally {
       clock -= 661_000;
     }
+  });
+
+  test("a token not valid yet because the issuer's clock runs ahead is Unavailable (it turns valid by itself), never a deny", async () => {
+    const t = sec();
+    const unavailable = (e: unknown) => e instanceof DomainError && e.code === ErrorCode.Unavailable && /not valid yet/.test(e.message);
+    // iat and nbf 5 minutes ahead (the API server's clock), beyond the 60 s skew.
+    const future = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t + 300, nbf: t + 300 });
+    await assert.rejects(verifier.verify(future), unavailable);
+    const nbfOnly = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, nbf: t + 120 });
+    await assert.rejects(verifier.verify(nbfOnly), unavailable);
+    // The same token once our clock has caught up: valid.
+    clock += 300_000;
+    try {
+      assert.equal((await verifier.verify(future)).kind, "valid");
+    } finally {
+      clock -= 300_000;
+    }
+    // Evidence against the token still wins: not yet valid *and* for another audience is a deny.
+    const elsewhere = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t + 300, nbf: t + 300, audience: ["someone-else"] });
+    assert.deepEqual(codes(await verifier.verify(elsewhere)).sort(), ["ERR_TOKEN_AUDIENCE", "ERR_TOKEN_NOT_YET_VALID", "ERR_TOKEN_NOT_YET_VALID"]);
   });
 
   test("maximum token age", async () => {

@@ -6,7 +6,8 @@
  *   both        signature locally first (cheap, no API call for junk), then TokenReview
  *
  * A refused token is `{kind: "invalid", violations}`; a verifier that cannot decide (keys or API
- * server unreachable) throws a DomainError (Unavailable), which callers must never turn into a deny.
+ * server unreachable, a token that is only not valid *yet*) throws a DomainError (Unavailable),
+ * which callers must never turn into a deny.
  */
 
 import type { KeyObject } from "node:crypto";
@@ -343,7 +344,17 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       if (!payload) return invalid([violation(ViolationCode.TokenMalformed, "token payload is not a JSON object", "token")]);
     }
     const claims = checkClaims(payload!, policy, now());
-    if (!claims.identity) return invalid(claims.violations);
+    if (!claims.identity) {
+      // Not valid *yet* and nothing else wrong: the issuer's clock runs ahead of ours. The kubelet
+      // will not replace the token and it turns valid by itself, so this is "ask again", not a deny.
+      if (claims.violations.every((v) => v.code === ViolationCode.TokenNotYetValid)) {
+        throw new DomainError(
+          ErrorCode.Unavailable,
+          `the token is not valid yet (${claims.violations[0]?.message ?? ""}); the issuer's clock runs ahead`,
+        );
+      }
+      return invalid(claims.violations);
+    }
     if (!reviews) return { kind: "valid", identity: claims.identity, verifiedBy, cached: false };
     const { outcome, cached } = await reviews.review(token, claims.identity.expiresAt.getTime());
     const rec = reconcileReview(outcome, claims.identity, audience);
