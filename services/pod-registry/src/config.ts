@@ -97,8 +97,9 @@ export const podRegistrySpec = {
   apiFallback: bool({
     env: "API_FALLBACK",
     flag: "api-fallback",
-    description: "after a fruitless wait, GET the pod from the API server once",
-    default: false,
+    description:
+      "after a fruitless wait, ask the API server once for the pod the caller's verified token names (a lagging feed is not evidence that a pod does not exist)",
+    default: true,
   }),
   maxWatchBacklog: int({
     env: "MAX_WATCH_BACKLOG",

@@ -536,18 +536,19 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       const requested = w.timeoutMs && w.timeoutMs > 0 ? w.timeoutMs : opts.waitDefaultMs;
       const pod = await cache.waitFor(uid, Math.min(requested, waitMax), w.signal);
       if (pod || !opts.apiFallback || !w.namespace || !w.name || w.signal?.aborted) return { pod, fromApiServer: false };
+      // Never vouch for a pod outside what this registry serves: a namespace it does not watch is not
+      // asked about, and the label selector is applied by the API server (a list narrowed to the name).
+      if (opts.namespaces?.length && !opts.namespaces.includes(w.namespace)) return { pod: undefined, fromApiServer: false };
       coreApi ??= opts.kubeConfig.makeApiClient(CoreV1Api);
       try {
-        const raw = await coreApi.readNamespacedPod(
-          { name: w.name, namespace: w.namespace },
+        const list = await coreApi.listNamespacedPod(
+          { namespace: w.namespace, fieldSelector: `metadata.name=${w.name}`, labelSelector: opts.labelSelector },
           withDeadline(opts.requestTimeoutMs ?? 30_000, w.signal),
         );
-        const p = projectPod(raw as KubePodLike, opts.projection);
         // Same name, other UID: not the pod asked about.
-        return p.uid === uid ? { pod: p, fromApiServer: true } : { pod: undefined, fromApiServer: false };
+        const raw = list.items.find((i) => i.metadata?.name === w.name && i.metadata?.uid === uid);
+        return raw ? { pod: projectPod(raw as KubePodLike, opts.projection), fromApiServer: true } : { pod: undefined, fromApiServer: false };
       } catch (err) {
-        const code = (err as { code?: number }).code;
-        if (code === 404) return { pod: undefined, fromApiServer: false };
         throw new DomainError(ErrorCode.Unavailable, "the API server could not be asked for the pod", { cause: err });
       }
     },
