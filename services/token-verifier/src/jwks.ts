@@ -11,12 +11,19 @@
  * KeyObjects ({@link createLocalKeySet}: jose's selection rules, no WebCrypto on the hot path),
  * refreshed in the background when old, and
  * refreshed on an unknown `kid` at most once per cooldown, so a burst of forged `kid`s cannot
- * hammer the endpoint. The last good key set keeps serving while a refresh fails.
+ * hammer the endpoint. After a failed fetch the next one waits for the project's backoff (with
+ * jitter, whatever the endpoint answered: an error status, junk, a reset, a timeout), so a failing
+ * endpoint is never called in a loop. The last good key set keeps serving while a refresh fails.
+ *
+ * An unknown `kid` is evidence against a token only when the key set in hand was fetched after the
+ * token was issued ({@link KeySource.keysAsOf}); before that, the key may simply be newer than our
+ * copy, and the verifier answers "cannot decide yet".
  */
 import { createHash, createPublicKey, type KeyObject } from "node:crypto";
 import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as https from "node:https";
+import { createBackoff } from "@k8s-athenz-identity/shared/backoff";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
 import { type FlattenedJWSInput, type JWK, type JWSHeaderParameters, errors as joseErrors } from "jose";
@@ -35,7 +42,10 @@ export interface KeySourceOptions {
   bearerTokenFile?: string | undefined;
   /** Per-fetch deadline. */
   timeoutMs: number;
-  /** Minimum time between two fetches caused by unknown `kid`s. */
+  /**
+   * Minimum time between two fetches caused by unknown `kid`s after a successful fetch; also the
+   * largest wait between fetches while they fail (the backoff starts at 500 ms, or this if smaller).
+   */
   cooldownMs: number;
   /** After this age the keys are refreshed in the background (the old ones keep serving). */
   maxAgeMs: number;
@@ -53,8 +63,13 @@ export interface KeySource {
   getKey(header: JWSHeaderParameters, token: FlattenedJWSInput): Promise<KeyObject>;
   /** Whether a key set has been loaded. */
   ready(): boolean;
-  /** Fetches now (coalesced with a fetch in flight). Rejects with DomainError Unavailable. */
+  /**
+   * Fetches now (coalesced with a fetch in flight), unless the cooldown or the backoff after a
+   * failure is in force. Rejects with DomainError Unavailable when it fails or may not fetch yet.
+   */
   refresh(): Promise<void>;
+  /** When the key set in hand was fetched (start of the fetch, ms since the epoch); -Infinity before any. */
+  keysAsOf(): number;
   /** Number of usable keys loaded. */
   keyCount(): number;
   close(): void;
@@ -156,8 +171,12 @@ export function createKeySource(o: KeySourceOptions): KeySource {
   let chosen = new Map<string, KeyObject>();
   let keyCount = 0;
   let loadedAt = 0;
+  let keysAsOf = Number.NEGATIVE_INFINITY;
+  // The fetch gate: no fetch before nextAttemptAt (a cooldown after a success, the backoff after a failure).
   let lastAttemptAt = Number.NEGATIVE_INFINITY;
+  let nextAttemptAt = Number.NEGATIVE_INFINITY;
   let lastAttemptFailed = false;
+  const failureBackoff = createBackoff({ initialMs: Math.max(1, Math.min(500, o.cooldownMs)), maxMs: Math.max(1, 500, o.cooldownMs) });
   let inflight: Promise<void> | undefined;
   let closed = false;
   const ca = o.caFile ? readFileSync(o.caFile) : undefined;
@@ -190,10 +209,31 @@ export function createKeySource(o: KeySourceOptions): KeySource {
     }
   }
 
+  /** Whether the gate lets a fetch start now. */
+  const mayFetch = (): boolean => {
+    const t = o.now();
+    if (t < lastAttemptAt) {
+      // The clock stepped back: keep the wait that was left, measured from now, rather than lose the gate.
+      nextAttemptAt = t + (nextAttemptAt - lastAttemptAt);
+      lastAttemptAt = t;
+    }
+    return t >= nextAttemptAt;
+  };
+
   function refresh(): Promise<void> {
     if (closed) return Promise.reject(new DomainError(ErrorCode.Unavailable, "token verifier is closed"));
-    inflight ??= (async () => {
-      lastAttemptAt = o.now();
+    if (inflight) return inflight;
+    if (!mayFetch()) {
+      return Promise.reject(
+        new DomainError(
+          ErrorCode.Unavailable,
+          lastAttemptFailed ? "token verification keys are unavailable" : "token verification keys were fetched moments ago",
+        ),
+      );
+    }
+    inflight = (async () => {
+      const startedAt = o.now();
+      lastAttemptAt = startedAt;
       try {
         const keys = await load();
         if (keys.length === 0) throw new Error("key set has no usable signature keys");
@@ -201,11 +241,15 @@ export function createKeySource(o: KeySourceOptions): KeySource {
         chosen = new Map();
         keyCount = keys.length;
         loadedAt = o.now();
+        keysAsOf = startedAt;
         lastAttemptFailed = false;
+        nextAttemptAt = startedAt + o.cooldownMs;
+        failureBackoff.reset();
         o.onRefresh?.("ok", keyCount);
         o.logger.info({ keys: keyCount, source: o.source.kind }, "loaded token verification keys");
       } catch (err) {
         lastAttemptFailed = true;
+        nextAttemptAt = o.now() + failureBackoff.next();
         o.onRefresh?.("error", keyCount);
         o.logger.warn({ err, source: o.source.kind, haveKeys: local !== undefined }, "could not load token verification keys");
         throw new DomainError(ErrorCode.Unavailable, "token verification keys are unavailable", { cause: err });
@@ -216,11 +260,6 @@ export function createKeySource(o: KeySourceOptions): KeySource {
     return inflight;
   }
 
-  const coolingDown = () => {
-    const since = o.now() - lastAttemptAt;
-    return since >= 0 && since < o.cooldownMs; // a clock that stepped back does not block refreshes forever
-  };
-
   return {
     async getKey(header, token) {
       const id = typeof header.kid === "string" && !token.header ? `${header.alg}\u0000${header.kid}` : undefined;
@@ -229,10 +268,9 @@ export function createKeySource(o: KeySourceOptions): KeySource {
         if (key) return key;
       }
       if (!local) {
-        // Never loaded: one attempt per cooldown, so a down endpoint is not hammered.
-        if (coolingDown() && !inflight) throw new DomainError(ErrorCode.Unavailable, "token verification keys are unavailable");
+        // Never loaded: fetch, unless the backoff after a failure is in force (then Unavailable at once).
         await refresh();
-      } else if (o.now() - loadedAt > o.maxAgeMs && !inflight && !coolingDown()) {
+      } else if (o.now() - loadedAt > o.maxAgeMs && !inflight && mayFetch()) {
         refresh().catch(() => {}); // stale-while-revalidate; failures are logged in refresh
       }
       try {
@@ -242,14 +280,15 @@ export function createKeySource(o: KeySourceOptions): KeySource {
       } catch (err) {
         if (!(err instanceof joseErrors.JWKSNoMatchingKey)) throw err;
         if (inflight) await inflight.catch(() => {});
-        else if (!coolingDown()) await refresh().catch(() => {});
-        else if (lastAttemptFailed) throw new DomainError(ErrorCode.Unavailable, "token verification keys are unavailable");
+        else if (mayFetch()) await refresh().catch(() => {});
         if (lastAttemptFailed) throw new DomainError(ErrorCode.Unavailable, "token verification keys are unavailable");
+        // Still unknown: jose's JWKSNoMatchingKey; the caller weighs it against keysAsOf().
         return local!(header, token);
       }
     },
     ready: () => local !== undefined,
     refresh,
+    keysAsOf: () => keysAsOf,
     keyCount: () => keyCount,
     close() {
       closed = true;

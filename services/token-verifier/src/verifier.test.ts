@@ -128,14 +128,17 @@ describe("token verifier, jwks mode", () => {
     assert.deepEqual(codes(await verifier.verify(expired)), ["ERR_TOKEN_EXPIRED"]);
     const justExpired = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t - 3600, exp: t - 30 });
     assert.equal((await verifier.verify(justExpired)).kind, "valid", "inside the 60 s skew");
-    // Time moves: the same token expires when the injected clock passes exp + skew.
-    const token = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, lifetimeSec: 600 });
-    assert.equal((await verifier.verify(token)).kind, "valid");
-    clock += 661_000;
+    // Time moves: the same token expires when the injected clock passes exp + skew. (A verifier of
+    // its own, so the shared clock never steps back.)
+    let own = clock;
+    const v = createTokenVerifier({ mode: "jwks", issuer: oidc.issuer, now: () => own, warmUp: false });
     try {
-      assert.deepEqual(codes(await verifier.verify(token)), ["ERR_TOKEN_EXPIRED"]);
+      const token = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, lifetimeSec: 600 });
+      assert.equal((await v.verify(token)).kind, "valid");
+      own += 661_000;
+      assert.deepEqual(codes(await v.verify(token)), ["ERR_TOKEN_EXPIRED"]);
     } finally {
-      clock -= 661_000;
+      await v.close();
     }
   });
 
@@ -147,12 +150,13 @@ describe("token verifier, jwks mode", () => {
     await assert.rejects(verifier.verify(future), unavailable);
     const nbfOnly = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t, nbf: t + 120 });
     await assert.rejects(verifier.verify(nbfOnly), unavailable);
-    // The same token once our clock has caught up: valid.
-    clock += 300_000;
+    // The same token once our clock has caught up: valid (a verifier of its own, as the clock moves).
+    const later = clock + 300_000;
+    const v = createTokenVerifier({ mode: "jwks", issuer: oidc.issuer, now: () => later, warmUp: false });
     try {
-      assert.equal((await verifier.verify(future)).kind, "valid");
+      assert.equal((await v.verify(future)).kind, "valid");
     } finally {
-      clock -= 300_000;
+      await v.close();
     }
     // Evidence against the token still wins: not yet valid *and* for another audience is a deny.
     const elsewhere = await mintBoundToken(rsa, { issuer: oidc.issuer, iat: t + 300, nbf: t + 300, audience: ["someone-else"] });
@@ -280,14 +284,17 @@ describe("token verifier, jwks mode", () => {
   });
 
   test("an unknown kid triggers one refresh; a burst of unknown kids within the cooldown does not hammer the JWKS endpoint", async () => {
+    clock += 11_000; // past the cooldown of the refresh an earlier test caused
     const stranger = await createSigningKey("ES256", "kid-never-published");
     const base = oidc.hits.jwks;
-    const first = await verifier.verify(await mintBoundToken(stranger, { issuer: oidc.issuer, iat: sec() }));
+    // Issued two minutes ago (beyond the 60 s skew): keys fetched now would include its key if it were genuine.
+    const iat = sec() - 120;
+    const first = await verifier.verify(await mintBoundToken(stranger, { issuer: oidc.issuer, iat }));
     assert.deepEqual(codes(first), ["ERR_TOKEN_SIGNATURE"]);
     assert.equal(oidc.hits.jwks, base + 1, "one refresh for the unknown kid");
     const burst = await Promise.all(
       Array.from({ length: 50 }, async (_, i) =>
-        verifier.verify(await mintBoundToken(stranger, { issuer: oidc.issuer, iat: sec(), header: { kid: `forged-${i}` } })),
+        verifier.verify(await mintBoundToken(stranger, { issuer: oidc.issuer, iat, header: { kid: `forged-${i}` } })),
       ),
     );
     for (const r of burst) assert.deepEqual(codes(r), ["ERR_TOKEN_SIGNATURE"]);

@@ -224,6 +224,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       audiences: [audience],
       timeoutMs: options.reviewTimeoutMs ?? 5_000,
       logger,
+      now,
     });
     reviewClient = client;
     reviews = createReviewCache({
@@ -289,6 +290,19 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
     }
   }
 
+  /**
+   * An unknown key is evidence against a token only when our key set was fetched after the token
+   * was issued (plus the clock skew): the issuer signed with a key it had already published then,
+   * or with one it never published. Before that, the key may just be newer than our copy (a
+   * rotation), so we cannot decide yet. The `iat` read here is unverified: a forger can only buy a
+   * 504 with it, never an allow. A token without a numeric `iat` is no Kubernetes token.
+   */
+  function unknownKeyIsEvidence(token: string): boolean {
+    const iat = decodePayload(token.split(".")[1] ?? "")?.iat;
+    if (typeof iat !== "number" || !Number.isFinite(iat)) return true;
+    return keys!.keysAsOf() >= iat * 1000 + policy.clockSkewMs;
+  }
+
   async function verifySignature(token: string): Promise<{ payload?: Record<string, unknown>; violations: Violation[] }> {
     const getKey = keys!.getKey;
     const opts = { algorithms };
@@ -313,7 +327,10 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       } else if (err instanceof joseErrors.JWSSignatureVerificationFailed) {
         return { violations: [violation(ViolationCode.TokenSignature, "signature does not verify", "token")] };
       } else if (err instanceof joseErrors.JWKSNoMatchingKey) {
-        return { violations: [violation(ViolationCode.TokenSignature, "no trusted key matches the token's key id", "token.kid")] };
+        if (unknownKeyIsEvidence(token)) {
+          return { violations: [violation(ViolationCode.TokenSignature, "no trusted key matches the token's key id", "token.kid")] };
+        }
+        throw new DomainError(ErrorCode.Unavailable, "the token's signing key is not among the issuer's keys fetched so far; retry");
       } else if (err instanceof joseErrors.JOSEAlgNotAllowed) {
         return { violations: [violation(ViolationCode.TokenAlgorithm, "the token's algorithm is not allowed", "token.alg")] };
       } else if (err instanceof joseErrors.JOSEError) {
