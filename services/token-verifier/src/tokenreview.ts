@@ -3,8 +3,14 @@
  * @kubernetes/client-node, and a cache in front of it: answers keyed by SHA-256 of the token, kept
  * until the token expires (bounded LRU), identical concurrent reviews coalesced into one call.
  * Only answers are cached (authenticated or a definite "not authenticated"), never failures.
+ *
+ * After a failed call the client asks the API server again only when the project's backoff (with
+ * jitter) has passed, and then with one call; meanwhile reviews fail at once with Unavailable. A
+ * failing API server (errors, 429s, resets, timeouts, junk) thus sees a bounded rate of
+ * TokenReviews however many tokens arrive, instead of one call per token.
  */
 import { createHash } from "node:crypto";
+import { type BackoffOptions, createBackoff } from "@k8s-athenz-identity/shared/backoff";
 import { DomainError, ErrorCode } from "@k8s-athenz-identity/shared/errors";
 import { loadKubeConfig } from "@k8s-athenz-identity/shared/kube";
 import type { Logger } from "@k8s-athenz-identity/shared/logger";
@@ -37,6 +43,10 @@ export interface TokenReviewClientOptions {
   /** Deadline per API call. */
   timeoutMs: number;
   logger: Logger;
+  /** Wait before asking again after a failed call. Default 250 ms doubling to 5 s, with jitter. */
+  backoff?: BackoffOptions | undefined;
+  /** Milliseconds since the epoch, for the backoff; injected by tests. Default Date.now. */
+  now?: (() => number) | undefined;
 }
 
 export interface TokenReviewClient {
@@ -80,57 +90,92 @@ export function parseReview(answer: V1TokenReview, token: string): ReviewOutcome
   };
 }
 
-/** A TokenReview client over @kubernetes/client-node, with a deadline and failures mapped to Unavailable. */
+/**
+ * A TokenReview client over @kubernetes/client-node, with a deadline, failures mapped to
+ * Unavailable, and the backoff after a failure described in the file header.
+ */
 export function createTokenReviewClient(o: TokenReviewClientOptions): TokenReviewClient {
   const kc = o.kubeConfig ?? loadKubeConfig(o.kubeconfigPath);
   const server = kc.getCurrentCluster()?.server ?? "";
   const api = kc.makeApiClient(AuthenticationV1Api);
+  const now = o.now ?? Date.now;
+  const backoff = createBackoff(o.backoff ?? { initialMs: 250, maxMs: 5000 });
+  // After a failure: no call before retryAt, then one probe at a time until a call succeeds.
+  let failedAt: number | undefined;
+  let retryAt = 0;
+  let probing = false;
+
+  async function call(token: string): Promise<ReviewOutcome> {
+    const signal = AbortSignal.timeout(o.timeoutMs);
+    let answer: V1TokenReview;
+    try {
+      answer = await api.createTokenReview(
+        { body: { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token, audiences: o.audiences } } },
+        {
+          middleware: [
+            {
+              pre: (ctx) => {
+                ctx.setSignal(signal);
+                return new Observable(Promise.resolve(ctx));
+              },
+              post: (res) => new Observable(Promise.resolve(res)),
+            },
+          ],
+          middlewareMergeStrategy: "append",
+        },
+      );
+    } catch (err) {
+      const status = statusOf(err);
+      if (status === 401 || status === 403) {
+        // Our own credentials or RBAC are broken: an operator problem, never the pod's fault.
+        o.logger.error(
+          { status, server },
+          "the API server refused our TokenReview call; check the verifier's credentials and RBAC (system:auth-delegator)",
+        );
+        throw new DomainError(ErrorCode.Unavailable, "the API server refused the token verifier's TokenReview call");
+      }
+      // An HTTP error carries the answer's body and headers: logged by status only, never dumped.
+      const cause =
+        status !== undefined
+          ? new Error(`the API server answered HTTP ${status}`)
+          : signal.aborted
+            ? new Error(`no answer within ${o.timeoutMs}ms`, { cause: err })
+            : err;
+      o.logger.warn({ err: cause, server, status }, "TokenReview call failed");
+      throw new DomainError(ErrorCode.Unavailable, "the API server could not review the token", { cause });
+    }
+    try {
+      return parseReview(answer, token);
+    } catch (err) {
+      o.logger.warn({ err, server }, "unreadable TokenReview answer");
+      throw new DomainError(ErrorCode.Unavailable, "the API server gave an unreadable TokenReview answer");
+    }
+  }
+
   return {
     server,
     async review(token) {
-      const signal = AbortSignal.timeout(o.timeoutMs);
-      let answer: V1TokenReview;
-      try {
-        answer = await api.createTokenReview(
-          { body: { apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token, audiences: o.audiences } } },
-          {
-            middleware: [
-              {
-                pre: (ctx) => {
-                  ctx.setSignal(signal);
-                  return new Observable(Promise.resolve(ctx));
-                },
-                post: (res) => new Observable(Promise.resolve(res)),
-              },
-            ],
-            middlewareMergeStrategy: "append",
-          },
-        );
-      } catch (err) {
-        const status = statusOf(err);
-        if (status === 401 || status === 403) {
-          // Our own credentials or RBAC are broken: an operator problem, never the pod's fault.
-          o.logger.error(
-            { status, server },
-            "the API server refused our TokenReview call; check the verifier's credentials and RBAC (system:auth-delegator)",
-          );
-          throw new DomainError(ErrorCode.Unavailable, "the API server refused the token verifier's TokenReview call");
+      let probe = false;
+      if (failedAt !== undefined) {
+        const t = now();
+        // A clock that stepped back keeps the wait that was left instead of lifting it.
+        if (t < failedAt) [retryAt, failedAt] = [t + (retryAt - failedAt), t];
+        if (t < retryAt || probing) {
+          throw new DomainError(ErrorCode.Unavailable, "the API server failed a TokenReview moments ago; not asked again yet");
         }
-        // An HTTP error carries the answer's body and headers: logged by status only, never dumped.
-        const cause =
-          status !== undefined
-            ? new Error(`the API server answered HTTP ${status}`)
-            : signal.aborted
-              ? new Error(`no answer within ${o.timeoutMs}ms`, { cause: err })
-              : err;
-        o.logger.warn({ err: cause, server, status }, "TokenReview call failed");
-        throw new DomainError(ErrorCode.Unavailable, "the API server could not review the token", { cause });
+        probe = probing = true;
       }
       try {
-        return parseReview(answer, token);
+        const outcome = await call(token);
+        failedAt = undefined;
+        backoff.reset();
+        return outcome;
       } catch (err) {
-        o.logger.warn({ err, server }, "unreadable TokenReview answer");
-        throw new DomainError(ErrorCode.Unavailable, "the API server gave an unreadable TokenReview answer");
+        failedAt = now();
+        retryAt = failedAt + backoff.next();
+        throw err;
+      } finally {
+        if (probe) probing = false;
       }
     },
   };
