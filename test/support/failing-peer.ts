@@ -20,8 +20,8 @@ export type Failure = "500" | "503" | "429" | "404" | "401" | "403" | "410" | "j
 /** Every failure kind of an HTTP peer, for tables of tests. */
 export const HTTP_FAILURES: readonly Failure[] = ["500", "503", "429", "404", "401", "403", "junk", "empty", "reset", "close"];
 
-/** A real answer instead of a failure (e.g. once the peer "recovers"). */
-export type Answer = (req: http.IncomingMessage, body: string) => { status: number; body: unknown; headers?: Record<string, string> };
+/** A real answer instead of the failure (e.g. once the peer "recovers"); undefined leaves this request to the failure. */
+export type Answer = (req: http.IncomingMessage, body: string) => { status: number; body: unknown; headers?: Record<string, string> } | undefined;
 
 export interface FailingPeerOptions {
   failure: Failure;
@@ -71,8 +71,8 @@ export async function startFailingPeer(o: FailingPeerOptions): Promise<FailingPe
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
       requests.push({ kind: o.kindOf ? o.kindOf(req) : (req.url ?? "/").split("?")[0]!, at: now() });
-      if (peer.answer) {
-        const a = peer.answer(req, Buffer.concat(chunks).toString("utf8"));
+      const a = peer.answer?.(req, Buffer.concat(chunks).toString("utf8"));
+      if (a) {
         res.writeHead(a.status, { "content-type": "application/json", ...a.headers }).end(JSON.stringify(a.body));
         return;
       }

@@ -36,6 +36,8 @@ export interface NatsServerOptions {
   args?: string[];
   /** How long to wait for "Server is ready". Default 10 s. */
   startTimeoutMs?: number;
+  /** Client port. Default: one the server picks itself. */
+  port?: number;
 }
 
 export interface NatsServer {
@@ -108,7 +110,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   // Port -1: the server picks a free port itself (no race with other processes) and logs it.
   let started: Awaited<ReturnType<typeof launch>>;
   try {
-    started = await launch(bin, [...base, "-p", "-1"], timeout);
+    started = await launch(bin, [...base, "-p", String(opts.port ?? -1)], timeout);
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
     throw err;
