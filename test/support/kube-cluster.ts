@@ -55,6 +55,11 @@ export interface KubeClusterOptions {
   extraApiServerArgs?: string[];
   /** How long to wait for /readyz at each (re)start. Default 120 s (first start on a cold 2-core box). */
   readyTimeoutMs?: number;
+  /**
+   * kube-apiserver's watch cache (`--watch-cache`). Default true, as in production. false serves every
+   * watch and list from etcd, so a compacted resourceVersion answers 410 Gone without a restart.
+   */
+  watchCache?: boolean;
 }
 
 export interface KubeCluster {
@@ -75,8 +80,26 @@ export interface KubeCluster {
   startupMs: number[];
   /** Writes a kubeconfig that authenticates with `token` (e.g. a least-privilege service account's). */
   writeKubeconfig(name: string, token: string): string;
-  /** Stops kube-apiserver and starts it again on the same port (etcd keeps the state). */
-  restart(): Promise<void>;
+  /**
+   * Stops kube-apiserver (SIGTERM, or SIGKILL as a crash) and starts it again on the same port
+   * (etcd keeps the state). `extraArgs` are added to this and every later start; `watchCache`
+   * switches the watch cache for this and later starts.
+   */
+  restart(o?: { extraArgs?: string[]; signal?: "SIGTERM" | "SIGKILL"; watchCache?: boolean }): Promise<void>;
+  /** etcd's client URL (plain HTTP on loopback), for its v3 JSON gateway. */
+  etcdUrl: string;
+  /** The running kube-apiserver's process id (changes with each restart). */
+  readonly apiServerPid: number;
+  /** Sends a signal to kube-apiserver, e.g. SIGSTOP / SIGCONT to freeze it with its connections open. */
+  signalApiServer(signal: NodeJS.Signals): void;
+  /** etcd's current revision (the newest resourceVersion of anything). */
+  etcdRevision(): Promise<number>;
+  /**
+   * Compacts etcd at its current revision (physically): every resourceVersion older than the
+   * returned revision is gone, so a watch from one of them answers 410 Gone once kube-apiserver's
+   * watch cache does not serve it (restart it, or run with `watchCache: false`).
+   */
+  compactEtcd(): Promise<number>;
   /** Kills etcd and kube-apiserver and removes the temporary directory. Idempotent. */
   stop(): Promise<void>;
 }
@@ -161,6 +184,15 @@ async function waitUntil(what: string, proc: Proc, check: () => Promise<boolean>
     if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs} ms; log ${proc.logFile}:\n${logTail(proc.logFile)}`);
     await new Promise((r) => setTimeout(r, 150));
   }
+}
+
+/** etcd's current revision, through its v3 JSON gateway (a range read of one key reports it in its header). */
+async function etcdRevision(etcdUrl: string): Promise<number> {
+  const res = await fetch(`${etcdUrl}/v3/kv/range`, { method: "POST", body: JSON.stringify({ key: Buffer.from("/").toString("base64"), limit: 1 }) });
+  if (!res.ok) throw new Error(`etcd range failed: HTTP ${res.status}`);
+  const revision = Number(((await res.json()) as { header?: { revision?: string } }).header?.revision);
+  if (!Number.isSafeInteger(revision) || revision <= 0) throw new Error("etcd reported no revision");
+  return revision;
 }
 
 /** YAML kubeconfig for `server` with bearer `token`. */
@@ -309,11 +341,12 @@ export async function startKubeCluster(options: KubeClusterOptions = {}): Promis
       "--profiling=false",
       ...(options.extraApiServerArgs ?? []),
     ];
+    let watchCache = options.watchCache ?? true;
     const apiLog = join(dir, "kube-apiserver.log");
     const startupMs: number[] = [];
     const startApiServer = async (): Promise<void> => {
       const t0 = performance.now();
-      const proc = startProcess(bins.kubeApiserver, apiArgs, apiLog);
+      const proc = startProcess(bins.kubeApiserver, [...apiArgs, ...(watchCache ? [] : ["--watch-cache=false"])], apiLog);
       apiserver = proc;
       await waitUntil("kube-apiserver", proc, async () => (await probe(`${url}/readyz`, ca.certPem, adminToken)).status === 200, readyTimeoutMs);
       startupMs.push(Math.round(performance.now() - t0));
@@ -338,10 +371,35 @@ export async function startKubeCluster(options: KubeClusterOptions = {}): Promis
       dir,
       startupMs,
       writeKubeconfig,
-      async restart() {
+      async restart(o = {}) {
         if (stopped) throw new Error("cluster already stopped");
+        apiArgs.push(...(o.extraArgs ?? []));
+        if (o.watchCache !== undefined) watchCache = o.watchCache;
+        if (o.signal === "SIGKILL" && apiserver && apiserver.child.exitCode === null) {
+          apiserver.child.kill("SIGKILL");
+          await apiserver.exited;
+        }
+        // A frozen server would never see the SIGTERM.
+        apiserver?.child.kill("SIGCONT");
         await stopProcess(apiserver);
         await startApiServer();
+      },
+      etcdUrl,
+      get apiServerPid() {
+        return apiserver?.child.pid ?? 0;
+      },
+      signalApiServer(signal) {
+        apiserver?.child.kill(signal);
+      },
+      etcdRevision: () => etcdRevision(etcdUrl),
+      async compactEtcd() {
+        const revision = await etcdRevision(etcdUrl);
+        const res = await fetch(`${etcdUrl}/v3/kv/compaction`, {
+          method: "POST",
+          body: JSON.stringify({ revision: String(revision), physical: true }),
+        });
+        if (!res.ok) throw new Error(`etcd compaction at ${revision} failed: HTTP ${res.status} ${await res.text()}`);
+        return revision;
       },
       stop,
     };
