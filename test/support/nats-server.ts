@@ -8,7 +8,8 @@
  * (often years older) nats-server is never picked up by accident.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -149,4 +150,127 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       return proc.exitCode === null && proc.signalCode === null;
     },
   };
+}
+
+// ---- a JetStream cluster, as k8s/nats.yaml ships it ---------------------------------------------
+
+export interface NatsClusterOptions {
+  /** Servers. Default 3 (the shipped StatefulSet). */
+  size?: number;
+  /** How long to wait for each server's "Server is ready". Default 20 s. */
+  startTimeoutMs?: number;
+}
+
+/** One server of a {@link NatsCluster}. */
+export interface NatsClusterMember {
+  /** `server_name`, e.g. "n1" (what JetStream names stream leaders by). */
+  readonly name: string;
+  /** e.g. "nats://127.0.0.1:41234". */
+  readonly url: string;
+  readonly port: number;
+  /** Process id while running, else 0. */
+  readonly pid: number;
+  readonly running: boolean;
+  /** Sends a signal, e.g. SIGSTOP / SIGCONT (a frozen server keeps its connections open). */
+  signal(signal: NodeJS.Signals): void;
+  /** SIGKILL, as a crash. */
+  kill(): Promise<void>;
+  /** SIGTERM (after SIGCONT, should it be frozen). */
+  stop(): Promise<void>;
+  /** Starts it again on the same ports and store. */
+  start(): Promise<void>;
+}
+
+export interface NatsCluster {
+  readonly members: readonly NatsClusterMember[];
+  /** Every member's client URL (what a client is given, as the Service's endpoints). */
+  readonly urls: string[];
+  /** Stops every server and removes the stores. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts `size` nats-servers with JetStream clustered over routes on loopback, the settings of
+ * k8s/config/nats.conf (cluster name, routes to every member, file store, 1 MB payload), each with
+ * its own store. Resolves once every server is ready; the JetStream meta leader is elected by then
+ * or shortly after (clients retry).
+ */
+export async function startNatsCluster(o: NatsClusterOptions = {}): Promise<NatsCluster> {
+  const size = o.size ?? 3;
+  const timeout = o.startTimeoutMs ?? 20_000;
+  const dir = mkdtempSync(join(tmpdir(), "nats-cluster-"));
+  const ports = await Promise.all(Array.from({ length: size * 2 }, () => freeLoopbackPort()));
+  const clientPorts = ports.slice(0, size);
+  const routePorts = ports.slice(size);
+  const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`);
+  const members = clientPorts.map((port, i) => {
+    const name = `n${i + 1}`;
+    const conf = join(dir, `${name}.conf`);
+    writeFileSync(
+      conf,
+      [
+        `server_name: ${name}`,
+        `listen: 127.0.0.1:${port}`,
+        "max_payload: 1MB",
+        `jetstream { store_dir: ${JSON.stringify(join(dir, name))}, max_memory_store: 64MB, max_file_store: 1GB }`,
+        `cluster { name: chaos, listen: 127.0.0.1:${routePorts[i]}, routes: [${routes.join(", ")}], connect_retries: 120 }`,
+        "",
+      ].join("\n"),
+    );
+    let proc: ChildProcess | undefined;
+    const alive = () => proc !== undefined && proc.exitCode === null && proc.signalCode === null;
+    const member: NatsClusterMember = {
+      name,
+      url: `nats://127.0.0.1:${port}`,
+      port,
+      get pid() {
+        return alive() ? (proc!.pid ?? 0) : 0;
+      },
+      get running() {
+        return alive();
+      },
+      signal(signal) {
+        if (alive()) proc!.kill(signal);
+      },
+      async kill() {
+        if (!alive()) return;
+        proc!.kill("SIGKILL");
+        await waitExit(proc!, 5000);
+      },
+      async stop() {
+        if (!alive()) return;
+        proc!.kill("SIGCONT");
+        proc!.kill("SIGTERM");
+        await waitExit(proc!, 5000);
+      },
+      async start() {
+        if (alive()) return;
+        ({ proc } = await launch(["-c", conf], timeout));
+      },
+    };
+    return member;
+  });
+  const close = async () => {
+    await Promise.all(members.map((m) => m.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await Promise.all(members.map((m) => m.start()));
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  return { members, urls: members.map((m) => m.url), close };
+}
+
+/** A free loopback TCP port (bound then released: the routes must be known before any server starts). */
+function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      srv.close(() => resolve(typeof addr === "object" && addr ? addr.port : 0));
+    });
+  });
 }
