@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Runs the unit and service tests (every *.test.ts outside the slow tiers) with node's test runner.
 // Usage: npm test [-- <path filter>...]   e.g. npm test -- services/token-verifier
-// The real-cluster tier (test/cluster), the conformance tier (test/conformance) and the observability
-// tier (test/observability: promtool, dashboard queries against the services' /metrics) have their own scripts.
+// The real-cluster tier (test/cluster), the conformance tier (test/conformance), the observability
+// tier (test/observability: promtool, dashboard queries against the services' /metrics) and the chaos
+// tier (test/chaos: faults on the real API server) have their own scripts.
 // Every tier runs against the one pinned nats-server (scripts/tools/nats-server.sh provisions it and
 // NATS_SERVER_BIN passes it on), whatever the machine has installed.
 // Env: TEST_TIMEOUT_MS  per-test limit (default 120000; a test may set its own), so that nothing hangs CI.
@@ -18,8 +19,9 @@ const roots = {
   cluster: ["test/cluster"],
   conformance: ["test/conformance"],
   observability: ["test/observability"],
+  chaos: ["test/chaos"],
 }[tier];
-const excluded = tier === "unit" ? ["test/cluster", "test/conformance", "test/observability"] : [];
+const excluded = tier === "unit" ? ["test/cluster", "test/conformance", "test/observability", "test/chaos"] : [];
 if (!roots) throw new Error(`unknown TEST_TIER ${tier}`);
 
 function walk(dir, out) {

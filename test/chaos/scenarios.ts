@@ -1,0 +1,653 @@
+/**
+ * The faults of the chaos tier (issue 11), each injected into the running stack under the steady
+ * load, then healed, with its figures: seconds until the system noticed, seconds until it was back
+ * (every replica fresh, one leader, every replica's pods equal to the API server's, a live pod
+ * confirmed), the answers given meanwhile, the wrong ones, and the pods lost or resurrected.
+ * The chaos test asserts on these figures; the chaos bench records them.
+ */
+import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
+import { Kvm } from "@nats-io/kv";
+import type { Load } from "./load.js";
+import { tally } from "./load.js";
+import { compareSets, type Replicas } from "./registries.js";
+import type { ServiceProcess } from "./service-process.js";
+import { type ChaosStack, DECISION_TIMEOUT_MS, LEASE_DURATION_MS, STALE_AFTER_MS, TOMBSTONE_TTL_MS } from "./stack.js";
+import type { PodFacts, World } from "./world.js";
+
+/** How long after a deletion an allow is still within the staleness the registry declares. */
+export const GRACE_MS = STALE_AFTER_MS + 2000;
+/** Longest a recovery may take before the fault counts as not recovered. */
+const RECOVERY_TIMEOUT_MS = 90_000;
+
+export interface FaultResult {
+  name: string;
+  /** Seconds from the injection until the system showed it noticed (null: nothing noticed it). */
+  detectedS: number | null;
+  /** What noticed it first. */
+  detectedBy: string;
+  /** Seconds from healing until everything was back (null: not within 90 s). */
+  recoveredS: number | null;
+  answers: { 200: number; 403: number; 504: number; errors: number };
+  /** Allows for pods deleted less than GRACE_MS before (inside the declared staleness). */
+  lateAllows: number;
+  wrong: number;
+  lost: number;
+  resurrected: number;
+  /** Wrong answers, errors, lost or resurrected pods, unmet preconditions: one line each. */
+  problems: string[];
+  notes: string[];
+}
+
+export interface ChaosContext {
+  stack: ChaosStack;
+  world: World;
+  load: Load;
+  replicas: Replicas;
+  churn: Churn;
+  log: (msg: string) => void;
+}
+
+/** Pod churn in the background: every `everyMs` one live pod is deleted and a new one created. */
+export interface Churn {
+  pause(): Promise<void>;
+  resume(): void;
+  stop(): Promise<void>;
+  /** Operations that failed (the API server was down): not errors of the product. */
+  readonly failures: number;
+}
+
+export function startChurn(world: World, everyMs: number, poolSize: number): Churn {
+  let paused = false;
+  let stopped = false;
+  let current: Promise<void> = Promise.resolve();
+  let failures = 0;
+  const step = async () => {
+    const live = world.live();
+    try {
+      if (live.length >= poolSize) await world.delete(live[Math.floor(Math.random() * live.length)]!);
+      await world.create();
+    } catch {
+      failures++;
+    }
+  };
+  const timer = setInterval(() => {
+    if (paused || stopped) return;
+    current = current.then(step);
+  }, everyMs);
+  return {
+    async pause() {
+      paused = true;
+      await current;
+    },
+    resume() {
+      paused = false;
+    },
+    async stop() {
+      stopped = true;
+      clearInterval(timer);
+      await current;
+    },
+    get failures() {
+      return failures;
+    },
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const seconds = (ms: number) => Math.round(ms / 100) / 10;
+
+type ReplicaId = "r1" | "r2" | "r3";
+const IDS: ReplicaId[] = ["r1", "r2", "r3"];
+
+function leaderProcess(ctx: ChaosContext): { id: ReplicaId; proc: ServiceProcess } {
+  const id = IDS.find((i) => ctx.replicas.status(i).role === RegistryRole.LEADER) ?? (ctx.replicas.leader() as ReplicaId | undefined);
+  if (!id) throw new Error("no leader replica");
+  return { id, proc: ctx.stack.registries[id] };
+}
+
+/** All replicas fresh with exactly one leader. */
+function healthy(ctx: ChaosContext): boolean {
+  const s = IDS.map((i) => ctx.replicas.status(i));
+  return s.every((x) => x.fresh === true) && s.filter((x) => x.role === RegistryRole.LEADER).length === 1;
+}
+
+/** Every replica's pods equal the API server's (churn must be paused). Returns the differences. */
+async function compareAll(ctx: ChaosContext): Promise<{ lost: string[]; resurrected: string[]; byReplica: string[] }> {
+  await ctx.world.reconcile();
+  const truth = await ctx.world.truth();
+  const lost = new Set<string>();
+  const resurrected = new Set<string>();
+  const byReplica: string[] = [];
+  for (const id of IDS) {
+    let set: Set<string>;
+    try {
+      set = await ctx.replicas.podSet(id);
+    } catch (err) {
+      byReplica.push(`${id}: no pod set (${err instanceof Error ? err.message : String(err)})`);
+      continue;
+    }
+    const d = compareSets(set, truth);
+    for (const u of d.lost) lost.add(u);
+    for (const u of d.resurrected) resurrected.add(u);
+    if (d.lost.length || d.resurrected.length) byReplica.push(`${id}: ${d.lost.length} lost, ${d.resurrected.length} resurrected`);
+  }
+  return { lost: [...lost], resurrected: [...resurrected], byReplica };
+}
+
+/** A replica set that is healthy and agrees with the API server, waited for (churn paused meanwhile). */
+async function waitConverged(ctx: ChaosContext, timeoutMs: number): Promise<{ at?: number; last: Awaited<ReturnType<typeof compareAll>> }> {
+  const deadline = Date.now() + timeoutMs;
+  let last: Awaited<ReturnType<typeof compareAll>> = { lost: [], resurrected: [], byReplica: ["not checked"] };
+  while (Date.now() < deadline) {
+    const ok = await ctx.replicas.until(() => healthy(ctx), Math.max(0, deadline - Date.now()));
+    if (ok === undefined) break;
+    try {
+      last = await compareAll(ctx);
+    } catch (err) {
+      last = { lost: [], resurrected: [], byReplica: [`API server: ${err instanceof Error ? err.message : String(err)}`] };
+    }
+    if (last.byReplica.length === 0) return { at: Date.now(), last };
+    await sleep(500);
+  }
+  return { last };
+}
+
+/** A live pod confirmed with a 200, waited for. */
+async function waitConfirmed(ctx: ChaosContext, timeoutMs: number): Promise<number | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const live = ctx.world.live();
+    const p = live[Math.floor(Math.random() * live.length)];
+    if (p && (await ctx.load.confirm(p)).status === 200) return Date.now();
+    await sleep(250);
+  }
+  return undefined;
+}
+
+export interface FaultSpec {
+  name: string;
+  /** Set-up before the fault that is not part of it (not timed, churn paused). */
+  prepare?(ctx: ChaosContext): Promise<void>;
+  /** Keep the churn going during the fault (off while the API server cannot take writes). */
+  churn: boolean;
+  inject(ctx: ChaosContext): Promise<void>;
+  /** What happens while the fault lasts (default: nothing). */
+  during?(ctx: ChaosContext): Promise<void>;
+  /** Minimum length of the fault. */
+  holdMs: number;
+  heal(ctx: ChaosContext): Promise<void>;
+  /** A fault-specific signal that the system noticed (besides a replica turning not fresh, a leader change, a 504). */
+  noticed?(ctx: ChaosContext): Promise<string | undefined>;
+  /** Answers sent this long after the injection and before healing must be 504 (no evidence can be had). */
+  retryOnlyAfterMs?: number;
+  /** Checks after recovery; returns problems. */
+  verify?(ctx: ChaosContext, t: { injectedAt: number; healedAt: number }): Promise<string[]>;
+  /** Preconditions this run could not meet (returned as problems). */
+  unmet?(ctx: ChaosContext): string[];
+}
+
+/** Injects one fault under the running load and measures it. */
+export async function runFault(ctx: ChaosContext, spec: FaultSpec): Promise<FaultResult> {
+  const problems: string[] = [...(spec.unmet?.(ctx) ?? [])];
+  const notes: string[] = [];
+  ctx.log(`-- ${spec.name}`);
+  // Start from a healthy, converged system.
+  await ctx.churn.pause();
+  const base = await waitConverged(ctx, 60_000);
+  if (base.at === undefined) problems.push(`not converged before the fault: ${base.last.byReplica.join("; ")}`);
+  if (spec.prepare) {
+    await spec.prepare(ctx).catch((err: unknown) => problems.push(`prepare failed: ${err instanceof Error ? err.message : String(err)}`));
+    const ready = await waitConverged(ctx, 180_000);
+    if (ready.at === undefined) problems.push(`not converged after preparing: ${ready.last.byReplica.join("; ")}`);
+  }
+  const baseLeader = IDS.find((i) => ctx.replicas.status(i).role === RegistryRole.LEADER);
+  if (spec.churn) ctx.churn.resume();
+
+  const injectedAt = Date.now();
+  const failed = (what: string) => (err: unknown) => {
+    problems.push(`${what} failed: ${err instanceof Error ? err.message : String(err)}`);
+  };
+  await spec.inject(ctx).catch(failed("inject"));
+  // Noticed = the product says so: a replica reports itself not fresh, another replica takes the
+  // Lease, the gateway answers 504; or the fault's own component shows it (e.g. NATS moves the
+  // stream leader). A replica that does not answer the harness (killed, frozen) is not a signal.
+  let detected: { at: number; by: string } | undefined;
+  let watching = true;
+  const detector = (async () => {
+    while (watching && !detected) {
+      const t = Date.now();
+      const stale = IDS.find((i) => ctx.replicas.status(i).fresh === false);
+      const newLeader = IDS.find((i) => i !== baseLeader && ctx.replicas.status(i).role === RegistryRole.LEADER);
+      const retry = ctx.load.answers.find((a) => a.sentAt >= injectedAt && a.status === 504);
+      if (stale) detected = { at: t, by: `replica ${stale} reports not fresh` };
+      else if (newLeader) detected = { at: t, by: `replica ${newLeader} took the Lease from ${baseLeader ?? "nobody"}` };
+      else if (retry) detected = { at: retry.answeredAt, by: "the gateway answered 504" };
+      else await sleep(100);
+    }
+  })();
+  const specificDetector = (async () => {
+    while (spec.noticed && watching && !detected) {
+      const by = await Promise.race([spec.noticed(ctx).catch(() => undefined), sleep(1000).then(() => undefined)]);
+      if (by && !detected) detected = { at: Date.now(), by };
+      else await sleep(200);
+    }
+  })();
+
+  const holdUntil = injectedAt + spec.holdMs;
+  await spec.during?.(ctx).catch(failed("the fault's action"));
+  await sleep(Math.max(0, holdUntil - Date.now()));
+  const healedAt = Date.now();
+  await spec.heal(ctx).catch(failed("heal"));
+
+  // Recovery: healthy replicas that agree with the API server, and a live pod confirmed.
+  const confirmed = await waitConfirmed(ctx, RECOVERY_TIMEOUT_MS);
+  await ctx.churn.pause();
+  const conv = await waitConverged(ctx, Math.max(10_000, RECOVERY_TIMEOUT_MS - (Date.now() - healedAt)));
+  watching = false;
+  await Promise.all([detector, specificDetector]);
+  const recoveredAt = confirmed !== undefined && conv.at !== undefined ? Math.max(confirmed, conv.at) : undefined;
+  const end = recoveredAt ?? Date.now();
+  if (recoveredAt === undefined) problems.push(`not recovered within ${RECOVERY_TIMEOUT_MS / 1000} s: ${conv.last.byReplica.join("; ") || "no 200"}`);
+
+  const t = tally(ctx.load.answers, ctx.world, GRACE_MS, injectedAt, end);
+  problems.push(...t.details);
+  let wrong = t.wrong;
+  if (spec.retryOnlyAfterMs !== undefined) {
+    const from = injectedAt + spec.retryOnlyAfterMs;
+    const unfounded = ctx.load.answers.filter((a) => a.sentAt >= from && a.sentAt < healedAt && a.status === 200);
+    wrong += unfounded.length;
+    if (unfounded.length)
+      problems.push(`${unfounded.length} allows ${seconds(spec.retryOnlyAfterMs)} s or more into a fault that leaves no evidence`);
+  }
+  if (t.errors) problems.push(`${t.errors} harness errors`);
+  problems.push(...conv.last.byReplica.map((l) => `pods: ${l}`));
+  problems.push(...((await spec.verify?.(ctx, { injectedAt, healedAt })) ?? []));
+  ctx.churn.resume();
+
+  const result: FaultResult = {
+    name: spec.name,
+    detectedS: detected ? seconds(Math.max(0, detected.at - injectedAt)) : null,
+    detectedBy: detected?.by ?? "nothing",
+    recoveredS: recoveredAt !== undefined ? seconds(recoveredAt - healedAt) : null,
+    answers: { 200: t[200], 403: t[403], 504: t[504], errors: t.errors },
+    lateAllows: t.lateAllows,
+    wrong,
+    lost: conv.last.lost.length,
+    resurrected: conv.last.resurrected.length,
+    problems,
+    notes,
+  };
+  ctx.log(
+    `   detected ${result.detectedS ?? "-"} s (${result.detectedBy}), recovered ${result.recoveredS ?? "-"} s, answers ${JSON.stringify(result.answers)}, wrong ${wrong}, lost ${result.lost}, resurrected ${result.resurrected}`,
+  );
+  for (const p of problems) ctx.log(`   ! ${p}`);
+  return result;
+}
+
+// ---- the faults ---------------------------------------------------------------------------------
+
+async function streamInfo(ctx: ChaosContext) {
+  const kv = await new Kvm(ctx.stack.natsClient).open("pod-registry");
+  return (await kv.status()).streamInfo;
+}
+
+/** The NATS member that leads the bucket's stream, and one that does not. */
+async function natsRoles(ctx: ChaosContext) {
+  const leaderName = await ctx.stack.streamLeader();
+  const members = ctx.stack.nats.members;
+  const leader = members.find((m) => m.name === leaderName) ?? members[0]!;
+  const follower = members.find((m) => m !== leader)!;
+  return { leader, follower };
+}
+
+export function natsFaults(): FaultSpec[] {
+  let victims: Array<{ name: string; start(): Promise<void>; kill(): Promise<void> }> = [];
+  let leaderBefore: string | undefined;
+  const streamNoticed = async (ctx: ChaosContext) => {
+    const info = await streamInfo(ctx);
+    if (info.cluster?.leader !== leaderBefore) return `NATS stream leader ${leaderBefore} -> ${info.cluster?.leader ?? "none"}`;
+    const off = info.cluster?.replicas?.find((r) => r.offline || !r.current);
+    return off ? `NATS stream replica ${off.name} offline` : undefined;
+  };
+  return [
+    {
+      name: "nats-sigkill-follower",
+      churn: true,
+      holdMs: 8000,
+      async inject(ctx) {
+        const { follower } = await natsRoles(ctx);
+        leaderBefore = await ctx.stack.streamLeader();
+        victims = [follower];
+        ctx.log(`   SIGKILL NATS ${follower.name} (not the stream leader)`);
+        await follower.kill();
+      },
+      noticed: streamNoticed,
+      async heal() {
+        for (const v of victims) await v.start();
+      },
+    },
+    {
+      name: "nats-sigkill-stream-leader",
+      churn: true,
+      holdMs: 8000,
+      async inject(ctx) {
+        const { leader } = await natsRoles(ctx);
+        leaderBefore = leader.name;
+        victims = [leader];
+        ctx.log(`   SIGKILL NATS ${leader.name} (the stream leader)`);
+        await leader.kill();
+      },
+      noticed: streamNoticed,
+      async heal() {
+        for (const v of victims) await v.start();
+      },
+    },
+    {
+      name: "nats-quorum-lost",
+      churn: true,
+      holdMs: STALE_AFTER_MS + 12_000,
+      // No write can be stored: every replica's feed goes silent, so after the staleness threshold
+      // (plus a heartbeat and a decision) nothing may be vouched for.
+      retryOnlyAfterMs: STALE_AFTER_MS + 2000 + DECISION_TIMEOUT_MS,
+      async inject(ctx) {
+        const { leader, follower } = await natsRoles(ctx);
+        leaderBefore = leader.name;
+        victims = [leader, follower];
+        ctx.log(`   SIGKILL NATS ${leader.name} and ${follower.name}: two of three down`);
+        await Promise.all(victims.map((v) => v.kill()));
+      },
+      noticed: streamNoticed,
+      async heal() {
+        await Promise.all(victims.map((v) => v.start()));
+      },
+    },
+  ];
+}
+
+export function freezeFaults(): FaultSpec[] {
+  let frozen: { name: string; signal(s: NodeJS.Signals): void } | undefined;
+  return [
+    {
+      name: "kube-apiserver-sigstop",
+      churn: false,
+      holdMs: 4 * STALE_AFTER_MS,
+      async inject(ctx) {
+        ctx.log("   SIGSTOP kube-apiserver");
+        ctx.stack.cluster.signalApiServer("SIGSTOP");
+      },
+      async heal(ctx) {
+        ctx.stack.cluster.signalApiServer("SIGCONT");
+      },
+    },
+    {
+      name: "nats-server-sigstop",
+      churn: true,
+      holdMs: 10_000,
+      async inject(ctx) {
+        const { leader } = await natsRoles(ctx);
+        frozen = leader;
+        ctx.log(`   SIGSTOP NATS ${leader.name} (the stream leader)`);
+        leader.signal("SIGSTOP");
+      },
+      async noticed(ctx) {
+        // Asked of the servers that still run (the test's connection may sit on the frozen one).
+        const leaderNow = await Promise.race([ctx.stack.streamLeader(), sleep(1000).then(() => undefined)]);
+        return leaderNow !== undefined && leaderNow !== frozen?.name ? `NATS stream leader moved to ${leaderNow}` : undefined;
+      },
+      async heal() {
+        frozen?.signal("SIGCONT");
+      },
+    },
+    {
+      name: "leader-replica-sigstop",
+      churn: true,
+      holdMs: 3 * LEASE_DURATION_MS,
+      async inject(ctx) {
+        const l = leaderProcess(ctx);
+        frozen = { name: l.id, signal: (s) => l.proc.signal(s) };
+        ctx.log(`   SIGSTOP leader replica ${l.id}`);
+        l.proc.signal("SIGSTOP");
+      },
+      async heal(ctx) {
+        ctx.log(`   SIGCONT ${frozen?.name}`);
+        frozen?.signal("SIGCONT");
+      },
+    },
+  ];
+}
+
+export function leaderKillDuringBurst(burst = 60): FaultSpec {
+  let killed: ServiceProcess | undefined;
+  let created: PodFacts[] = [];
+  return {
+    name: "leader-sigkill-during-burst",
+    churn: false,
+    holdMs: 0,
+    async inject() {},
+    async during(ctx) {
+      const l = leaderProcess(ctx);
+      killed = l.proc;
+      created = [];
+      let next = 0;
+      const worker = async () => {
+        while (next < burst) {
+          next++;
+          try {
+            created.push(await ctx.world.create());
+          } catch (err) {
+            ctx.log(`   create failed: ${err instanceof Error ? err.message : String(err)}`);
+          }
+          if (created.length === Math.floor(burst / 3) && killed?.running) {
+            ctx.log(`   SIGKILL leader replica ${l.id} after ${created.length} of ${burst} creations`);
+            await killed.kill();
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: 4 }, worker));
+      ctx.log(`   burst of ${created.length} pods done`);
+    },
+    async heal(ctx) {
+      ctx.log("   restarting the killed replica");
+      await killed?.start();
+    },
+    async verify() {
+      return created.length === burst ? [] : [`only ${created.length} of ${burst} burst pods could be created`];
+    },
+  };
+}
+
+export function rewatch410(): FaultSpec {
+  let leader: ReplicaId | undefined;
+  let logFrom = 0;
+  return {
+    name: "rewatch-410-after-compaction",
+    churn: true,
+    holdMs: 0,
+    async prepare(ctx) {
+      // Served from the watch cache, a re-watch from a compacted revision still works; from etcd it
+      // gets 410 Gone. (A restart would do too, but it outlasts the Lease: the next leader would list.)
+      ctx.log("   restarting kube-apiserver with --watch-cache=false");
+      await ctx.stack.cluster.restart({ watchCache: false });
+    },
+    async inject(ctx) {
+      leader = leaderProcess(ctx).id;
+      // Changes the leader sees, then the history compacted past them.
+      for (let i = 0; i < 3; i++) {
+        const live = ctx.world.live();
+        await ctx.world.delete(live[Math.floor(Math.random() * live.length)]!);
+        await ctx.world.create();
+      }
+      await sleep(500);
+      const rev = await ctx.stack.cluster.compactEtcd();
+      logFrom = ctx.stack.registries[leader].log().length;
+      ctx.log(`   etcd compacted at revision ${rev}; cutting leader ${leader}'s connections to the API server (it re-watches)`);
+      ctx.stack.apiProxies[leader].cut();
+      // It re-watches from its resourceVersion, gets 410 Gone, relists: a pod created now must reach every replica.
+      const proc = ctx.stack.registries[leader];
+      const deadline = Date.now() + 15_000;
+      while (Date.now() < deadline && logTimes(proc, logFrom, /410|Gone|relist/i).length === 0) await sleep(100);
+      const after = await ctx.world.create();
+      let seen = false;
+      for (const end = Date.now() + 15_000; !seen && Date.now() < end; await sleep(250)) {
+        const sets = await Promise.all(IDS.map((i) => ctx.replicas.podSet(i).catch(() => new Set<string>())));
+        seen = sets.every((x) => x.has(after.uid));
+      }
+      if (!seen) throw new Error(`a pod created after the relist did not reach every replica within 15 s`);
+    },
+    async heal() {},
+    async verify(ctx) {
+      const problems: string[] = [];
+      if (!leader) return ["no leader"];
+      const relisted = logTimes(ctx.stack.registries[leader], logFrom, /410|Gone|relist/i).length > 0;
+      if (!relisted) problems.push(`${leader} logged no 410 Gone / relist after the compaction: the scenario did not exercise it`);
+      ctx.log("   restoring the watch cache (restart)");
+      await ctx.stack.cluster.restart({ watchCache: true });
+      return problems;
+    },
+  };
+}
+
+export function partitionServingReplica(): FaultSpec {
+  return {
+    name: "serving-replica-cut-off-from-nats",
+    churn: true,
+    holdMs: Math.max(STALE_AFTER_MS, TOMBSTONE_TTL_MS) + 5000,
+    unmet: (ctx) =>
+      ctx.stack.tombstoneTtlSetting
+        ? []
+        : ["the pod-registry has no TOMBSTONE_TTL setting: the cut-off cannot outlast the tombstone lifetime (10 min default) in this tier"],
+    async inject(ctx) {
+      if (ctx.replicas.status("r3").role === RegistryRole.LEADER) {
+        ctx.log("   r3 leads: handing leadership over (graceful restart) so that the cut-off replica is a follower");
+        await ctx.stack.registries.r3.stop();
+        await ctx.replicas.until(() => IDS.some((i) => i !== "r3" && ctx.replicas.status(i).role === RegistryRole.LEADER), 30_000);
+        await ctx.stack.registries.r3.start();
+        await ctx.stack.registries.r3.waitReady(60_000);
+      }
+      ctx.log("   pausing r3's TCP proxies to NATS");
+      for (const p of ctx.stack.proxies) p.pause();
+    },
+    async heal(ctx) {
+      for (const p of ctx.stack.proxies) p.resume();
+    },
+  };
+}
+
+/** Figures of the paged-list fault, from the new leader's own log. */
+export interface PagedListFigures {
+  createS?: number;
+  /** The new leader's list of all pods, undisturbed (a second hand-over after the fault): election to list loaded. */
+  cleanListS?: number;
+  /** Election to list loaded across the API server restart. */
+  interruptedListS?: number;
+  /** Whether the restart hit the list while it was being read. */
+  hitMidList?: boolean;
+}
+
+/** Timestamps (ms) of the log lines of a replica whose message matches, after `from` characters. */
+function logTimes(proc: ServiceProcess, from: number, msg: RegExp): number[] {
+  const out: number[] = [];
+  for (const line of proc.log().slice(from).split("\n")) {
+    try {
+      const o = JSON.parse(line) as { time?: string | number; msg?: string };
+      if (o.msg && msg.test(o.msg) && o.time !== undefined) out.push(typeof o.time === "number" ? o.time : Date.parse(o.time));
+    } catch {
+      // not a JSON line
+    }
+  }
+  return out;
+}
+
+/** Kills the leader and returns the replica that takes over, with the log offsets from before. */
+async function handOver(ctx: ChaosContext): Promise<{ killed: ServiceProcess; killedId: ReplicaId; logFrom: Record<ReplicaId, number> }> {
+  const l = leaderProcess(ctx);
+  const logFrom = Object.fromEntries(IDS.map((i) => [i, ctx.stack.registries[i].log().length])) as Record<ReplicaId, number>;
+  await l.proc.kill();
+  return { killed: l.proc, killedId: l.id, logFrom };
+}
+
+export function apiServerRestartDuringPagedList(pods: number): FaultSpec & { listFigures: PagedListFigures } {
+  const listFigures: PagedListFigures = {};
+  let killed: ServiceProcess | undefined;
+  let killedId: ReplicaId | undefined;
+  let logFrom = {} as Record<ReplicaId, number>;
+  /**
+   * Bytes into the first page (answers are gzipped: about 75 KB per page of 500 pods), well above
+   * what Lease calls carry meanwhile: a replica's API connection past this is a list in progress.
+   */
+  const midListBytes = 32 * 1024;
+  return {
+    name: `kube-apiserver-restart-during-paged-list-${pods}`,
+    listFigures,
+    churn: false,
+    holdMs: 0,
+    async prepare(ctx) {
+      const t0 = Date.now();
+      ctx.log(`   creating ${pods} pods`);
+      await ctx.world.createBulk(pods, 32, `bulk-${Date.now()}`);
+      listFigures.createS = seconds(Date.now() - t0);
+      ctx.log(`   ${pods} pods created in ${listFigures.createS} s`);
+    },
+    async inject(ctx) {
+      const before = Object.fromEntries(IDS.map((i) => [i, ctx.stack.apiProxies[i].bytesFromTarget])) as Record<ReplicaId, number>;
+      ({ killed, killedId, logFrom } = await handOver(ctx));
+      ctx.log(`   SIGKILL leader ${killedId}: the next leader lists ${pods} pods in pages of 500`);
+      // The moment a page has come through another replica's API connection, restart the API server.
+      const deadline = Date.now() + 30_000;
+      let lister: ReplicaId | undefined;
+      while (!lister && Date.now() < deadline) {
+        lister = IDS.find((i) => i !== killedId && ctx.stack.apiProxies[i].bytesFromTarget - before[i]! > midListBytes);
+        if (!lister) await sleep(20);
+      }
+      if (!lister) throw new Error("no replica started listing within 30 s");
+      ctx.log(
+        `   ${lister} is reading its list (${ctx.stack.apiProxies[lister].bytesFromTarget - before[lister]!} bytes so far): kube-apiserver crashes and restarts`,
+      );
+      await ctx.stack.cluster.restart({ signal: "SIGKILL" });
+    },
+    async heal() {
+      await killed?.start();
+      await killed?.waitReady(60_000).catch(() => undefined);
+    },
+    async verify(ctx) {
+      const problems: string[] = [];
+      const leaderId = IDS.find((i) => i !== killedId && logTimes(ctx.stack.registries[i], logFrom[i], /^became leader$/).length > 0);
+      if (!leaderId) return ["no replica logged becoming leader"];
+      const proc = ctx.stack.registries[leaderId];
+      const elected = logTimes(proc, logFrom[leaderId], /^became leader$/)[0]!;
+      const loaded = logTimes(proc, logFrom[leaderId], /initial pod list loaded/)[0];
+      const failures = logTimes(proc, logFrom[leaderId], /list\/watch failed/).filter((t) => t >= elected && (loaded === undefined || t < loaded));
+      listFigures.hitMidList = failures.length > 0;
+      if (loaded !== undefined) listFigures.interruptedListS = seconds(loaded - elected);
+      if (!listFigures.hitMidList) problems.push(`${leaderId}'s list finished before the restart: the scenario did not exercise a list in progress`);
+      // The same hand-over once more, undisturbed: how long a new leader takes to list every pod.
+      const clean = await handOver(ctx);
+      const newLeader = await ctx.replicas.until(
+        () => IDS.some((i) => i !== clean.killedId && logTimes(ctx.stack.registries[i], clean.logFrom[i], /initial pod list loaded/).length > 0),
+        60_000,
+      );
+      const who = IDS.find((i) => i !== clean.killedId && logTimes(ctx.stack.registries[i], clean.logFrom[i], /initial pod list loaded/).length > 0);
+      if (newLeader !== undefined && who) {
+        const p = ctx.stack.registries[who];
+        const e = logTimes(p, clean.logFrom[who], /^became leader$/)[0];
+        const l = logTimes(p, clean.logFrom[who], /initial pod list loaded/)[0];
+        if (e !== undefined && l !== undefined) listFigures.cleanListS = seconds(l - e);
+      } else problems.push("the undisturbed hand-over did not list within 60 s");
+      await clean.killed.start();
+      await clean.killed.waitReady(60_000).catch(() => undefined);
+      return problems;
+    },
+  };
+}
+
+/** Every fault of the tier, in the order they run (the big list last: it leaves 10k pods behind). */
+export function allFaults(pagedListPods: number): FaultSpec[] {
+  return [
+    ...natsFaults(),
+    ...freezeFaults(),
+    leaderKillDuringBurst(),
+    rewatch410(),
+    partitionServingReplica(),
+    apiServerRestartDuringPagedList(pagedListPods),
+  ];
+}
