@@ -26,6 +26,11 @@ describe("chaos: correct under the faults real clusters have", { timeout: 14 * 6
     await run?.close();
   });
 
+  it("runs NATS as k8s/ ships it: three servers, the pod bucket replicated 3 ways", () => {
+    assert.equal(run.stack.nats.members.length, 3);
+    assert.equal(run.stack.bucketReplicas, 3);
+  });
+
   for (const spec of allFaults(PAGED_LIST_PODS).filter((f) => !only || only.some((o) => f.name.startsWith(o)))) {
     it(spec.name, async () => {
       const r = await run.fault(spec);

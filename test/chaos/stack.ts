@@ -51,6 +51,8 @@ export interface ChaosStack {
   csrInspector: ServiceProcess;
   gateway: ServiceProcess;
   zts: ZtsStandIn;
+  /** Copies of the pod bucket on the NATS cluster, as the registries left it. */
+  bucketReplicas: number;
   /** Whether the registry has a TOMBSTONE_TTL setting (so tombstones can expire within a test). */
   tombstoneTtlSetting: boolean;
   dir: string;
@@ -96,26 +98,29 @@ export async function startChaosStack(o: ChaosStackOptions = {}): Promise<ChaosS
     const bearerTokenFile = join(dir, "token-verifier-sa.token");
     writeFileSync(bearerTokenFile, await state.serviceAccountToken(PRODUCT_NAMESPACE, "token-verifier"), { mode: 0o600 });
 
-    // The bucket as the manifests want it: replicated on all three servers. The registry opens an
-    // existing bucket as it is.
+    // The bucket as the manifests want it: replicated on all three servers. A registry with the
+    // NATS_BUCKET_REPLICAS setting makes it so itself; for one without, the bucket is made here
+    // first (the registry opens an existing bucket as it is).
+    const registrySettings = envOf(podRegistrySpec as Record<string, { env?: string }>);
+    const replicasSetting = registrySettings.has("NATS_BUCKET_REPLICAS");
     const natsClient = await connect({ servers: nats.urls, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
     closers.push(() => natsClient.close());
-    for (let attempt = 0; ; attempt++) {
+    const kvm = new Kvm(natsClient);
+    for (let attempt = 0; !replicasSetting; attempt++) {
       try {
-        await new Kvm(natsClient).create(BUCKET, { history: 1, replicas: 3, description: "pod-registry: pods by UID" });
+        await kvm.create(BUCKET, { history: 1, replicas: 3, description: "pod-registry: pods by UID" });
         break;
       } catch (err) {
         if (attempt > 60) throw err;
         await new Promise((r) => setTimeout(r, 500)); // JetStream's meta leader is still being elected
       }
     }
-    const kv = await new Kvm(natsClient).open(BUCKET);
-    const streamLeader = async () => (await kv.status()).streamInfo.cluster?.leader;
+    const streamLeader = async () => (await (await kvm.open(BUCKET)).status()).streamInfo.cluster?.leader;
 
     const proxies = await Promise.all(nats.members.map((m) => startTcpProxy({ target: { host: "127.0.0.1", port: m.port } })));
     closers.push(() => Promise.all(proxies.map((p) => p.close())).then(() => undefined));
 
-    const tombstoneTtlSetting = envOf(podRegistrySpec as Record<string, { env?: string }>).has("TOMBSTONE_TTL");
+    const tombstoneTtlSetting = registrySettings.has("TOMBSTONE_TTL");
     const ids = ["r1", "r2", "r3"] as const;
     const kubePort = Number(new URL(cluster.url).port);
     const apiProxies = {} as ChaosStack["apiProxies"];
@@ -143,6 +148,7 @@ export async function startChaosStack(o: ChaosStackOptions = {}): Promise<ChaosS
           NAMESPACE,
           NATS_URL: natsUrls.join(","),
           NATS_BUCKET: BUCKET,
+          NATS_BUCKET_REPLICAS: "3",
           LEASE_NAME: "pod-registry",
           LEASE_NAMESPACE: PRODUCT_NAMESPACE,
           LEASE_DURATION: `${LEASE_DURATION_MS}ms`,
@@ -160,6 +166,8 @@ export async function startChaosStack(o: ChaosStackOptions = {}): Promise<ChaosS
     await registries.r1.waitReady(60_000);
     await Promise.all([registries.r2.start(), registries.r3.start()]);
     await Promise.all([registries.r2.waitReady(60_000), registries.r3.waitReady(60_000)]);
+
+    const bucketReplicas = (await (await kvm.open(BUCKET)).status()).streamInfo.config.num_replicas;
 
     const tvPort = await freePort();
     const tvAdmin = await freePort();
@@ -250,6 +258,7 @@ export async function startChaosStack(o: ChaosStackOptions = {}): Promise<ChaosS
       gateway,
       zts,
       tombstoneTtlSetting,
+      bucketReplicas,
       dir,
       streamLeader,
       close,
