@@ -140,7 +140,7 @@ try {
   for (;;) {
     diff = { lost: 0, resurrected: 0 };
     for (const id of run.replicas.ids) {
-      const d = compareSets(await run.replicas.podSet(id, 60_000), truth);
+      const d = compareSets(await run.replicas.podSet(id, 30_000), truth);
       diff.lost += d.lost.length;
       diff.resurrected += d.resurrected.length;
     }
