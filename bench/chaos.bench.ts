@@ -167,7 +167,14 @@ try {
     { name: `churn of ${k(CHURN)} pods: answers 200`, value: t[200], unit: "answers", target: "report" },
     { name: `churn of ${k(CHURN)} pods: answers 403`, value: t[403], unit: "answers", target: "report" },
     { name: `churn of ${k(CHURN)} pods: answers 504`, value: t[504], unit: "answers", target: "report" },
-    { name: `churn of ${k(CHURN)} pods: wrong answers`, value: t.wrong + t.errors, unit: "answers", target: "== 0", met: t.wrong + t.errors === 0 },
+    {
+      name: `churn of ${k(CHURN)} pods: wrong answers`,
+      value: t.wrong + t.errors,
+      unit: "answers",
+      target: "== 0",
+      met: t.wrong + t.errors === 0,
+      note: t.details.length ? t.details.slice(0, 3).join(" | ").slice(0, 400) : undefined,
+    },
     {
       name: `churn of ${k(CHURN)} pods: pods lost or resurrected`,
       value: diff.lost + diff.resurrected,
@@ -198,8 +205,9 @@ try {
     unit: "answers",
     target: "== 0",
     met: all.wrong + all.errors === 0,
-    note: `${all[200]} x 200, ${all[403]} x 403, ${all[504]} x 504; load avg ${load0} at start, ${availableParallelism()} cores`,
+    note: `${all[200]} x 200, ${all[403]} x 403, ${all[504]} x 504, ${all.errors} harness errors; load avg ${load0} at start, ${availableParallelism()} cores`,
   });
+  for (const d of all.details) log(`   ! ${d}`);
   await run.close();
   recordFigures("chaos", 11, figures);
 }

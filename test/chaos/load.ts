@@ -57,8 +57,12 @@ export interface LoadOptions {
   deletedWindowMs?: number;
 }
 
-/** ZTS's answer to a register call, mapped back to what the provider said. */
-function register(zts: ZtsStandIn, agent: Agent, p: PodFacts): Promise<{ status: Answer["status"]; detail: string }> {
+/**
+ * ZTS's answer to a register call, mapped back to what the provider said. A kept-alive socket the
+ * stand-in closed just as it was reused fails before any request reached it: that one is sent again
+ * on a fresh socket, as Node's documentation advises (it is the harness's connection, not an answer).
+ */
+function register(zts: ZtsStandIn, agent: Agent, p: PodFacts, retried = false): Promise<{ status: Answer["status"]; detail: string }> {
   const body = JSON.stringify({
     provider: PROVIDER,
     domain: NAMESPACE,
@@ -89,7 +93,10 @@ function register(zts: ZtsStandIn, agent: Agent, p: PodFacts): Promise<{ status:
       },
     );
     req.on("timeout", () => req.destroy(new Error("timeout")));
-    req.on("error", (err) => resolve({ status: 0, detail: `request error: ${err.message}` }));
+    req.on("error", (err) => {
+      if (req.reusedSocket && (err as NodeJS.ErrnoException).code === "ECONNRESET" && !retried) resolve(register(zts, agent, p, true));
+      else resolve({ status: 0, detail: `request error: ${err.message}` });
+    });
     req.end(body);
   });
 }
