@@ -4,7 +4,8 @@
  * - standalone: list + watch sees pods created, given their IPs by the "kubelet", and deleted; the
  *   Connect API answers from that; an API server restart is survived (freshness drops while it is
  *   down, the cache converges again afterwards);
- * - WaitForPod's one-GET fallback finds a pod the cache cannot see (excluded by the label selector);
+ * - WaitForPod's one-question fallback finds a pod the cache has not seen, and never one outside the
+ *   registry's scope (a pod its label selector excludes);
  * - replicated through a real nats-server: exactly one replica holds the coordination.k8s.io Lease
  *   (checked on the Lease object), all converge, and the Lease moves on when the leader stops or
  *   crashes, with pod changes flowing on; the new leader resumes its predecessor's watch instead
@@ -156,21 +157,31 @@ describe("standalone pod registry on the real API server, served over Connect", 
     assert.equal((await svc.client.findPod({ namespace: NS, name: "web-1" })).pod, undefined);
   });
 
-  it("WaitForPod with namespace+name finds a pod the cache cannot see with one GET (API fallback)", async () => {
-    // No label: the registry's list/watch excludes it, so only the fallback GET can find it.
+  it("WaitForPod with namespace+name asks the API server once for a pod the cache has not seen, within the registry's scope", async () => {
+    // No label: the registry's list/watch excludes it, and so does the fallback: never vouched for.
     const uid = await newPod(NS, "unlabelled", { ip: "10.1.0.9" });
     // A labelled marker created afterwards proves the watch is past the unlabelled pod's creation.
-    const marker = await newPod(NS, "marker", { labels: watched });
+    const marker = await newPod(NS, "marker", { labels: watched, ip: "10.1.0.10" });
     await until([registry], () => registry.getByUid(marker) !== undefined, "marker seen", 10_000);
     assert.equal(registry.getByUid(uid), undefined, "the label selector keeps it out of the cache");
     assert.equal((await svc.client.getPod({ uid })).pod, undefined);
+    const excluded = await svc.client.waitForPod({ uid, namespace: NS, name: "unlabelled", timeout: durationFromMs(100) });
+    assert.equal(excluded.pod, undefined, "the fallback stays inside the label selector");
+    assert.equal(excluded.fromApiServer, false);
 
-    const hit = await svc.client.waitForPod({ uid, namespace: NS, name: "unlabelled", timeout: durationFromMs(100) });
+    // A registry whose feed has not delivered anything yet (never started): the one question to the
+    // API server finds the labelled pod, with the same selector applied by the API server.
+    const lagging = createPodRegistry(
+      registryOptions({ identity: "lagging", namespaces: [NS], labelSelector: `${WATCHED_LABEL}=yes`, apiFallback: true }),
+    );
+    const hit = await lagging.waitForPod(marker, { timeoutMs: 100, namespace: NS, name: "marker" });
     assert.equal(hit.fromApiServer, true);
-    assert.equal(hit.pod?.uid, uid);
-    assert.equal(hit.pod?.name, "unlabelled");
-    assert.deepEqual(hit.pod?.podIps, ["10.1.0.9"]);
-    assert.equal(registry.getByUid(uid), undefined, "a fallback answer is not put in the cache");
+    assert.equal(hit.pod?.uid, marker);
+    assert.equal(hit.pod?.name, "marker");
+    assert.deepEqual(hit.pod?.podIps, ["10.1.0.10"]);
+    assert.equal(lagging.getByUid(marker), undefined, "a fallback answer is not put in the cache");
+    assert.equal((await lagging.waitForPod(uid, { timeoutMs: 100, namespace: NS, name: "unlabelled" })).pod, undefined);
+    await lagging.close();
 
     // Without namespace+name there is nothing to GET; with another UID the name does not count.
     const noWhere = await svc.client.waitForPod({ uid, timeout: durationFromMs(100) });
