@@ -19,12 +19,20 @@ const only = process.env.CHAOS_ONLY?.split(",").filter(Boolean);
 describe("chaos: correct under the faults real clusters have", { timeout: 14 * 60_000 }, () => {
   let run: ChaosRun;
   const results: FaultResult[] = [];
-  before(async () => {
-    run = await startChaosRun();
-  });
-  after(async () => {
-    await run?.close();
-  });
+  // Each fault sets its own limit: the runner's default per test (TEST_TIMEOUT_MS) is shorter than
+  // starting the stack or creating 10k pods through the API server on a busy 2-core machine.
+  before(
+    async () => {
+      run = await startChaosRun();
+    },
+    { timeout: 5 * 60_000 },
+  );
+  after(
+    async () => {
+      await run?.close();
+    },
+    { timeout: 2 * 60_000 },
+  );
 
   it("runs NATS as k8s/ ships it: three servers, the pod bucket replicated 3 ways", () => {
     assert.equal(run.stack.nats.members.length, 3);
@@ -32,7 +40,7 @@ describe("chaos: correct under the faults real clusters have", { timeout: 14 * 6
   });
 
   for (const spec of allFaults(PAGED_LIST_PODS).filter((f) => !only || only.some((o) => f.name.startsWith(o)))) {
-    it(spec.name, async () => {
+    it(spec.name, { timeout: spec.name.includes("paged-list") ? 8 * 60_000 : 4 * 60_000 }, async () => {
       const r = await run.fault(spec);
       results.push(r);
       assert.deepEqual(r.problems, [], `${spec.name}: ${r.problems.join("\n")}`);

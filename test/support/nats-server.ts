@@ -155,6 +155,8 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
 // ---- a JetStream cluster, as k8s/nats.yaml ships it ---------------------------------------------
 
 export interface NatsClusterOptions {
+  /** The binary. Default: {@link natsServerBin}(). */
+  bin?: string;
   /** Servers. Default 3 (the shipped StatefulSet). */
   size?: number;
   /** How long to wait for each server's "Server is ready". Default 20 s. */
@@ -196,6 +198,7 @@ export interface NatsCluster {
  * or shortly after (clients retry).
  */
 export async function startNatsCluster(o: NatsClusterOptions = {}): Promise<NatsCluster> {
+  const bin = o.bin ?? natsServerBin();
   const size = o.size ?? 3;
   const timeout = o.startTimeoutMs ?? 20_000;
   const dir = mkdtempSync(join(tmpdir(), "nats-cluster-"));
@@ -245,7 +248,7 @@ export async function startNatsCluster(o: NatsClusterOptions = {}): Promise<Nats
       },
       async start() {
         if (alive()) return;
-        ({ proc } = await launch(["-c", conf], timeout));
+        ({ proc } = await launch(bin, ["-c", conf], timeout));
       },
     };
     return member;
