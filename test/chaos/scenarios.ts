@@ -12,7 +12,7 @@ import { tally } from "./load.js";
 import { compareSets, type Replicas } from "./registries.js";
 import type { ServiceProcess } from "./service-process.js";
 import { type ChaosStack, DECISION_TIMEOUT_MS, LEASE_DURATION_MS, STALE_AFTER_MS, TOMBSTONE_TTL_MS } from "./stack.js";
-import type { PodFacts, World } from "./world.js";
+import { NAMESPACE, type PodFacts, type World } from "./world.js";
 
 /** How long after a deletion an allow is still within the staleness the registry declares. */
 export const GRACE_MS = STALE_AFTER_MS + 2000;
@@ -456,16 +456,54 @@ export function leaderKillDuringBurst(burst = 60): FaultSpec {
   };
 }
 
+/** A counter of a replica's /metrics (Prometheus text), 0 when absent; undefined when it does not answer. */
+async function metric(proc: ServiceProcess, name: string): Promise<number | undefined> {
+  try {
+    const res = await fetch(`${proc.adminUrl}/metrics`, { signal: AbortSignal.timeout(2000) });
+    const text = await res.text();
+    const line = text.split("\n").find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+    return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : 0;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Makes the leader's next watch start from a compacted resourceVersion: two writes that are not
+ * pods (a watch from resourceVersion r reads from r + 1, and etcd keeps the compaction revision
+ * itself, so the head must be at least two past every pod event the leader saw), a compaction at
+ * the head, and the leader's API connections cut (it re-watches from its last resourceVersion).
+ * kube-apiserver must serve watches from etcd (watch cache off) for that re-watch to get 410 Gone.
+ */
+async function forceRewatchFromCompacted(ctx: ChaosContext, leader: ReplicaId): Promise<number> {
+  for (let i = 0; i < 2; i++)
+    await ctx.stack.state.core.createNamespacedConfigMap({ namespace: NAMESPACE, body: { metadata: { generateName: "chaos-bump-" } } });
+  const rev = await ctx.stack.cluster.compactEtcd();
+  ctx.stack.apiProxies[leader].cut();
+  return rev;
+}
+
+/** A pod created now, and the time it took to reach every replica (undefined: not within `timeoutMs`). */
+async function newPodReachesAll(ctx: ChaosContext, timeoutMs: number): Promise<number | undefined> {
+  const t0 = Date.now();
+  const p = await ctx.world.create();
+  for (const end = t0 + timeoutMs; Date.now() < end; await sleep(250)) {
+    const sets = await Promise.all(IDS.map((i) => ctx.replicas.podSet(i).catch(() => new Set<string>())));
+    if (sets.every((x) => x.has(p.uid))) return Date.now() - t0;
+  }
+  return undefined;
+}
+
 export function rewatch410(): FaultSpec {
   let leader: ReplicaId | undefined;
-  let logFrom = 0;
+  let goneBefore: number | undefined;
   return {
     name: "rewatch-410-after-compaction",
-    churn: true,
+    churn: false,
     holdMs: 0,
     async prepare(ctx) {
       // Served from the watch cache, a re-watch from a compacted revision still works; from etcd it
-      // gets 410 Gone. (A restart would do too, but it outlasts the Lease: the next leader would list.)
+      // gets 410 Gone. (A restart would do too, but it outlasts the Lease: the next leader resumes.)
       ctx.log("   restarting kube-apiserver with --watch-cache=false");
       await ctx.stack.cluster.restart({ watchCache: false });
     },
@@ -477,29 +515,20 @@ export function rewatch410(): FaultSpec {
         await ctx.world.delete(live[Math.floor(Math.random() * live.length)]!);
         await ctx.world.create();
       }
-      await sleep(500);
-      const rev = await ctx.stack.cluster.compactEtcd();
-      logFrom = ctx.stack.registries[leader].log().length;
-      ctx.log(`   etcd compacted at revision ${rev}; cutting leader ${leader}'s connections to the API server (it re-watches)`);
-      ctx.stack.apiProxies[leader].cut();
+      goneBefore = await metric(ctx.stack.registries[leader], "pod_registry_watch_gone_total");
+      const rev = await forceRewatchFromCompacted(ctx, leader);
+      ctx.log(`   etcd compacted at revision ${rev}; cut leader ${leader}'s connections to the API server (it re-watches)`);
       // It re-watches from its resourceVersion, gets 410 Gone, relists: a pod created now must reach every replica.
-      const proc = ctx.stack.registries[leader];
-      const deadline = Date.now() + 15_000;
-      while (Date.now() < deadline && logTimes(proc, logFrom, /410|Gone|relist/i).length === 0) await sleep(100);
-      const after = await ctx.world.create();
-      let seen = false;
-      for (const end = Date.now() + 15_000; !seen && Date.now() < end; await sleep(250)) {
-        const sets = await Promise.all(IDS.map((i) => ctx.replicas.podSet(i).catch(() => new Set<string>())));
-        seen = sets.every((x) => x.has(after.uid));
-      }
-      if (!seen) throw new Error(`a pod created after the relist did not reach every replica within 15 s`);
+      if ((await newPodReachesAll(ctx, 20_000)) === undefined)
+        throw new Error("a pod created after the relist did not reach every replica within 20 s");
     },
     async heal() {},
     async verify(ctx) {
       const problems: string[] = [];
       if (!leader) return ["no leader"];
-      const relisted = logTimes(ctx.stack.registries[leader], logFrom, /410|Gone|relist/i).length > 0;
-      if (!relisted) problems.push(`${leader} logged no 410 Gone / relist after the compaction: the scenario did not exercise it`);
+      const gone = await metric(ctx.stack.registries[leader], "pod_registry_watch_gone_total");
+      if (gone === undefined || goneBefore === undefined || gone <= goneBefore)
+        problems.push(`${leader}'s pod_registry_watch_gone_total did not grow (${goneBefore} -> ${gone}): no 410 on its re-watch`);
       ctx.log("   restoring the watch cache (restart)");
       await ctx.stack.cluster.restart({ watchCache: true });
       return problems;
@@ -533,47 +562,24 @@ export function partitionServingReplica(): FaultSpec {
   };
 }
 
-/** Figures of the paged-list fault, from the new leader's own log. */
+/** Figures of the paged-list fault. */
 export interface PagedListFigures {
   createS?: number;
-  /** The new leader's list of all pods, undisturbed (a second hand-over after the fault): election to list loaded. */
-  cleanListS?: number;
-  /** Election to list loaded across the API server restart. */
-  interruptedListS?: number;
-  /** Whether the restart hit the list while it was being read. */
-  hitMidList?: boolean;
-}
-
-/** Timestamps (ms) of the log lines of a replica whose message matches, after `from` characters. */
-function logTimes(proc: ServiceProcess, from: number, msg: RegExp): number[] {
-  const out: number[] = [];
-  for (const line of proc.log().slice(from).split("\n")) {
-    try {
-      const o = JSON.parse(line) as { time?: string | number; msg?: string };
-      if (o.msg && msg.test(o.msg) && o.time !== undefined) out.push(typeof o.time === "number" ? o.time : Date.parse(o.time));
-    } catch {
-      // not a JSON line
-    }
-  }
-  return out;
-}
-
-/** Kills the leader and returns the replica that takes over, with the log offsets from before. */
-async function handOver(ctx: ChaosContext): Promise<{ killed: ServiceProcess; killedId: ReplicaId; logFrom: Record<ReplicaId, number> }> {
-  const l = leaderProcess(ctx);
-  const logFrom = Object.fromEntries(IDS.map((i) => [i, ctx.stack.registries[i].log().length])) as Record<ReplicaId, number>;
-  await l.proc.kill();
-  return { killed: l.proc, killedId: l.id, logFrom };
+  /** A relist of every pod after 410 Gone, undisturbed: from the cut to a new pod on every replica. */
+  cleanRelistS?: number;
+  /** Bytes of the list answer through the leader's API connection when kube-apiserver was killed. */
+  bytesAtCrash?: number;
+  /** The leader's list attempts during the fault (2 or more: the interrupted one and its retry). */
+  lists?: number;
 }
 
 export function apiServerRestartDuringPagedList(pods: number): FaultSpec & { listFigures: PagedListFigures } {
   const listFigures: PagedListFigures = {};
-  let killed: ServiceProcess | undefined;
-  let killedId: ReplicaId | undefined;
-  let logFrom = {} as Record<ReplicaId, number>;
+  let leader: ReplicaId | undefined;
+  let before: { lists?: number; gone?: number; failures?: number } = {};
   /**
-   * Bytes into the first page (answers are gzipped: about 75 KB per page of 500 pods), well above
-   * what Lease calls carry meanwhile: a replica's API connection past this is a list in progress.
+   * Bytes into the first page (answers are gzipped: tens of KB per page of 500 pods, a 10k-pod list
+   * about 1 MB), well above what Lease calls carry meanwhile: a list in progress.
    */
   const midListBytes = 32 * 1024;
   return {
@@ -586,55 +592,52 @@ export function apiServerRestartDuringPagedList(pods: number): FaultSpec & { lis
       ctx.log(`   creating ${pods} pods`);
       await ctx.world.createBulk(pods, 32, `bulk-${Date.now()}`);
       listFigures.createS = seconds(Date.now() - t0);
-      ctx.log(`   ${pods} pods created in ${listFigures.createS} s`);
+      ctx.log(`   ${pods} pods created in ${listFigures.createS} s; kube-apiserver restarted with --watch-cache=false`);
+      // A new leader resumes its predecessor's watch; what makes a leader list is 410 Gone on a
+      // re-watch, which needs watches served from etcd.
+      await ctx.stack.cluster.restart({ watchCache: false });
+      await waitConverged(ctx, 120_000);
+      const l = leaderProcess(ctx).id;
+      await forceRewatchFromCompacted(ctx, l);
+      const took = await newPodReachesAll(ctx, 60_000);
+      if (took !== undefined) listFigures.cleanRelistS = seconds(took);
+      ctx.log(
+        `   an undisturbed relist of ${pods} pods after 410 Gone: ${listFigures.cleanRelistS ?? "not within 60"} s to a new pod on every replica`,
+      );
+      if (took === undefined) throw new Error(`the leader's relist of ${pods} pods after 410 Gone did not complete within 60 s`);
     },
     async inject(ctx) {
-      const before = Object.fromEntries(IDS.map((i) => [i, ctx.stack.apiProxies[i].bytesFromTarget])) as Record<ReplicaId, number>;
-      ({ killed, killedId, logFrom } = await handOver(ctx));
-      ctx.log(`   SIGKILL leader ${killedId}: the next leader lists ${pods} pods in pages of 500`);
-      // The moment a page has come through another replica's API connection, restart the API server.
+      leader = leaderProcess(ctx).id;
+      const proc = ctx.stack.registries[leader];
+      before = {
+        lists: await metric(proc, "pod_registry_lists_total"),
+        gone: await metric(proc, "pod_registry_watch_gone_total"),
+        failures: await metric(proc, "pod_registry_watch_failures_total"),
+      };
+      const proxy = ctx.stack.apiProxies[leader];
+      await forceRewatchFromCompacted(ctx, leader);
+      const from = proxy.bytesFromTarget;
       const deadline = Date.now() + 30_000;
-      let lister: ReplicaId | undefined;
-      while (!lister && Date.now() < deadline) {
-        lister = IDS.find((i) => i !== killedId && ctx.stack.apiProxies[i].bytesFromTarget - before[i]! > midListBytes);
-        if (!lister) await sleep(20);
-      }
-      if (!lister) throw new Error("no replica started listing within 30 s");
-      ctx.log(
-        `   ${lister} is reading its list (${ctx.stack.apiProxies[lister].bytesFromTarget - before[lister]!} bytes so far): kube-apiserver crashes and restarts`,
-      );
-      await ctx.stack.cluster.restart({ signal: "SIGKILL" });
+      while (proxy.bytesFromTarget - from <= midListBytes && Date.now() < deadline) await sleep(5);
+      listFigures.bytesAtCrash = proxy.bytesFromTarget - from;
+      if (listFigures.bytesAtCrash <= midListBytes) throw new Error(`${leader} did not start relisting within 30 s`);
+      ctx.log(`   ${leader} got 410 Gone and is reading its list (${listFigures.bytesAtCrash} bytes so far): kube-apiserver crashes and restarts`);
+      await ctx.stack.cluster.restart({ signal: "SIGKILL", watchCache: true });
     },
-    async heal() {
-      await killed?.start();
-      await killed?.waitReady(60_000).catch(() => undefined);
-    },
+    async heal() {},
     async verify(ctx) {
+      if (!leader) return ["no leader"];
+      const proc = ctx.stack.registries[leader];
+      const lists = await metric(proc, "pod_registry_lists_total");
+      const gone = await metric(proc, "pod_registry_watch_gone_total");
+      const failures = await metric(proc, "pod_registry_watch_failures_total");
       const problems: string[] = [];
-      const leaderId = IDS.find((i) => i !== killedId && logTimes(ctx.stack.registries[i], logFrom[i], /^became leader$/).length > 0);
-      if (!leaderId) return ["no replica logged becoming leader"];
-      const proc = ctx.stack.registries[leaderId];
-      const elected = logTimes(proc, logFrom[leaderId], /^became leader$/)[0]!;
-      const loaded = logTimes(proc, logFrom[leaderId], /initial pod list loaded/)[0];
-      const failures = logTimes(proc, logFrom[leaderId], /list\/watch failed/).filter((t) => t >= elected && (loaded === undefined || t < loaded));
-      listFigures.hitMidList = failures.length > 0;
-      if (loaded !== undefined) listFigures.interruptedListS = seconds(loaded - elected);
-      if (!listFigures.hitMidList) problems.push(`${leaderId}'s list finished before the restart: the scenario did not exercise a list in progress`);
-      // The same hand-over once more, undisturbed: how long a new leader takes to list every pod.
-      const clean = await handOver(ctx);
-      const newLeader = await ctx.replicas.until(
-        () => IDS.some((i) => i !== clean.killedId && logTimes(ctx.stack.registries[i], clean.logFrom[i], /initial pod list loaded/).length > 0),
-        60_000,
-      );
-      const who = IDS.find((i) => i !== clean.killedId && logTimes(ctx.stack.registries[i], clean.logFrom[i], /initial pod list loaded/).length > 0);
-      if (newLeader !== undefined && who) {
-        const p = ctx.stack.registries[who];
-        const e = logTimes(p, clean.logFrom[who], /^became leader$/)[0];
-        const l = logTimes(p, clean.logFrom[who], /initial pod list loaded/)[0];
-        if (e !== undefined && l !== undefined) listFigures.cleanListS = seconds(l - e);
-      } else problems.push("the undisturbed hand-over did not list within 60 s");
-      await clean.killed.start();
-      await clean.killed.waitReady(60_000).catch(() => undefined);
+      if (lists === undefined || gone === undefined || failures === undefined) return [`${leader} does not answer /metrics`];
+      listFigures.lists = lists - (before.lists ?? 0);
+      if (gone <= (before.gone ?? 0)) problems.push(`${leader} saw no 410 Gone: it did not relist`);
+      // The interrupted list failed (a failure counted) and was started again (a second list).
+      if (failures <= (before.failures ?? 0) || listFigures.lists < 2)
+        problems.push(`${leader}'s list was not interrupted (lists +${listFigures.lists}, failures +${failures - (before.failures ?? 0)})`);
       return problems;
     },
   };

@@ -95,9 +95,10 @@ export interface KubeCluster {
   /** etcd's current revision (the newest resourceVersion of anything). */
   etcdRevision(): Promise<number>;
   /**
-   * Compacts etcd at its current revision (physically): every resourceVersion older than the
-   * returned revision is gone, so a watch from one of them answers 410 Gone once kube-apiserver's
-   * watch cache does not serve it (restart it, or run with `watchCache: false`).
+   * Compacts etcd at its current revision (physically): every revision older than the returned one
+   * is gone. A watch from resourceVersion r reads from r + 1, so it answers 410 Gone when r + 1 is
+   * older than the returned revision and kube-apiserver's watch cache does not serve it (restart it,
+   * or run with `watchCache: false`).
    */
   compactEtcd(): Promise<number>;
   /** Kills etcd and kube-apiserver and removes the temporary directory. Idempotent. */
