@@ -553,6 +553,7 @@ export function partitionServingReplica(): FaultSpec {
         await ctx.stack.registries.r3.start();
         await ctx.stack.registries.r3.waitReady(60_000);
       }
+      if (!ctx.stack.proxies.some((p) => p.connections > 0)) throw new Error("r3 has no NATS connection through its proxies: nothing to cut");
       ctx.log("   pausing r3's TCP proxies to NATS");
       for (const p of ctx.stack.proxies) p.pause();
     },

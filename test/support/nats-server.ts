@@ -194,8 +194,9 @@ export interface NatsCluster {
 /**
  * Starts `size` nats-servers with JetStream clustered over routes on loopback, the settings of
  * k8s/config/nats.conf (cluster name, routes to every member, file store, 1 MB payload), each with
- * its own store. Resolves once every server is ready; the JetStream meta leader is elected by then
- * or shortly after (clients retry).
+ * its own store, and `no_advertise` (clients use only the URLs they are given; see below).
+ * Resolves once every server is ready; the JetStream meta leader is elected by then or shortly
+ * after (clients retry).
  */
 export async function startNatsCluster(o: NatsClusterOptions = {}): Promise<NatsCluster> {
   const bin = o.bin ?? natsServerBin();
@@ -216,7 +217,9 @@ export async function startNatsCluster(o: NatsClusterOptions = {}): Promise<Nats
         `listen: 127.0.0.1:${port}`,
         "max_payload: 1MB",
         `jetstream { store_dir: ${JSON.stringify(join(dir, name))}, max_memory_store: 64MB, max_file_store: 1GB }`,
-        `cluster { name: chaos, listen: 127.0.0.1:${routePorts[i]}, routes: [${routes.join(", ")}], connect_retries: 120 }`,
+        // no_advertise: clients keep to the URLs they were given instead of learning every member's
+        // own address from the cluster, so a client given proxied URLs stays behind its proxies.
+        `cluster { name: chaos, listen: 127.0.0.1:${routePorts[i]}, routes: [${routes.join(", ")}], connect_retries: 120, no_advertise: true }`,
         "",
       ].join("\n"),
     );
