@@ -599,13 +599,21 @@ export function apiServerRestartDuringPagedList(pods: number): FaultSpec & { lis
       await ctx.stack.cluster.restart({ watchCache: false });
       await waitConverged(ctx, 120_000);
       const l = leaderProcess(ctx).id;
+      const epochBefore = await metric(ctx.stack.registries[l], "pod_registry_leader_epoch");
       await forceRewatchFromCompacted(ctx, l);
       const took = await newPodReachesAll(ctx, 60_000);
       if (took !== undefined) listFigures.cleanRelistS = seconds(took);
       ctx.log(
         `   an undisturbed relist of ${pods} pods after 410 Gone: ${listFigures.cleanRelistS ?? "not within 60"} s to a new pod on every replica`,
       );
-      if (took === undefined) throw new Error(`the leader's relist of ${pods} pods after 410 Gone did not complete within 60 s`);
+      if (took === undefined) {
+        // Seen on a loaded 2-core machine at 10k pods: each leader's renewals time out behind the
+        // list (served from etcd), it steps down, and the next leader starts the list again.
+        const epochAfter = await metric(ctx.stack.registries[l], "pod_registry_leader_epoch");
+        throw new Error(
+          `the leader's relist of ${pods} pods after 410 Gone did not complete within 60 s (leader epoch ${epochBefore} -> ${epochAfter})`,
+        );
+      }
     },
     async inject(ctx) {
       leader = leaderProcess(ctx).id;
