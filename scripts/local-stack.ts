@@ -3,8 +3,10 @@
  *
  * Starts a cluster source (the REAL kube-apiserver + etcd tier when test/cluster/setup.sh has built
  * the binaries, else a clearly labelled simulated cluster: the fake API server and a test token
- * signer), the ZTS stand-in, and the four services on real ports (gateway with mutual TLS towards
- * ZTS). Then it creates the demo pod from a Deployment-style template with no SIA in it: on the real
+ * signer), the ZTS stand-in, and the provider in its monolithic mode, as k8s/overlays/monolithic
+ * deploys it: `identityd --target=all`, the real executable as one child process (the four services
+ * on real ports, the gateway with mutual TLS towards ZTS, calling the other three in process). Then
+ * it creates the demo pod from a Deployment-style template with no SIA in it: on the real
  * API server, the SIA injector (the admission server, registered as k8s/admission.yaml ships it)
  * adds the SIA; on the simulated cluster, the injector's code does, in process. The SIA is then run
  * from the stored pod spec as a kubelet would: the environment from the namespace's ConfigMap and
@@ -20,7 +22,7 @@
  *   node --import tsx scripts/local-stack.ts [--once] [--cluster auto|real|simulated] [--keep] [--denied]
  *   (env LOCAL_STACK_CLUSTER=auto|real|simulated does the same as --cluster)
  */
-import { execFile, spawn } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -28,12 +30,13 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import type { Services } from "../test/e2e/stack.js";
 import type { KubeCluster } from "../test/support/kube-cluster.js";
+import type { Pem } from "../test/support/pki.js";
 import type { ZtsStandIn } from "../test/support/zts-stand-in.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const SIA_MAIN = join(ROOT, "services/sia/src/main.ts");
+const IDENTITYD_MAIN = join(ROOT, "services/identityd/src/main.ts");
 const CLI = join(ROOT, "services/gateway/src/cli.ts");
 
 const NAMESPACE = "sandbox-demo";
@@ -91,24 +94,45 @@ const USAGE = `Usage: npm start [-- --once] [-- --cluster auto|real|simulated] [
  * seconds to load on a busy machine).
  */
 async function loadModules() {
-  const [connect, connectNode, api, stack, kubeCluster, kubeState, zts, admission, admissionConfig, inject, config, logger, webhooks, podEnv, pki] =
-    await Promise.all([
-      import("@connectrpc/connect"),
-      import("@connectrpc/connect-node"),
-      import("@k8s-athenz-identity/api/identity_provider"),
-      import("../test/e2e/stack.js"),
-      import("../test/support/kube-cluster.js"),
-      import("../test/support/kube-state.js"),
-      import("../test/support/zts-stand-in.js"),
-      import("../services/admission/src/service.js"),
-      import("../services/admission/src/config.js"),
-      import("../services/admission/src/inject.js"),
-      import("@k8s-athenz-identity/shared/config"),
-      import("@k8s-athenz-identity/shared/logger"),
-      import("../test/support/webhooks.js"),
-      import("../test/support/pod-env.js"),
-      import("../test/support/pki.js"),
-    ]);
+  const [
+    connect,
+    connectNode,
+    api,
+    registryApi,
+    stack,
+    kubeCluster,
+    kubeState,
+    zts,
+    admission,
+    admissionConfig,
+    inject,
+    config,
+    logger,
+    webhooks,
+    podEnv,
+    pki,
+    fakeKube,
+    jwt,
+  ] = await Promise.all([
+    import("@connectrpc/connect"),
+    import("@connectrpc/connect-node"),
+    import("@k8s-athenz-identity/api/identity_provider"),
+    import("@k8s-athenz-identity/api/pod_registry"),
+    import("../test/e2e/stack.js"),
+    import("../test/support/kube-cluster.js"),
+    import("../test/support/kube-state.js"),
+    import("../test/support/zts-stand-in.js"),
+    import("../services/admission/src/service.js"),
+    import("../services/admission/src/config.js"),
+    import("../services/admission/src/inject.js"),
+    import("@k8s-athenz-identity/shared/config"),
+    import("@k8s-athenz-identity/shared/logger"),
+    import("../test/support/webhooks.js"),
+    import("../test/support/pod-env.js"),
+    import("../test/support/pki.js"),
+    import("../test/support/fake-kube-api.js"),
+    import("../test/support/jwt.js"),
+  ]);
   return {
     createClient: connect.createClient,
     createConnectTransport: connectNode.createConnectTransport,
@@ -116,17 +140,20 @@ async function loadModules() {
     IdentityProviderService: api.IdentityProviderService,
     Operation: api.Operation,
     Outcome: api.Outcome,
+    PodRegistryService: registryApi.PodRegistryService,
+    WatchEventType: registryApi.WatchEventType,
     DNS_SUFFIX: stack.DNS_SUFFIX,
     PROVIDER: stack.PROVIDER,
-    startServices: stack.startServices,
-    startStack: stack.startStack,
     auditCollector: stack.auditCollector,
+    startFakeKubeApi: fakeKube.startFakeKubeApi,
+    createSigningKey: jwt.createSigningKey,
+    mintBoundToken: jwt.mintBoundToken,
+    startOidcServer: jwt.startOidcServer,
     clusterBinaries: kubeCluster.clusterBinaries,
     clusterVersions: kubeCluster.clusterVersions,
     startKubeCluster: kubeCluster.startKubeCluster,
     ATHENZ_AUDIENCE: kubeState.ATHENZ_AUDIENCE,
     createKubeState: kubeState.createKubeState,
-    loadKubeConfig: kubeState.loadKubeConfig,
     PRODUCT_NAMESPACE: kubeState.PRODUCT_NAMESPACE,
     startZtsStandIn: zts.startZtsStandIn,
     startAdmission: admission.startAdmission,
@@ -276,7 +303,7 @@ interface ClusterSource {
   /** One line for the banner. */
   label: string;
   detail: string[];
-  services: Services;
+  services: Provider;
   /**
    * Creates the demo pod from {@link DEMO_TEMPLATE} in a namespace opted in to injection, with the
    * SIA's ConfigMap `siaSettings` (IP set via status, phase Pending as during init containers).
@@ -293,6 +320,223 @@ interface ClusterSource {
     deleteCommand: string;
     apply(yaml: string): Promise<void>;
     remove(): Promise<void>;
+  };
+}
+
+// ---- the provider: identityd --target=all --------------------------------------------------------
+
+/** `identityd --target=all` running as a child process: where its four services listen. */
+interface Provider {
+  pid: number;
+  /** `<gateway https url>/zts-provider`: the endpoint ZTS calls. */
+  endpoint: string;
+  /** The gateway's Connect API (ExplainInstance, ConfirmInstance). */
+  gatewayApi: string;
+  /** The gateway's admin port (/metrics, /readyz). */
+  gatewayAdmin: string;
+  tokenVerifier: string;
+  podRegistry: string;
+  csrInspector: string;
+  /** The CA of the gateway's server certificate (ZTS must trust it). */
+  athenzCa: Pem;
+  /** Resolves once the pod registry holds pod `uid` with IP `ip` (its WatchPods stream: no polling). */
+  podSeen(namespace: string, uid: string, ip: string): Promise<void>;
+  /**
+   * Resolves at the gateway's first "policy snapshot in force" log line, from now on, whose object names
+   * satisfy `pred`, with the time the line was written (epoch ms; lines reach us in batches, up to 200 ms late).
+   */
+  policySwapTo(pred: (names: string[]) => boolean): Promise<number>;
+  close(): Promise<void>;
+}
+
+interface ProviderOptions {
+  dir: string;
+  /** Where the child's log lines go, one whole line per write (the audit collector reads them). */
+  logs: NodeJS.WritableStream;
+  /** The ZTS stand-in's client CA and principal: TLS_CLIENT_CA_FILE, ALLOWED_ZTS_CNS. */
+  gatewayEnv: Record<string, string>;
+  /** The cluster's settings (KUBECONFIG, per target or not, the token verifier's, the policy source's). */
+  clusterEnv: Record<string, string>;
+}
+
+/** The four targets `--target=all` starts (services/identityd/src/program.ts `all`). */
+const TARGETS = ["gateway", "token-verifier", "pod-registry", "csr-inspector"] as const;
+/** What the stack prints while identityd starts and becomes ready. */
+const PROVIDER_STEP = "starting identityd --target=all (gateway, token-verifier, pod-registry, csr-inspector in one process)";
+/** How long identityd may take to listen and be ready before the stack gives up (a busy 2-core machine). */
+const PROVIDER_READY_TIMEOUT_MS = 60_000;
+
+/**
+ * Starts `identityd --target=all` (the real executable, services/identityd) as k8s/overlays/monolithic
+ * runs it: the gateway calls the co-located token-verifier, pod-registry and csr-inspector in process,
+ * so no *_URL setting is given; TLS files are the gateway's only (GATEWAY__TLS_*). Every port is 0:
+ * each target's "listening" log line says where it is. Then every target's /readyz is asked until it
+ * answers 200, as the kubelet's probe would.
+ */
+async function startProvider(o: ProviderOptions): Promise<Provider> {
+  const athenzCa = M.createCa(join(o.dir, "provider-pki"), "athenz");
+  const server = M.issueCert(join(o.dir, "provider-pki"), "gateway", athenzCa, {
+    cn: M.PROVIDER,
+    dns: ["localhost"],
+    ips: ["127.0.0.1"],
+    usage: "server",
+  });
+  // Ports are per target (several targets read PORT and ADMIN_PORT); the gateway's API ports are its own.
+  const ports: Record<string, string> = { API_PORT: "0", API_ADMIN_PORT: "0" };
+  for (const t of TARGETS) {
+    const prefix = t.toUpperCase().replaceAll("-", "_");
+    ports[`${prefix}__PORT`] = "0";
+    ports[`${prefix}__ADMIN_PORT`] = "0";
+  }
+  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", IDENTITYD_MAIN, "--target=all"], {
+    cwd: ROOT,
+    env: {
+      PATH: process.env.PATH ?? "",
+      HOST: "127.0.0.1",
+      LOG_LEVEL: "info",
+      // Ctrl-C stops the stack within seconds: the runner's deadline is this plus as much again.
+      SHUTDOWN_TIMEOUT: "1s",
+      ...ports,
+      GATEWAY__TLS_CERT_FILE: server.certFile,
+      GATEWAY__TLS_KEY_FILE: server.keyFile,
+      GATEWAY__TLS_CLIENT_CA_FILE: o.gatewayEnv.TLS_CLIENT_CA_FILE ?? "",
+      ALLOWED_ZTS_CNS: o.gatewayEnv.ALLOWED_ZTS_CNS ?? "",
+      PROVIDER_SERVICE: M.PROVIDER,
+      URL_PREFIX: "/zts-provider",
+      DNS_SUFFIXES: M.DNS_SUFFIX,
+      DECISION_TIMEOUT: "3s",
+      POD_WAIT: "300ms",
+      WAIT_MAX: "2s",
+      // The operator CLI the stack prints calls the API without a token; the real API server tier's
+      // tests cover API_AUTH=kubernetes (test/cluster/api-auth.test.ts).
+      API_AUTH: "none",
+      ...o.clusterEnv,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stopping = false;
+  const exited = new Promise<number | null>((resolve) =>
+    child.once("exit", (code, signal) => {
+      if (!stopping)
+        process.stderr.write(
+          `local-stack: identityd (pid ${child.pid}) exited (${signal ?? code}) on its own; its log: ${join(o.dir, "services.log")}\n`,
+        );
+      resolve(code);
+    }),
+  );
+  const listening = new Map<string, { url: string; adminUrl: string }>();
+  const lineWaiters = new Set<() => void>();
+  const swapWaiters = new Set<(names: string[], at: number) => void>();
+  let tail = "";
+  const onLine = (l: string) => {
+    o.logs.write(`${l}\n`);
+    tail = `${tail}${l}\n`.slice(-4000);
+    if (!l.startsWith("{")) return;
+    let line: { msg?: string; url?: string; adminUrl?: string; objects?: string[]; time?: string };
+    try {
+      line = JSON.parse(l) as typeof line;
+    } catch {
+      return;
+    }
+    // "gateway listening", "gateway-api listening", "token-verifier listening", ... (packages/shared/src/server.ts)
+    if (line.msg?.endsWith(" listening") && line.url && line.adminUrl)
+      listening.set(line.msg.slice(0, -" listening".length), { url: line.url, adminUrl: line.adminUrl });
+    if (line.msg === "policy snapshot in force") {
+      // "IdentityPolicy/sandbox-demo/deny-demo@246" -> "deny-demo" (services/gateway/src/observe.ts)
+      const names = (line.objects ?? []).map((x) => x.split("@")[0]!.split("/").pop()!);
+      const at = line.time ? Date.parse(line.time) : Date.now();
+      for (const w of [...swapWaiters]) w(names, at);
+    }
+    for (const w of [...lineWaiters]) w();
+  };
+  for (const stream of [child.stdout!, child.stderr!]) {
+    let partial = "";
+    stream.on("data", (c: Buffer) => {
+      const lines = (partial + c.toString("utf8")).split("\n");
+      partial = lines.pop() ?? "";
+      for (const l of lines) if (l.trim()) onLine(l);
+    });
+  }
+  const close = async () => {
+    stopping = true;
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+    // The runner exits within its deadline (2 s here); a stuck child is not worth waiting for longer.
+    const kill = setTimeout(() => child.kill("SIGKILL"), 5000);
+    await exited;
+    clearTimeout(kill);
+  };
+  const deadline = Date.now() + PROVIDER_READY_TIMEOUT_MS;
+  const failed = (what: string) =>
+    new Error(
+      `identityd ${child.exitCode !== null || child.signalCode !== null ? `exited (${child.signalCode ?? child.exitCode})` : what}:\n${tail}`,
+    );
+  const names = ["gateway", "gateway-api", ...TARGETS.slice(1)];
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => check(true), Math.max(0, deadline - Date.now()));
+      const check = (timedOut = false) => {
+        const done = names.every((n) => listening.has(n));
+        const dead = child.exitCode !== null || child.signalCode !== null;
+        if (!done && !dead && !timedOut) return;
+        lineWaiters.delete(check);
+        clearTimeout(timer);
+        if (done) resolve();
+        else reject(failed(`did not listen on every target within ${PROVIDER_READY_TIMEOUT_MS / 1000} s`));
+      };
+      lineWaiters.add(check);
+      void exited.then(() => check());
+      check();
+    });
+    for (const t of TARGETS) {
+      const readyz = `${listening.get(t)!.adminUrl}/readyz`;
+      for (;;) {
+        const status = await fetch(readyz).then(
+          (r) => r.status,
+          () => 0,
+        );
+        if (status === 200) break;
+        if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline) throw failed(`${t} not ready (${readyz}: ${status})`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  const url = (n: string) => listening.get(n)!.url;
+  return {
+    pid: child.pid!,
+    endpoint: `${url("gateway")}/zts-provider`,
+    gatewayApi: url("gateway-api"),
+    gatewayAdmin: listening.get("gateway")!.adminUrl,
+    tokenVerifier: url("token-verifier"),
+    podRegistry: url("pod-registry"),
+    csrInspector: url("csr-inspector"),
+    athenzCa,
+    policySwapTo(pred) {
+      return new Promise<number>((resolve) => {
+        const w = (names: string[], at: number) => {
+          if (!pred(names)) return;
+          swapWaiters.delete(w);
+          resolve(at);
+        };
+        swapWaiters.add(w);
+      });
+    },
+    async podSeen(namespace, uid, ip) {
+      const registry = M.createClient(M.PodRegistryService, M.createConnectTransport({ baseUrl: url("pod-registry"), httpVersion: "2" }));
+      const ac = new AbortController();
+      try {
+        // A snapshot of the cache, SYNCED, then every change: the pod is in one of them.
+        for await (const ev of registry.watchPods({ namespace }, { signal: ac.signal })) {
+          if (ev.type !== M.WatchEventType.DELETED && ev.pod?.uid === uid && ev.pod.podIps.includes(ip)) return;
+        }
+        throw new Error("the pod registry's watch ended before the pod showed up");
+      } finally {
+        ac.abort();
+      }
+    },
+    close,
   };
 }
 
@@ -332,33 +576,36 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
     ]);
     await kubectl(["apply", "-k", "k8s/policy/"]);
   });
-  const services = await step("starting token-verifier, pod-registry, csr-inspector, gateway", () =>
-    M.startServices({
-      logDestination,
-      // The gateway watches the policy objects and writes Events on pods as shipped (k8s/config/gateway.env:
-      // POLICY_SOURCE=kubernetes, POD_EVENTS=true), as its own ServiceAccount.
-      gatewayEnv: { ...gatewayEnv, POLICY_SOURCE: "kubernetes", POD_EVENTS: "true", KUBECONFIG: gatewayKubeconfig },
-      cluster: {
-        kubeConfig: M.loadKubeConfig(registryKubeconfig),
-        verifierEnv: {
-          VERIFIER_MODE: "both",
-          TOKEN_ISSUER: cluster.issuer,
-          TOKEN_AUDIENCE: M.ATHENZ_AUDIENCE,
-          JWKS_URL: `${cluster.url}/openid/v1/jwks`,
-          JWKS_CA_FILE: cluster.caFile,
-          JWKS_BEARER_TOKEN_FILE: bearerTokenFile,
-          KUBECONFIG: verifierKubeconfig,
-        },
+  const services = await step(PROVIDER_STEP, () =>
+    startProvider({
+      dir,
+      logs: logDestination,
+      gatewayEnv,
+      clusterEnv: {
+        // Each target acts as its own ServiceAccount of k8s/rbac.yaml (least privilege per service).
+        POD_REGISTRY__KUBECONFIG: registryKubeconfig,
+        TOKEN_VERIFIER__KUBECONFIG: verifierKubeconfig,
+        GATEWAY__KUBECONFIG: gatewayKubeconfig,
+        // The gateway watches the policy objects and writes Events on pods as shipped
+        // (k8s/overlays/monolithic/identityd.env: POLICY_SOURCE=kubernetes, POD_EVENTS=true).
+        POLICY_SOURCE: "kubernetes",
+        POD_EVENTS: "true",
+        VERIFIER_MODE: "both",
+        TOKEN_ISSUER: cluster.issuer,
+        TOKEN_AUDIENCE: M.ATHENZ_AUDIENCE,
+        JWKS_URL: `${cluster.url}/openid/v1/jwks`,
+        JWKS_CA_FILE: cluster.caFile,
+        JWKS_BEARER_TOKEN_FILE: bearerTokenFile,
       },
     }),
   );
-  closers.push({ name: "services", close: () => services.close() });
+  closers.push({ name: "identityd", close: () => services.close() });
   return {
     label: `${green("REAL")} kube-apiserver ${v.kubernetes} + etcd ${v.etcd}`,
     detail: [
       `API server      ${cluster.url}  (ready in ${secs(cluster.startupMs[0] ?? 0)})`,
       `admin access    KUBECONFIG=${cluster.kubeconfigPath}${M.clusterBinaries().kubectl && existsSync(M.clusterBinaries().kubectl) ? `  (kubectl: ${M.clusterBinaries().kubectl})` : ""}`,
-      `services act as system:serviceaccount:${M.PRODUCT_NAMESPACE}:{pod-registry,token-verifier,gateway} (k8s/rbac.yaml)`,
+      `identityd's targets act as system:serviceaccount:${M.PRODUCT_NAMESPACE}:{pod-registry,token-verifier,gateway} (k8s/rbac.yaml; <TARGET>__KUBECONFIG each)`,
       "identity policy objects: the CRDs of k8s/crds, watched by the gateway (POLICY_SOURCE=kubernetes)",
       "no kubelet/scheduler: the pod's IP is written through pods/status, its token by TokenRequest",
       "the demo pod's SIA: injected by the admission server's webhook (k8s/admission.yaml), registered with a loopback url",
@@ -461,15 +708,53 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
   // No API server to hold the policy objects: the same objects in a file (POLICY_FILE), re-read on change.
   const policyFile = join(dir, "identity-policies.yaml");
   writeFileSync(policyFile, DEFAULT_POLICY);
-  const s = await step("starting the fake API server, test OIDC signer and the four services", () =>
-    M.startStack({ logDestination, gatewayEnv: { ...gatewayEnv, POLICY_FILE: policyFile } }),
+  const { kube, oidc, key } = await step("starting the fake API server and the test OIDC signer", async () => {
+    const key = await M.createSigningKey("RS256");
+    const oidc = await M.startOidcServer({ keys: [key] });
+    closers.push({ name: "OIDC signer", close: () => oidc.close() });
+    const kube = await M.startFakeKubeApi({ bookmarkIntervalMs: 500 });
+    closers.push({ name: "fake API server", close: () => kube.close() });
+    return { kube, oidc, key };
+  });
+  const kubeconfig = join(dir, "fake-kube.kubeconfig");
+  writeFileSync(kubeconfig, kube.kubeConfig().exportConfig(), { mode: 0o600 });
+  const s = await step(PROVIDER_STEP, () =>
+    startProvider({
+      dir,
+      logs: logDestination,
+      gatewayEnv,
+      clusterEnv: {
+        KUBECONFIG: kubeconfig,
+        VERIFIER_MODE: "jwks",
+        TOKEN_ISSUER: oidc.issuer,
+        POLICY_FILE: policyFile,
+        // The file is re-read this often: the demo's change is in force soon after it is written.
+        POLICY_RELOAD_INTERVAL: "200ms",
+      },
+    }),
   );
-  closers.push({ name: "services", close: () => s.close() });
+  closers.push({ name: "identityd", close: () => s.close() });
+  const mint = (
+    pod: { metadata: { namespace: string; name: string; uid: string }; spec: { serviceAccountName: string } },
+    audience: string,
+    lifetimeSec: number,
+  ) =>
+    M.mintBoundToken(key, {
+      issuer: oidc.issuer,
+      audience,
+      lifetimeSec,
+      pod: {
+        namespace: pod.metadata.namespace,
+        podName: pod.metadata.name,
+        podUid: pod.metadata.uid,
+        serviceAccountName: pod.spec.serviceAccountName,
+      },
+    });
   return {
     label: `${yellow("SIMULATED")} (fake API server + test token signer; no Go binaries needed)`,
     detail: [
-      `fake API server ${s.kube.url}  (pods list/watch, as the real one)`,
-      `token issuer    ${s.oidc.issuer}  (OIDC discovery + JWKS, RS256)`,
+      `fake API server ${kube.url}  (pods list/watch, as the real one)`,
+      `token issuer    ${oidc.issuer}  (OIDC discovery + JWKS, RS256)`,
       "for the real API server tier: npm run test:cluster builds it once, then npm start uses it",
     ],
     services: s,
@@ -487,7 +772,7 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
         excludedNamespaces: new Set(M.SYSTEM_NAMESPACES),
       });
       if (injected.kind !== "injected") throw new Error(`the injector left the demo pod alone: ${JSON.stringify(injected)}`);
-      const fake = s.kube.createPod({
+      const fake = kube.createPod({
         namespace: NAMESPACE,
         name: POD_NAME,
         serviceAccountName: SERVICE_ACCOUNT,
@@ -507,7 +792,7 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
         configMaps: { "athenz-sia": siaSettings },
         warnings: injected.warnings,
         injectedBy: "the SIA injector's code in process (services/admission/src/inject.ts; native sidecar)",
-        token: (audience, expirationSeconds) => s.mint(fake, { audience, lifetimeSec: expirationSeconds }),
+        token: (audience, expirationSeconds) => mint(fake, audience, expirationSeconds),
         tokenSource: "minted by the test signer with the API server's claims",
       };
     },
@@ -516,11 +801,9 @@ async function simulatedCluster(logDestination: NodeJS.WritableStream, gatewayEn
       deleteCommand: `remove it from ${policyFile}`,
       apply: async (yaml) => {
         writeFileSync(policyFile, `${DEFAULT_POLICY}---\n${yaml}`);
-        s.gateway.reloadPolicy();
       },
       remove: async () => {
         writeFileSync(policyFile, `${DEFAULT_POLICY}\n# deny-demo removed\n`);
-        s.gateway.reloadPolicy();
       },
     },
   };
@@ -713,20 +996,6 @@ async function runPodSia(
 
 const run = promisify(execFile);
 
-/** Resolves with the time of the gateway's first policy snapshot whose object names satisfy `pred`. */
-function policySwap(s: Services, pred: (names: string[]) => boolean): Promise<number> {
-  const store = s.gateway.policyObjects;
-  return new Promise<number>((resolve) => {
-    const check = () => pred(store.snapshot()?.objects.map((o) => o.ref.name) ?? []);
-    const off = store.subscribe(() => {
-      if (check()) {
-        off();
-        resolve(performance.now());
-      }
-    });
-  });
-}
-
 /**
  * After the certificate: a namespace owner's IdentityPolicy that denies the demo pod, applied as an
  * operator would; the gateway's explanation names the object, its version and the rule; then it is
@@ -736,8 +1005,7 @@ async function policyDemo(source: ClusterSource, confirmation: unknown): Promise
   const s = source.services;
   if (!confirmation) return;
   section("Identity policy: a namespaced deny, then removed");
-  const swapTo = (pred: (names: string[]) => boolean) => policySwap(s, pred);
-  const client = M.createClient(M.IdentityProviderService, M.createConnectTransport({ baseUrl: s.gateway.api.url, httpVersion: "2" }));
+  const client = M.createClient(M.IdentityProviderService, M.createConnectTransport({ baseUrl: s.gatewayApi, httpVersion: "2" }));
   const explain = async () => {
     const ex = await client.explainInstance({ confirmation: confirmation as never, operation: M.Operation.REGISTER });
     const outcome = M.Outcome[ex.decision?.outcome ?? M.Outcome.UNSPECIFIED] ?? "?";
@@ -761,14 +1029,15 @@ async function policyDemo(source: ClusterSource, confirmation: unknown): Promise
       .map((l) => `    ${dim("│")} ${l}`)
       .join("\n"),
   );
+  // Both times are wall-clock: when the command returned here, and when identityd logged the swap.
   const after = (returned: number, swapped: number) => `${Math.max(0, Math.round(swapped - returned))} ms after the command returned`;
-  const applied = swapTo((names) => names.includes("deny-demo"));
+  const applied = s.policySwapTo((names) => names.includes("deny-demo"));
   await step(source.policy.applyCommand, () => source.policy.apply(DENY_POLICY));
-  row("gateway", `new policy snapshot in force ${after(performance.now(), await applied)}`);
+  row("gateway", `new policy snapshot in force ${after(Date.now(), await applied)}`);
   await explain();
-  const removed = swapTo((names) => !names.includes("deny-demo"));
+  const removed = s.policySwapTo((names) => !names.includes("deny-demo"));
   await step(source.policy.deleteCommand, () => source.policy.remove());
-  row("gateway", `new policy snapshot in force ${after(performance.now(), await removed)}`);
+  row("gateway", `new policy snapshot in force ${after(Date.now(), await removed)}`);
   await explain();
 }
 
@@ -823,13 +1092,13 @@ async function deniedWalkthrough(
   if (!described.includes("IdentityDenied")) missing("no IdentityDenied Event on the pod within 30 s");
 
   out(bold("3. The gateway's audit line"));
-  out(`    ${dim("kubectl -n athenz-identity logs deploy/gateway | grep '\"audit\":true' | grep <pod uid>")}`);
+  out(`    ${dim("kubectl -n athenz-identity logs deploy/identityd | grep '\"audit\":true' | grep <pod uid>   (split deployment: deploy/gateway)")}`);
   if (audit.gateway) block(JSON.stringify(audit.gateway));
   else missing("no gateway audit line for the pod");
 
   out(bold("4. athenz-identity explain"));
   if (confirmationFile) {
-    const argv = ["--import", "tsx", CLI, "explain", confirmationFile, "--gateway-url", s.gateway.api.url];
+    const argv = ["--import", "tsx", CLI, "explain", confirmationFile, "--gateway-url", s.gatewayApi];
     out(`    $ athenz-identity explain confirmation.json ${dim("(here: node --import tsx services/gateway/src/cli.ts, API_AUTH=none)")}`);
     const r = await run(process.execPath, argv, { cwd: ROOT }).catch((e: { stdout?: string; stderr?: string; code?: number }) => e);
     block(`${r.stdout ?? ""}${r.stderr ?? ""}`);
@@ -839,7 +1108,7 @@ async function deniedWalkthrough(
   const panels = (JSON.parse(readFileSync(DASHBOARD, "utf8")) as Json).panels as Json[];
   const panel = panels.find((p) => p.title === "Denies by reason");
   out(`    ${dim("query:")} ${panel?.targets?.[0]?.expr ?? "?"}`);
-  const metrics = await (await fetch(`${s.gateway.zts.adminUrl}/metrics`)).text();
+  const metrics = await (await fetch(`${s.gatewayAdmin}/metrics`)).text();
   const denies = metrics.split("\n").filter((l) => l.startsWith("gateway_decisions_total{") && l.includes('outcome="deny"'));
   out(`    ${dim("the series it reads, from the gateway's /metrics:")}`);
   if (denies.length) block(denies.join("\n"));
@@ -869,11 +1138,31 @@ async function main(): Promise<void> {
 
   out(bold("k8s-athenz-identity · local stack"));
   out(dim("Athenz Copper Argos identity for Kubernetes pods, everything on this machine"));
+  out(dim("the provider in its monolithic mode: identityd --target=all, one process (k8s/overlays/monolithic)"));
   M = await loadModules();
 
   // Service logs (JSON lines) go to a file; the gateway's audit lines are also read here.
   const logFile = join(dir, "services.log");
-  const { stream: logs, lines: audit } = M.auditCollector();
+  const auditWaiters = new Set<() => void>();
+  const { stream: logs, lines: audit } = M.auditCollector(() => {
+    for (const w of [...auditWaiters]) w();
+  });
+  /** The first audit line that satisfies `pred`, as soon as it is logged; undefined after `timeoutMs`. */
+  const auditLine = (pred: (a: (typeof audit)[number]) => boolean, timeoutMs: number) =>
+    new Promise<(typeof audit)[number] | undefined>((resolve) => {
+      const done = (v: (typeof audit)[number] | undefined) => {
+        clearTimeout(timer);
+        auditWaiters.delete(check);
+        resolve(v);
+      };
+      const check = () => {
+        const found = audit.find(pred);
+        if (found) done(found);
+      };
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      auditWaiters.add(check);
+      check();
+    });
   const logSink = createWriteStream(logFile);
   logs.pipe(logSink);
 
@@ -902,18 +1191,19 @@ async function main(): Promise<void> {
   // --denied shows the pod's Event and the admission warning: there is neither without an API server.
   if (args.denied && !source.describePod) throw new Error("--denied needs the real API server tier (npm run test:cluster builds it)");
   const s = source.services;
-  zts.setProvider({ name: M.PROVIDER, endpoint: s.endpoint, dnsSuffixes: [M.DNS_SUFFIX], caPem: s.pki.athenzCa.certPem });
+  zts.setProvider({ name: M.PROVIDER, endpoint: s.endpoint, dnsSuffixes: [M.DNS_SUFFIX], caPem: s.athenzCa.certPem });
 
   section("Cluster source");
   row("source", source.label);
   for (const d of source.detail) out(`    ${dim("·")} ${d}`);
 
   section("Services");
+  row("identityd", `pid ${s.pid}  ${dim("--target=all: the four services in one process (k8s/overlays/monolithic)")}`);
   row("gateway (ZTS)", `${s.endpoint}  ${dim("← ZTS calls /instance and /refresh here, mutual TLS")}`);
-  row("gateway API", `${s.gateway.api.url}  ${dim("(Connect: ExplainInstance, ConfirmInstance)")}`);
-  row("token-verifier", s.tokenVerifier.server.url);
-  row("pod-registry", s.podRegistry.url);
-  row("csr-inspector", s.csrInspector.url);
+  row("gateway API", `${s.gatewayApi}  ${dim("(Connect: ExplainInstance, ConfirmInstance)")}`);
+  row("token-verifier", `${s.tokenVerifier}  ${dim("(the gateway calls it in process)")}`);
+  row("pod-registry", `${s.podRegistry}  ${dim("(the gateway calls it in process)")}`);
+  row("csr-inspector", `${s.csrInspector}  ${dim("(the gateway calls it in process)")}`);
   row("ZTS stand-in", `${zts.url}/zts/v1  ${dim(`(client principal ${zts.principal})`)}`);
   row("provider", `${M.PROVIDER}  ${dim(`DNS suffix ${M.DNS_SUFFIX}`)}`);
 
@@ -926,14 +1216,12 @@ async function main(): Promise<void> {
         .map((l) => `    ${dim("│")} ${l}`)
         .join("\n"),
     );
-    const applied = policySwap(s, (names) => names.includes("deny-demo"));
+    const applied = s.policySwapTo((names) => names.includes("deny-demo"));
     await step(source.policy.applyCommand, () => source.policy.apply(DENY_POLICY));
     await step("waiting for the gateway to hold it", () => applied);
   };
   const demo = await source.demoPod(siaSettings(zts), args.denied ? { beforeCreate: denyFirst, awaitWarning: true } : {});
-  await step("waiting for the pod registry to see it", () =>
-    s.registryReaches(() => s.podRegistry.registry.getByUid(demo.uid)?.podIps.includes(POD_IP) === true),
-  );
+  await step("waiting for the pod registry to see it (its WatchPods stream)", () => s.podSeen(NAMESPACE, demo.uid, POD_IP));
   row("uid", demo.uid);
   row("pod IP", `${POD_IP}  ${dim("(phase Pending: the SIA runs as an init container)")}`);
   row("injected by", demo.injectedBy);
@@ -965,7 +1253,11 @@ async function main(): Promise<void> {
   const files = sia.files;
 
   section("Decision");
-  const line = audit.find((a) => a.instanceId === demo.uid && (a.endpoint === "instance" || a.endpoint === "refresh"));
+  // ZTS has the gateway's answer, so the decision is made; its audit line may still be on its way
+  // (identityd writes its log in batches, at least every 200 ms).
+  const line = zts.lastConfirmation
+    ? await auditLine((a) => a.instanceId === demo.uid && (a.endpoint === "instance" || a.endpoint === "refresh"), 5000)
+    : undefined;
   if (line) {
     const verdict = line.outcome === "allow" ? green(bold("ALLOW")) : red(bold(String(line.outcome).toUpperCase()));
     row(
@@ -981,7 +1273,7 @@ async function main(): Promise<void> {
     // The exact body ZTS sent (it holds the pod's token: this sandbox's, 0600, removed on exit).
     confirmationFile = join(dir, "confirmation.json");
     writeFileSync(confirmationFile, `${JSON.stringify(confirmation, null, 2)}\n`, { mode: 0o600 });
-    const client = M.createClient(M.IdentityProviderService, M.createConnectTransport({ baseUrl: s.gateway.api.url, httpVersion: "2" }));
+    const client = M.createClient(M.IdentityProviderService, M.createConnectTransport({ baseUrl: s.gatewayApi, httpVersion: "2" }));
     const ex = await client.explainInstance({ confirmation, operation: M.Operation.REGISTER });
     row("ExplainInstance", `${M.Outcome[ex.decision?.outcome ?? M.Outcome.UNSPECIFIED]} ${dim("(every check, re-run on the same confirmation)")}`);
     for (const c of ex.checks) {
@@ -1035,17 +1327,17 @@ async function main(): Promise<void> {
   await policyDemo(source, confirmation);
 
   section("Try it");
-  const cli = relative(process.cwd(), CLI) || CLI;
+  const cli = `node --import tsx ${relative(process.cwd(), CLI) || CLI}`;
   if (confirmationFile) {
     out(`    ${dim("# why was this pod allowed? (the operator CLI against the running gateway)")}`);
-    out(`    $ node --import tsx ${cli} explain ${confirmationFile} --gateway-url ${s.gateway.api.url}`);
+    out(`    $ ${cli} explain ${confirmationFile} --gateway-url ${s.gatewayApi}`);
   }
   if (source.inspectPod) {
     out(`    ${dim("# the pod as stored, with the SIA the injector added")}`);
     out(`    $ ${source.inspectPod}`);
   }
   out(`    ${dim("# what does the pod registry know about the sandbox pod?")}`);
-  out(`    $ node --import tsx ${cli} pod ${NAMESPACE}/${POD_NAME} --pod-registry-url ${s.podRegistry.url}`);
+  out(`    $ ${cli} pod ${NAMESPACE}/${POD_NAME} --pod-registry-url ${s.podRegistry}`);
   out(`    $ openssl x509 -noout -text -in ${files.cert}`);
   row("service logs", logFile);
   if (!args.keep) out(`    ${dim(`(${dir} is removed on exit; --keep keeps it)`)}`);

@@ -31,6 +31,10 @@ describe("local stack on the real API server (npm start -- --cluster real)", () 
     const { code, out, err } = await localStack("--once", "--cluster", "real");
     assert.equal(code, 0, out + err);
     assert.match(out, /source\s+REAL kube-apiserver/);
+    // The provider in its monolithic mode (k8s/overlays/monolithic): one identityd process, its targets each
+    // acting as their own ServiceAccount.
+    assert.match(out, /identityd\s+pid \d+\s+--target=all: the four services in one process/);
+    assert.match(out, /identityd's targets act as system:serviceaccount:athenz-identity:\{pod-registry,token-verifier,gateway\}/);
     assert.match(out, /admission\s+https:\/\/127\.0\.0\.1:\d+\s+SIA sidecar: SIA_SIDECAR=auto: API server v1\.\d+\.\d+ \(native from 1\.32\)/);
     assert.match(out, /injected by\s+the SIA injector, called by the API server \(native sidecar\)/);
     assert.match(out, /init containers\s+athenz-sia \(restartPolicy: Always\)/);

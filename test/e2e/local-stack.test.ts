@@ -1,7 +1,8 @@
 /**
  * `npm start` (scripts/local-stack.ts) as a user runs it, on the simulated cluster so this tier does
- * not need the Go build: `--once` mints a certificate and exits 0; a running stack answers the
- * operator CLI commands it prints and stops cleanly (exit 0) on Ctrl-C. (On the real API server, with
+ * not need the Go build: the provider runs as `identityd --target=all` (one child process); `--once`
+ * mints a certificate and exits 0; a running stack answers the operator CLI commands it prints and
+ * stops cleanly (exit 0) on Ctrl-C, identityd with it. (On the real API server, with
  * the webhook called by it: test/cluster/local-stack.test.ts.)
  */
 import assert from "node:assert/strict";
@@ -58,6 +59,9 @@ const localStack = (...args: string[]) => start(["--import", "tsx", SCRIPT, ...a
 /** What every successful run prints about the certificate. */
 function assertMinted(out: string): void {
   assert.match(out, /source\s+SIMULATED/);
+  // The provider in its monolithic mode: the four services in one identityd process.
+  assert.match(out, /identityd --target=all, one process \(k8s\/overlays\/monolithic\)/);
+  assert.match(out, /identityd\s+pid \d+\s+--target=all: the four services in one process/);
   // The demo pod's template has no SIA: the injector's code adds it, and the SIA runs as the spec says.
   assert.match(out, /injected by\s+the SIA injector's code in process/);
   assert.match(out, /init containers\s+athenz-sia \(restartPolicy: Always\)/);
@@ -118,6 +122,9 @@ describe("local stack (npm start)", { concurrency: true, timeout: 120_000 }, () 
       assert.equal(code, 0, run.stdout() + run.stderr());
       assert.ok(performance.now() - t0 < 5000, `took ${performance.now() - t0} ms to stop`);
       assert.match(run.stdout(), /stopped cleanly/);
+      // identityd stopped with the stack (kill(pid, 0) throws ESRCH for a process that is gone).
+      const pid = Number(/identityd\s+pid (\d+)/.exec(out)?.[1]);
+      assert.throws(() => process.kill(pid, 0), { code: "ESRCH" }, `identityd (pid ${pid}) still running`);
       assert.equal(existsSync(workDir(out)!), false, "working directory left behind");
     } finally {
       if (run.child.exitCode === null) run.child.kill("SIGKILL");

@@ -6,8 +6,8 @@
  * - {@link startStack}: on a simulated cluster (the fake API server and a test OIDC signer); used by
  *   the end-to-end tests and the gateway bench.
  * - {@link startServices}: the same services on a cluster the caller brings (a kubeconfig for the
- *   pod registry and token-verifier settings), e.g. the real API server tier; used by the local stack
- *   (scripts/local-stack.ts).
+ *   pod registry and token-verifier settings), e.g. the real API server tier; used by the cluster tier's
+ *   tests. (The local stack, scripts/local-stack.ts, runs the real `identityd --target=all` instead.)
  */
 import * as http2 from "node:http2";
 import * as https from "node:https";
