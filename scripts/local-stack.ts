@@ -693,7 +693,8 @@ async function realCluster(logDestination: NodeJS.WritableStream, gatewayEnv: Re
         tokenSource: "TokenRequest (pod-bound), signed by the API server, as the kubelet gets it",
       };
     },
-    inspectPod: `KUBECONFIG=${cluster.kubeconfigPath} kubectl -n ${NAMESPACE} get pod ${POD_NAME} -o yaml`,
+    // kubectl as test/cluster/setup.sh built it (a newcomer has none on PATH).
+    inspectPod: `KUBECONFIG=${cluster.kubeconfigPath} ${kubectlBin} -n ${NAMESPACE} get pod ${POD_NAME} -o yaml`,
     describePod: async () => (await kubectl(["-n", NAMESPACE, "describe", "pod", POD_NAME])).stdout,
     policy: {
       applyCommand: `KUBECONFIG=${cluster.kubeconfigPath} kubectl apply -f deny-demo.yaml`,
@@ -1327,7 +1328,11 @@ async function main(): Promise<void> {
   await policyDemo(source, confirmation);
 
   section("Try it");
-  const cli = `node --import tsx ${relative(process.cwd(), CLI) || CLI}`;
+  // The operator CLI as installed (the gateway package's bin, athenz-identity), run with the project's
+  // Node: ./dev exec puts the Node ./dev brought first on PATH (a machine's `node` may be too old).
+  const dev = relative(process.cwd(), join(ROOT, "dev"));
+  const cli = `${dev.startsWith(".") || dev.startsWith("/") ? dev : `./${dev}`} exec npx athenz-identity`;
+  out(`    ${dim("# in another terminal, from the repository (./dev exec: the project's Node 24)")}`);
   if (confirmationFile) {
     out(`    ${dim("# why was this pod allowed? (the operator CLI against the running gateway)")}`);
     out(`    $ ${cli} explain ${confirmationFile} --gateway-url ${s.gatewayApi}`);

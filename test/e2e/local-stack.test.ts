@@ -1,8 +1,9 @@
 /**
  * `npm start` (scripts/local-stack.ts) as a user runs it, on the simulated cluster so this tier does
  * not need the Go build: the provider runs as `identityd --target=all` (one child process); `--once`
- * mints a certificate and exits 0; a running stack answers the operator CLI commands it prints and
- * stops cleanly (exit 0) on Ctrl-C, identityd with it. (On the real API server, with
+ * mints a certificate and exits 0; a running stack answers the operator CLI commands it prints, run
+ * as printed through a shell from the repository (`./dev exec npx athenz-identity ...`), and stops
+ * cleanly (exit 0) on Ctrl-C, identityd with it. (On the real API server, with
  * the webhook called by it: test/cluster/local-stack.test.ts.)
  */
 import assert from "node:assert/strict";
@@ -101,12 +102,12 @@ describe("local stack (npm start)", { concurrency: true, timeout: 120_000 }, () 
       await run.printed("Press Ctrl-C to stop.");
       const out = run.stdout();
       assertMinted(out);
-      const commands = [...out.matchAll(/^\s+\$ (node --import tsx \S+cli\.ts .+)$/gm)].map((m) => m[1]!);
+      // The operator CLI as a newcomer runs it: ./dev brings the project's Node whatever `node` is.
+      const commands = [...out.matchAll(/^\s+\$ (\.\/dev exec npx athenz-identity .+)$/gm)].map((m) => m[1]!);
       assert.equal(commands.length, 2, out);
       const results = await Promise.all(
         commands.map(async (c) => {
-          const [cmd, ...args] = c.split(" ");
-          const cli = start(args, cmd === "node" ? process.execPath : cmd);
+          const cli = start(["-c", c], "/bin/sh");
           return { c, code: await cli.exited, out: cli.stdout(), err: cli.stderr() };
         }),
       );
