@@ -1093,7 +1093,9 @@ async function deniedWalkthrough(
   if (!described.includes("IdentityDenied")) missing("no IdentityDenied Event on the pod within 30 s");
 
   out(bold("3. The gateway's audit line"));
-  out(`    ${dim("kubectl -n athenz-identity logs deploy/identityd | grep '\"audit\":true' | grep <pod uid>   (split deployment: deploy/gateway)")}`);
+  out(
+    `    ${dim("kubectl -n athenz-identity logs deploy/gateway | grep '\"audit\":true' | grep <pod uid>   (monolithic, as here: deploy/identityd)")}`,
+  );
   if (audit.gateway) block(JSON.stringify(audit.gateway));
   else missing("no gateway audit line for the pod");
 
