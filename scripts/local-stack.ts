@@ -414,10 +414,13 @@ async function startProvider(o: ProviderOptions): Promise<Provider> {
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  // Said on stderr when identityd dies while the stack runs (a start-up failure is thrown instead).
+  let running = false;
   let stopping = false;
   const exited = new Promise<number | null>((resolve) =>
-    child.once("exit", (code, signal) => {
-      if (!stopping)
+    // "close", not "exit": the last lines it wrote (a start-up error) are read by then.
+    child.once("close", (code, signal) => {
+      if (running && !stopping)
         process.stderr.write(
           `local-stack: identityd (pid ${child.pid}) exited (${signal ?? code}) on its own; its log: ${join(o.dir, "services.log")}\n`,
         );
@@ -503,6 +506,7 @@ async function startProvider(o: ProviderOptions): Promise<Provider> {
     await close();
     throw err;
   }
+  running = true;
   const url = (n: string) => listening.get(n)!.url;
   return {
     pid: child.pid!,
