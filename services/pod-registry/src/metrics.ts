@@ -115,6 +115,13 @@ export function registerRegistryMetrics(metrics: Registry, registry: PodRegistry
   followCounter(metrics, "pod_registry_bucket_watch_restarts_total", "NATS bucket watches re-created (after an error or silence)", undefined, () => ({
     "": registry.stats().bucket?.restarts ?? 0,
   }));
+  followCounter(
+    metrics,
+    "pod_registry_bucket_resyncs_total",
+    "full replays of the bucket after a watch gap longer than the tombstone TTL (deletions may have been missed)",
+    undefined,
+    () => ({ "": registry.stats().bucket?.resyncs ?? 0 }),
+  );
   followCounter(metrics, "pod_registry_published_total", "pod values this replica stored in the bucket as leader", undefined, () => ({
     "": registry.stats().published,
   }));

@@ -4,7 +4,10 @@
  * Every replica, the leader included, builds its cache from a watch of the bucket
  * ({@link createNatsSubscriber}): the watch replays the bucket's content (the live pods and recent
  * tombstones), so a new or restarted replica syncs from NATS without touching the API server, then
- * follows every change. Only the leader writes ({@link createNatsPublisher}): pods and tombstones
+ * follows every change. A watch that loses the bucket for longer than a tombstone lives cannot
+ * resume where it stopped (the deletions of that time may be gone without a trace): it replays
+ * the whole bucket and drops what the replay does not hold, and the replica is not fresh until
+ * then. Only the leader writes ({@link createNatsPublisher}): pods and tombstones
  * pipelined on one reply subscription, and a heartbeat that carries the age of its last proof of
  * liveness and how far its API feed is published.
  */
@@ -48,6 +51,15 @@ export interface NatsSubscriberOptions {
    * within 30 s. Undefined: no such timer.
    */
   idleRestartMs?: number;
+  /**
+   * How long a tombstone stays in the bucket (ms; its per-message TTL, the delete marker's TTL
+   * comes on top). A deletion stored while this replica's watch delivered nothing can vanish
+   * after this long, so a watch resumed (by this loop or by nats.js's ordered consumer) after a
+   * longer gap cannot be trusted: the bucket is replayed in full and every pod the replay does
+   * not hold is dropped ({@link NatsSubscriber.resyncing} meanwhile). Undefined: tombstones never
+   * expire and every resume is trusted.
+   */
+  tombstoneTtlMs?: number;
 }
 
 /** Counters of what the subscriber saw and refused. */
@@ -62,6 +74,10 @@ export interface SubscriberStats {
   deferred: number;
   /** Bucket watches re-created (after an error, or silent for idleRestartMs). */
   restarts: number;
+  /** Full replays after a gap longer than the tombstone TTL (deletions may have been missed). */
+  resyncs: number;
+  /** Pods dropped because a full replay no longer held them (deleted while the watch was away). */
+  swept: number;
 }
 
 export interface NatsSubscriber {
@@ -69,8 +85,13 @@ export interface NatsSubscriber {
   close(): Promise<void>;
   /** The watch has replayed the bucket's content once. */
   readonly replayed: Promise<void>;
-  /** Replay done and a leader has said its first list is published. */
+  /** Replay done and a leader has said its first list is published (and no resync under way). */
   readonly synced: boolean;
+  /**
+   * The watch was away longer than a tombstone lives: the cache may hold pods deleted meanwhile
+   * until the full replay under way ends. Nothing in the cache may be vouched for until then.
+   */
+  readonly resyncing: boolean;
   /** Resolves when {@link synced} first becomes true. */
   readonly whenSynced: Promise<void>;
   /**
@@ -97,7 +118,8 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   const { kv, cache, logger } = opts;
   const now = opts.now ?? Date.now;
   const fence = new EpochFence();
-  const stats: SubscriberStats = { entries: 0, malformed: 0, fenced: 0, deferred: 0, restarts: 0 };
+  const stats: SubscriberStats = { entries: 0, malformed: 0, fenced: 0, deferred: 0, restarts: 0, resyncs: 0, swept: 0 };
+  const trustGapMs = opts.tombstoneTtlMs;
   let closed = false;
   let replayDone = false;
   let leaderSynced = false;
@@ -113,6 +135,40 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   const fencedKeys = new Set<string>();
   /** Values of an epoch whose start is not seen yet, by key (a newer value for the key replaces one). */
   const deferred = new Map<string, { v: BucketPodValue; revision: number }>();
+  /** When (ms, `now`) the last bucket entry was handled; 0 before the first. */
+  let lastEntryAtMs = 0;
+  let resyncing = false;
+  /** Pod keys a full replay delivered, until it ends (undefined: no full replay under way). */
+  let replaySeen: Set<string> | undefined;
+
+  /** Whether deletions stored since the last entry may have expired unseen (a resume cannot be trusted). */
+  const gapTooLong = (t: number) => trustGapMs !== undefined && lastEntryAtMs > 0 && t - lastEntryAtMs >= trustGapMs;
+
+  const beginResync = (gapMs: number, how: string) => {
+    if (!resyncing) stats.resyncs++;
+    resyncing = true;
+    logger.warn({ gapMs, tombstoneTtlMs: trustGapMs, how }, "the bucket watch was away longer than a tombstone lives; replaying the whole bucket");
+  };
+
+  /**
+   * A full replay is over: what it did not deliver is not in the bucket any more (deleted, its
+   * tombstone expired while this replica did not watch), so it goes from the cache.
+   */
+  const endReplay = () => {
+    const seen = replaySeen;
+    replaySeen = undefined;
+    if (!seen) return;
+    const gone: string[] = [];
+    for (const p of cache.pods()) if (!seen.has(p.uid)) gone.push(p.uid);
+    for (const uid of gone) cache.forget(uid);
+    for (const key of [...deferred.keys()]) if (!seen.has(key)) deferred.delete(key);
+    for (const key of [...fencedKeys]) if (!seen.has(key)) fencedKeys.delete(key);
+    stats.swept += gone.length;
+    if (resyncing) {
+      resyncing = false;
+      logger.info({ pods: cache.size, dropped: gone.length }, "replayed the whole pod bucket after a gap");
+    }
+  };
 
   const malformed = (key: string, err: unknown) => {
     stats.malformed++;
@@ -183,6 +239,8 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     const isUpdate = e.isUpdate;
     const revision = e.revision;
     stats.entries++;
+    lastEntryAtMs = now();
+    if (isPodKey(key)) replaySeen?.add(key);
     if (key === EPOCH_KEY) {
       if (operation === "PUT") {
         try {
@@ -216,6 +274,8 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
       fencedKeys.delete(key);
       cache.forget(key);
     }
+    // The last entry of a full replay (or the first after it) ends the replay.
+    if (isUpdate && replaySeen) endReplay();
     if (isUpdate && !replayDone) {
       replayDone = true;
       logger.info({ pods: cache.size, epoch: fence.epoch }, "replayed the pod bucket from NATS");
@@ -229,6 +289,11 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     let resumeFrom = 0;
     while (!closed) {
       try {
+        const t = now();
+        if (resumeFrom > 0 && gapTooLong(t)) {
+          beginResync(t - lastEntryAtMs, "re-created watch");
+          resumeFrom = 0;
+        }
         if (resumeFrom === 0) {
           // The epochs first: the replay delivers values in revision order, and most come before
           // the `_epoch` write that tells which of them a deposed leader wrote.
@@ -243,12 +308,17 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
         }
         const w = await kv.watch(resumeFrom > 0 ? { resumeFromRevision: resumeFrom } : {});
         watcher = w;
+        // A full replay: the bucket's content as of now, so what it lacks is gone.
+        if (resumeFrom === 0) replaySeen = new Set();
         if (closed) {
           w.stop();
           break;
         }
         let idle: NodeJS.Timeout | undefined;
         let silent = false;
+        let gap = false;
+        // A full replay needs no continuity with what came before; a resumed watch does, from its first entry.
+        let continuous = resumeFrom > 0;
         const arm = () => {
           if (opts.idleRestartMs === undefined) return;
           clearTimeout(idle);
@@ -260,14 +330,28 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
         arm();
         // An empty bucket delivers nothing: the replay is trivially done.
         const status = await kv.status().catch(() => undefined);
-        if (status && status.values === 0 && !replayDone) {
-          replayDone = true;
-          resolveReplayed();
+        if (status && status.values === 0) {
+          if (replaySeen) endReplay();
+          if (!replayDone) {
+            replayDone = true;
+            resolveReplayed();
+          }
         }
         try {
           for await (const e of w) {
             arm();
+            // nats.js re-creates its ordered consumer by itself (after missed heartbeats or a
+            // sequence gap) from the last revision it delivered: the same resume, unseen by this loop.
+            const t = now();
+            if (continuous && gapTooLong(t)) {
+              beginResync(t - lastEntryAtMs, "gap inside the watch");
+              gap = true;
+              resumeFrom = 0;
+              w.stop();
+              break;
+            }
             handle(e);
+            continuous = true;
             resumeFrom = e.revision + 1;
             backoff.reset();
           }
@@ -275,8 +359,10 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
           clearTimeout(idle);
         }
         if (closed) break;
-        // Ended without an error: stopped for silence, or the library gave up. Watch again.
         stats.restarts++;
+        // A gap: replay at once (the replica is not fresh until the replay ends).
+        if (gap) continue;
+        // Ended without an error: stopped for silence, or the library gave up. Watch again.
         const wait = backoff.next();
         logger.warn(
           { silent, resumeFrom, retryInMs: wait },
@@ -305,7 +391,10 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     replayed,
     whenSynced,
     get synced() {
-      return replayDone && leaderSynced;
+      return replayDone && leaderSynced && !resyncing;
+    },
+    get resyncing() {
+      return resyncing;
     },
     get lastProofMs() {
       return lastProofMs;

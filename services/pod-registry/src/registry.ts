@@ -77,7 +77,7 @@ export interface PodRegistryOptions {
 
 /** Freshness of the cache, as GetStatus and /readyz report it. */
 export interface RegistryStatusInfo {
-  /** The first full list is in. */
+  /** The first full list is in (replicated: and no full replay of the bucket after a watch gap is under way). */
   synced: boolean;
   /** The last proof of liveness is within the staleness threshold. */
   live: boolean;
@@ -385,6 +385,8 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       now,
       // Three heartbeats missed: the bucket watch, not the leader, is the likelier casualty.
       idleRestartMs: Math.max(2000, 3 * heartbeatMs),
+      // After a longer gap a resumed watch may have missed deletions for good: replay in full.
+      tombstoneTtlMs,
       onFenced: (key) => leading?.publisher?.repair(key),
       onEpoch: (epoch, holder) => {
         if (leading && leading.epoch > 0 && epoch > leading.epoch) {
@@ -424,6 +426,8 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
     let isSynced: boolean;
     let lastMs: number;
     let reason: StaleReason;
+    // Replaying the whole bucket after a gap: a pod deleted meanwhile may still be cached.
+    const resyncing = subscriber?.resyncing ?? false;
     if (!rep) {
       const h = standalone?.health();
       isSynced = h?.synced ?? false;
@@ -448,7 +452,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
             ? StaleReason.NO_HEARTBEAT
             : StaleReason.LEADER_FEED_STALE;
     }
-    const s = noteSynced(isSynced);
+    const s = noteSynced(isSynced) && !resyncing;
     const age = lastMs > 0 ? Math.max(0, t - lastMs) : undefined;
     const live = age !== undefined && age <= opts.staleAfterMs;
     const fresh = s && live;
