@@ -1,0 +1,198 @@
+/**
+ * A replica whose bucket watch is away for longer than a tombstone lives. A pod deleted meanwhile
+ * leaves nothing in the bucket by the time the watch is back (its tombstone and then the delete
+ * marker expired), so a watch resumed from the last revision it saw never hears of the deletion,
+ * and the replica would vouch for a pod that no longer runs, fresh, for good. That is what losing
+ * one of three NATS servers did in nats-cluster.test.ts (to leader and follower alike). The replica
+ * must replay the whole bucket instead, drop what the replay does not hold, and not be fresh until
+ * then.
+ *
+ * The follower reaches NATS through a TCP link the test cuts and restores; the gap is "the deletion's
+ * tombstone and marker are gone from the server", awaited on the server itself, not a sleep.
+ */
+import assert from "node:assert/strict";
+import { createServer, type Server, type Socket, connect as tcpConnect } from "node:net";
+import { after, before, test } from "node:test";
+import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
+import { type KV, Kvm } from "@nats-io/kv";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
+import { type NatsServer, startNatsServer } from "../../../test/support/nats-server.js";
+import { PodCache } from "../src/cache.js";
+import { createNatsSubscriber } from "../src/nats-feed.js";
+import { createPodRegistry, type PodRegistry } from "../src/registry.js";
+import { eventually, eventuallyAsync, quietLogger, until } from "./helpers.js";
+
+/** A TCP link to `port` that can be cut (open connections dropped, new ones refused) and restored. */
+async function startLink(port: number): Promise<{ url: string; cut(): void; restore(): void; close(): Promise<void> }> {
+  let up = true;
+  const open = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    if (!up) {
+      client.destroy();
+      return;
+    }
+    const upstream = tcpConnect(port, "127.0.0.1");
+    for (const s of [client, upstream]) {
+      open.add(s);
+      s.on("error", () => undefined);
+      s.on("close", () => {
+        open.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const cut = () => {
+    up = false;
+    for (const s of open) s.destroy();
+  };
+  return {
+    url: `nats://127.0.0.1:${(server.address() as { port: number }).port}`,
+    cut,
+    restore: () => {
+      up = true;
+    },
+    close: () => {
+      cut();
+      return new Promise((r) => server.close(() => r()));
+    },
+  };
+}
+
+let api: FakeKubeApi;
+let nats: NatsServer;
+let admin: NatsConnection;
+before(async () => {
+  [api, nats] = await Promise.all([startFakeKubeApi(), startNatsServer()]);
+  admin = await connect({ servers: nats.url });
+});
+after(async () => {
+  await admin?.close();
+  await Promise.all([api?.close(), nats?.close()]);
+});
+
+const TOMBSTONE_TTL_MS = 1000;
+
+function replica(id: string, bucket: string, servers: string): PodRegistry {
+  return createPodRegistry({
+    kubeConfig: api.kubeConfig(),
+    namespaces: [bucket],
+    replication: {
+      servers,
+      bucket,
+      lease: { name: bucket, namespace: "kube-system", durationMs: 2000, retryPeriodMs: 200 },
+      heartbeatIntervalMs: 200,
+      tombstoneTtlMs: TOMBSTONE_TTL_MS,
+    },
+    identity: id,
+    staleAfterMs: 2000,
+    waitDefaultMs: 200,
+    waitMaxMs: 1000,
+    apiFallback: false,
+    logger: quietLogger(),
+    watchBackoff: { initialMs: 20, maxMs: 200 },
+  });
+}
+
+/** Resolves once NATS holds nothing for `key`: its tombstone and then the delete marker expired. */
+const gone = (kv: KV, key: string) => eventuallyAsync(async () => (await kv.get(key)) === null, `no trace of ${key} in the bucket`, 15_000);
+
+test("a follower away longer than a tombstone lives drops the pod deleted meanwhile, and is not fresh until it has", async () => {
+  const ns = "gap";
+  const link = await startLink(nats.port);
+  const leader = replica("gap-leader", ns, nats.url);
+  const follower = replica("gap-follower", ns, link.url);
+  try {
+    await leader.start();
+    await eventually(() => leader.role === RegistryRole.LEADER, "a leader", 10_000);
+    await follower.start();
+    await Promise.all([leader.synced, follower.synced]);
+    const deleted = api.createPod({ namespace: ns }).metadata.uid;
+    const kept = api.createPod({ namespace: ns }).metadata.uid;
+    await until([leader, follower], () => [leader, follower].every((r) => r.getByUid(deleted) && r.getByUid(kept)), "both pods everywhere");
+    await eventually(() => follower.status().fresh, "follower fresh", 10_000);
+
+    link.cut();
+    api.deletePod(deleted);
+    await until([leader], () => !leader.getByUid(deleted), "the leader drops the deleted pod");
+    await gone(await new Kvm(admin).open(ns), deleted);
+    assert.ok(follower.getByUid(deleted), "the follower did not hear of the deletion while cut off");
+
+    // From here on the follower must never be fresh while it still holds the deleted pod.
+    const violations: string[] = [];
+    const observe = () => {
+      const s = follower.status();
+      if (s.fresh && follower.getByUid(deleted))
+        violations.push(JSON.stringify({ ...s, role: undefined }, (_, v) => (typeof v === "bigint" ? String(v) : v)));
+    };
+    const offCache = follower.subscribe(observe);
+    const sampler = setInterval(observe, 5);
+    link.restore();
+    try {
+      await until([follower], () => !follower.getByUid(deleted), "the follower drops the pod deleted while it was away", 20_000);
+    } finally {
+      clearInterval(sampler);
+      offCache();
+    }
+    assert.deepEqual(violations, [], "fresh while holding a deleted pod");
+    assert.ok(follower.getByUid(kept), "the pod still running is kept");
+    const b = follower.stats().bucket!;
+    assert.ok(b.resyncs >= 1 && b.swept >= 1, `replayed the bucket in full (resyncs ${b.resyncs}, swept ${b.swept})`);
+    await eventually(() => follower.status().fresh, "follower fresh again after the replay", 10_000);
+  } finally {
+    await follower.close();
+    await leader.close();
+    await link.close();
+  }
+});
+
+test("a gap inside one watch (nats.js resuming its consumer by itself) also leads to a full replay", async () => {
+  // A bare subscriber without the idle timer that would re-create the watch itself: the only resume
+  // is the one nats.js's ordered consumer makes when it sees the delivery sequence jump.
+  const ns = "gap-inner";
+  const link = await startLink(nats.port);
+  const leader = replica("gap-inner-leader", ns, nats.url);
+  const nc = await connect({ servers: link.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, reconnectJitter: 0 });
+  const cache = new PodCache({ tombstoneTtlMs: TOMBSTONE_TTL_MS });
+  try {
+    await leader.start();
+    await leader.synced;
+    const sub = createNatsSubscriber({ kv: await new Kvm(nc).open(ns), cache, logger: quietLogger(), tombstoneTtlMs: TOMBSTONE_TTL_MS });
+    sub.start();
+    try {
+      const deleted = api.createPod({ namespace: ns }).metadata.uid;
+      const kept = api.createPod({ namespace: ns }).metadata.uid;
+      await until([leader], () => Boolean(leader.getByUid(deleted) && leader.getByUid(kept)), "both pods at the leader");
+      await eventually(() => Boolean(cache.getByUid(deleted) && cache.getByUid(kept)), "both pods at the subscriber");
+
+      link.cut();
+      api.deletePod(deleted);
+      await until([leader], () => !leader.getByUid(deleted), "the leader drops the deleted pod");
+      await gone(await new Kvm(admin).open(ns), deleted);
+      assert.ok(cache.getByUid(deleted), "the subscriber did not hear of the deletion while cut off");
+
+      let heldWhileTrusted = 0;
+      const off = cache.subscribe(() => {
+        if (!sub.resyncing && cache.getByUid(deleted)) heldWhileTrusted++;
+      });
+      link.restore();
+      await eventually(() => !cache.getByUid(deleted), "the subscriber drops the pod deleted while it was away", 20_000);
+      off();
+      assert.ok(cache.getByUid(kept), "the pod still running is kept");
+      assert.equal(sub.stats.resyncs, 1);
+      assert.equal(sub.stats.swept, 1);
+      assert.equal(heldWhileTrusted, 0, "a cache change while trusted and still holding the deleted pod");
+      assert.equal(sub.resyncing, false);
+    } finally {
+      await sub.close();
+    }
+  } finally {
+    await nc.close();
+    await leader.close();
+    await link.close();
+  }
+});
