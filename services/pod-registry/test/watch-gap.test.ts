@@ -196,3 +196,43 @@ test("a gap inside one watch (nats.js resuming its consumer by itself) also lead
     await link.close();
   }
 });
+
+test("a quiet bucket is no gap: with a short tombstone TTL the leader heartbeats within it, and nobody replays", async () => {
+  // STALE_AFTER 30 s alone would mean a heartbeat every 5 s, five times the tombstone TTL: every
+  // quiet pause would look like a watch gap and make the replicas replay the bucket forever.
+  const ns = "gap-quiet";
+  const mk = (id: string) =>
+    createPodRegistry({
+      kubeConfig: api.kubeConfig(),
+      namespaces: [ns],
+      replication: {
+        servers: nats.url,
+        bucket: ns,
+        lease: { name: ns, namespace: "kube-system", durationMs: 2000, retryPeriodMs: 200 },
+        tombstoneTtlMs: TOMBSTONE_TTL_MS,
+      },
+      identity: id,
+      staleAfterMs: 30_000,
+      waitDefaultMs: 200,
+      waitMaxMs: 1000,
+      apiFallback: false,
+      logger: quietLogger(),
+    });
+  const leader = mk("quiet-leader");
+  const follower = mk("quiet-follower");
+  try {
+    await leader.start();
+    await eventually(() => leader.role === RegistryRole.LEADER, "a leader", 10_000);
+    await follower.start();
+    await Promise.all([leader.synced, follower.synced]);
+    const seen = follower.stats().bucket!.entries;
+    // Ten heartbeats and nothing else written.
+    await eventually(() => follower.stats().bucket!.entries >= seen + 10, "ten more heartbeats at the follower", 20_000);
+    assert.equal(follower.stats().bucket!.resyncs, 0);
+    assert.equal(leader.stats().bucket!.resyncs, 0);
+    assert.equal(follower.status().fresh, true);
+  } finally {
+    await follower.close();
+    await leader.close();
+  }
+});
