@@ -343,7 +343,10 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
             // nats.js re-creates its ordered consumer by itself (after missed heartbeats or a
             // sequence gap) from the last revision it delivered: the same resume, unseen by this loop.
             const t = now();
-            if (continuous && gapTooLong(t)) {
+            // A revision right after the last one skipped nothing, however long the pause (a quiet
+            // bucket, a busy event loop); a jump over messages that are gone, after a pause as long
+            // as a tombstone lives, may have skipped a deletion.
+            if (continuous && e.revision !== resumeFrom && gapTooLong(t)) {
               beginResync(t - lastEntryAtMs, "gap inside the watch");
               gap = true;
               resumeFrom = 0;

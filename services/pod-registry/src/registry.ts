@@ -30,11 +30,7 @@ export interface ReplicationOptions {
     renewDeadlineMs?: number;
     retryPeriodMs?: number;
   };
-  /**
-   * How often the leader writes its heartbeat. Default a third of the staleness threshold, at most
-   * 5 s; never more than a quarter of the tombstone TTL (a longer pause between bucket entries makes
-   * every replica replay the bucket: it could not tell it from a watch gap that lost deletions).
-   */
+  /** How often the leader writes its heartbeat. Default a third of the staleness threshold, at most 5 s. */
   heartbeatIntervalMs?: number;
   /**
    * How long a deleted pod's tombstone stays in the bucket (a per-message TTL; NATS >= 2.11), and
@@ -240,10 +236,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
   let connecting: Promise<void> | undefined;
   let published = 0;
   const isCurrent = (g: number) => !closing && leading?.gen === g;
-  const heartbeatMs = Math.min(
-    rep?.heartbeatIntervalMs ?? Math.min(5000, Math.max(100, Math.floor(opts.staleAfterMs / 3))),
-    Math.floor(tombstoneTtlMs / 4),
-  );
+  const heartbeatMs = rep?.heartbeatIntervalMs ?? Math.min(5000, Math.max(100, Math.floor(opts.staleAfterMs / 3)));
 
   /**
    * Where the predecessor's published content ends, per scope, when it can be trusted: its last
