@@ -137,12 +137,26 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   const deferred = new Map<string, { v: BucketPodValue; revision: number }>();
   /** When (ms, `now`) the last bucket entry was handled; 0 before the first. */
   let lastEntryAtMs = 0;
+  /** When (ms, NATS's clock) the last entry handled was stored. */
+  let lastStoredMs = 0;
   let resyncing = false;
   /** Pod keys a full replay delivered, until it ends (undefined: no full replay under way). */
   let replaySeen: Set<string> | undefined;
 
-  /** Whether deletions stored since the last entry may have expired unseen (a resume cannot be trusted). */
-  const gapTooLong = (t: number) => trustGapMs !== undefined && lastEntryAtMs > 0 && t - lastEntryAtMs >= trustGapMs;
+  /**
+   * Whether (and after how long a gap, ms) an entry at `revision`, handled at `t` where `expected`
+   * was next, may come after a deletion this replica will never see: messages were skipped (they
+   * are gone: overwritten, or a tombstone and then its marker expired) and the last entry handled
+   * was stored as long ago as a tombstone lives (earlier, the skipped tombstone or its marker would
+   * still be there; the marker's TTL is the margin for clock skew and delivery delay). Stored, not
+   * handled: a resumed watch hands over an old backlog at once. Within a full replay revisions
+   * jump by nature: there a stall that long counts (nats.js may have resumed its consumer inside it).
+   */
+  const mayHaveMissed = (revision: number, expected: number, t: number): number | undefined => {
+    if (trustGapMs === undefined || lastEntryAtMs === 0) return undefined;
+    const sinceMs = replaySeen ? t - lastEntryAtMs : revision !== expected ? t - Math.min(lastStoredMs, lastEntryAtMs) : 0;
+    return sinceMs >= trustGapMs ? sinceMs : undefined;
+  };
 
   const beginResync = (gapMs: number, how: string) => {
     if (!resyncing) stats.resyncs++;
@@ -240,6 +254,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     const revision = e.revision;
     stats.entries++;
     lastEntryAtMs = now();
+    lastStoredMs = e.created.getTime();
     if (isPodKey(key)) replaySeen?.add(key);
     if (key === EPOCH_KEY) {
       if (operation === "PUT") {
@@ -289,11 +304,6 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     let resumeFrom = 0;
     while (!closed) {
       try {
-        const t = now();
-        if (resumeFrom > 0 && gapTooLong(t)) {
-          beginResync(t - lastEntryAtMs, "re-created watch");
-          resumeFrom = 0;
-        }
         if (resumeFrom === 0) {
           // The epochs first: the replay delivers values in revision order, and most come before
           // the `_epoch` write that tells which of them a deposed leader wrote.
@@ -317,8 +327,11 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
         let idle: NodeJS.Timeout | undefined;
         let silent = false;
         let gap = false;
-        // A full replay needs no continuity with what came before; a resumed watch does, from its first entry.
-        let continuous = resumeFrom > 0;
+        // A full replay needs no continuity with what came before; a resumed watch does, from its
+        // first entry (which tells whether anything was skipped: so resuming is always worth a try).
+        const resumed = resumeFrom > 0;
+        let continuous = resumed;
+        let first = true;
         const arm = () => {
           if (opts.idleRestartMs === undefined) return;
           clearTimeout(idle);
@@ -340,14 +353,14 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
         try {
           for await (const e of w) {
             arm();
-            // nats.js re-creates its ordered consumer by itself (after missed heartbeats or a
-            // sequence gap) from the last revision it delivered: the same resume, unseen by this loop.
+            // This loop resumes a re-created watch, and nats.js re-creates its ordered consumer by
+            // itself (after missed heartbeats or a sequence gap) from the last revision it
+            // delivered. A revision right after the last one skipped nothing, however long the
+            // pause (a quiet bucket, an outage without writes, a busy event loop).
             const t = now();
-            // A revision right after the last one skipped nothing, however long the pause (a quiet
-            // bucket, a busy event loop); a jump over messages that are gone, after a pause as long
-            // as a tombstone lives, may have skipped a deletion.
-            if (continuous && e.revision !== resumeFrom && gapTooLong(t)) {
-              beginResync(t - lastEntryAtMs, "gap inside the watch");
+            const missedAfterMs = continuous ? mayHaveMissed(e.revision, resumeFrom, t) : undefined;
+            if (missedAfterMs !== undefined) {
+              beginResync(missedAfterMs, replaySeen ? "stall in a replay" : first && resumed ? "resumed watch" : "gap inside the watch");
               gap = true;
               resumeFrom = 0;
               w.stop();
@@ -355,6 +368,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
             }
             handle(e);
             continuous = true;
+            first = false;
             resumeFrom = e.revision + 1;
             backoff.reset();
           }

@@ -13,13 +13,16 @@
 import assert from "node:assert/strict";
 import { createServer, type Server, type Socket, connect as tcpConnect } from "node:net";
 import { after, before, test } from "node:test";
+import { PodPhase } from "@k8s-athenz-identity/api/common";
 import { RegistryRole } from "@k8s-athenz-identity/api/pod_registry";
 import { type KV, Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
 import { type NatsServer, startNatsServer } from "../../../test/support/nats-server.js";
+import { openPodBucket } from "../src/bucket.js";
 import { PodCache } from "../src/cache.js";
-import { createNatsSubscriber } from "../src/nats-feed.js";
+import { createKvWriter, createNatsSubscriber } from "../src/nats-feed.js";
+import { encodePodEntry, encodeTombstoneEntry, type PodRecord } from "../src/pod.js";
 import { createPodRegistry, type PodRegistry } from "../src/registry.js";
 import { eventually, eventuallyAsync, quietLogger, until } from "./helpers.js";
 
@@ -234,5 +237,56 @@ test("a quiet bucket is no gap: heartbeats twice the tombstone TTL apart make no
   } finally {
     await follower.close();
     await leader.close();
+  }
+});
+
+test("a resumed watch that first delivers an old surviving value, then jumps over an expired tombstone, still replays", async () => {
+  // The backlog case: what decides is how long ago the last entry before the jump was stored, not
+  // how long ago it was handled (a resumed watch hands over its backlog at once).
+  const bucket = "gap-backlog";
+  const link = await startLink(nats.port);
+  const kv = await openPodBucket(admin, bucket, { replicas: 1, markerTtlMs: 1000 });
+  const write = createKvWriter(admin, kv);
+  const nc = await connect({ servers: link.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, reconnectJitter: 0 });
+  const cache = new PodCache({ tombstoneTtlMs: TOMBSTONE_TTL_MS });
+  const pod = (uid: string): PodRecord => ({
+    uid,
+    namespace: "ns",
+    name: `pod-${uid}`,
+    serviceAccountName: "sa",
+    podIps: ["10.0.0.1"],
+    hostIp: "10.1.0.1",
+    nodeName: "node",
+    phase: PodPhase.RUNNING,
+    deletionTimestampMs: undefined,
+    creationTimestampMs: 1,
+    resourceVersion: "1",
+    labels: undefined,
+    annotations: undefined,
+  });
+  const sub = createNatsSubscriber({ kv: await new Kvm(nc).open(bucket), cache, logger: quietLogger(), tombstoneTtlMs: TOMBSTONE_TTL_MS });
+  try {
+    await write("pod-p", encodePodEntry(pod("pod-p"), 0));
+    sub.start();
+    await sub.replayed;
+    await eventually(() => Boolean(cache.getByUid("pod-p")), "pod-p at the subscriber");
+
+    link.cut();
+    // Survives (the resumed watch's first entry follows the last one seen: no jump yet) ...
+    await write("pod-x", encodePodEntry(pod("pod-x"), 0));
+    // ... then the deletion, whose tombstone and marker expire before the watch is back ...
+    await write("pod-p", encodeTombstoneEntry({ uid: "pod-p", namespace: "ns", name: "pod-p", resourceVersion: "2" }, 0), "1s");
+    await gone(kv, "pod-p");
+    // ... and a later value: the watch jumps from pod-x's revision over the vanished ones to it.
+    await write("pod-y", encodePodEntry(pod("pod-y"), 0));
+    link.restore();
+    await eventually(() => Boolean(cache.getByUid("pod-y")) && !cache.getByUid("pod-p"), "pod-y in, pod-p dropped", 20_000);
+    assert.ok(cache.getByUid("pod-x"));
+    assert.equal(sub.stats.resyncs, 1);
+  } finally {
+    write.close();
+    await sub.close();
+    await nc.close();
+    await link.close();
   }
 });
