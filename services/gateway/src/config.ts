@@ -1,6 +1,7 @@
 /** The gateway's settings (flags and environment), and the initial policy built from them. */
-import { DEFAULT_NAMING_RULE, NAMING_RULE_SUMMARY, NAMING_RULES, type NamingRule } from "@k8s-athenz-identity/identity/naming";
+import { namingSettings } from "@k8s-athenz-identity/identity/naming-settings";
 import { CLIENT_IP_RULES, type ClientIpRule } from "@k8s-athenz-identity/identity/san";
+import { policySourceSettings } from "@k8s-athenz-identity/policy/settings";
 import { bool, type ConfigOf, duration, int, list, oneOf, optionalStr, port, serverSettings, str } from "@k8s-athenz-identity/shared";
 import { apiAuthSettings } from "./api-auth.js";
 import { podEventSettings } from "./events.js";
@@ -73,32 +74,12 @@ export const gatewaySpec = {
     description: "DEVELOPMENT ONLY: serve the ZTS endpoint over plain HTTP without client certificates",
     default: false,
   }),
-  policySource: oneOf({
-    env: "POLICY_SOURCE",
-    flag: "policy-source",
-    description:
-      "where the identity policy objects (ClusterIdentityPolicy, IdentityPolicy) come from: kubernetes (watched through KUBECONFIG or the in-cluster account), file (POLICY_FILE), none (the settings alone); empty: file when POLICY_FILE is set, else none",
-    default: "",
-    values: ["", "none", "file", "kubernetes"] as const,
-  }),
-  policyFile: optionalStr({
-    env: "POLICY_FILE",
-    flag: "policy-file",
-    description:
-      "identity policy objects for use outside a cluster: YAML or JSON documents of kind ClusterIdentityPolicy, IdentityPolicy (and Namespace, for labels), the same schema as the CRDs; re-read on change",
-  }),
+  ...policySourceSettings(),
   policyStatus: bool({
     env: "POLICY_STATUS",
     flag: "policy-status",
     description: "write each policy object's status (Ready, or Invalid with the compiler's error) when the source is kubernetes",
     default: true,
-  }),
-  policyReloadInterval: duration({
-    env: "POLICY_RELOAD_INTERVAL",
-    flag: "policy-reload-interval",
-    description: "how often the policy file is checked for changes",
-    default: 10_000,
-    minMs: 100,
   }),
   // ---- policy (initial values; the policy can be swapped at run time)
   allowedZtsCns: list({
@@ -145,28 +126,7 @@ export const gatewaySpec = {
     default: [],
   }),
   allowHostname: bool({ env: "ALLOW_HOSTNAME", flag: "allow-hostname", description: "allow the hostname attribute", default: false }),
-  namingRule: oneOf<NamingRule>({
-    env: "NAMING_RULE",
-    flag: "naming-rule",
-    description: `the cluster-wide namespace -> Athenz domain rule, the same as in the SIA ConfigMap: ${NAMING_RULES.map((r) => `${r}: ${NAMING_RULE_SUMMARY[r]}`).join("; ")}`,
-    default: DEFAULT_NAMING_RULE,
-    values: NAMING_RULES,
-  }),
-  athenzDomain: str({
-    env: "ATHENZ_DOMAIN",
-    flag: "athenz-domain",
-    description: "one fixed Athenz domain for every namespace (prefix and suffix still apply)",
-    default: "",
-  }),
-  athenzPrefix: str({ env: "ATHENZ_PREFIX", flag: "athenz-prefix", description: "prepended as is to the domain, e.g. k8s.", default: "" }),
-  athenzSuffix: str({ env: "ATHENZ_SUFFIX", flag: "athenz-suffix", description: "appended as is to the domain, e.g. .prod", default: "" }),
-  serviceAccountForm: oneOf({
-    env: "SERVICE_ACCOUNT_FORM",
-    flag: "service-account-form",
-    description: "SA name is the service, or <domain>.<service>",
-    default: "service",
-    values: ["service", "domain.service"] as const,
-  }),
+  ...namingSettings(),
   podWait: duration({
     env: "POD_WAIT",
     flag: "pod-wait",
