@@ -161,7 +161,12 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   const beginResync = (gapMs: number, how: string) => {
     if (!resyncing) stats.resyncs++;
     resyncing = true;
-    logger.warn({ gapMs, tombstoneTtlMs: trustGapMs, how }, "the bucket watch was away longer than a tombstone lives; replaying the whole bucket");
+    logger.warn(
+      { gapMs, tombstoneTtlMs: trustGapMs, how },
+      how === "bucket replaced"
+        ? "the bucket was replaced while the watch was away; replaying the whole bucket"
+        : "the bucket watch was away longer than a tombstone lives; replaying the whole bucket",
+    );
   };
 
   /**
@@ -302,6 +307,8 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   async function run(): Promise<void> {
     const backoff = createBackoff({ initialMs: 200, maxMs: 5000 });
     let resumeFrom = 0;
+    /** When the stream behind the bucket was created, as last seen (a new one restarts revisions at 1). */
+    let streamCreated: string | undefined;
     while (!closed) {
       try {
         if (resumeFrom === 0) {
@@ -343,6 +350,24 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
         arm();
         // An empty bucket delivers nothing: the replay is trivially done.
         const status = await kv.status().catch(() => undefined);
+        // A bucket deleted and created again while the watch was away (an operator, a NATS server
+        // that lost its storage) numbers its revisions from 1 again: the revision a resumed watch
+        // expects can then exist and seem to follow the last one seen, though nothing this replica
+        // holds is in the new stream. Only a full replay tells what the new bucket holds.
+        const created = status?.streamInfo.created;
+        const replaced =
+          resumed &&
+          status !== undefined &&
+          ((streamCreated !== undefined && created !== streamCreated) || status.streamInfo.state.last_seq < resumeFrom - 1);
+        if (created !== undefined) streamCreated = created;
+        if (replaced) {
+          clearTimeout(idle);
+          w.stop();
+          stats.restarts++;
+          beginResync(lastEntryAtMs > 0 ? now() - lastEntryAtMs : 0, "bucket replaced");
+          resumeFrom = 0;
+          continue;
+        }
         if (status && status.values === 0) {
           if (replaySeen) endReplay();
           if (!replayDone) {

@@ -290,3 +290,60 @@ test("a resumed watch that first delivers an old surviving value, then jumps ove
     await link.close();
   }
 });
+
+test("a bucket replaced while the watch was away (sequence numbers restart) is replayed in full, not resumed", async () => {
+  // The stream behind the bucket is deleted and created again (an operator's `nats kv rm`, a NATS
+  // server that lost its storage): revisions start again at 1, so the revision a resumed watch
+  // expects next can exist in the new stream and follow "contiguously", while nothing of what the
+  // replica holds is in the new bucket any more.
+  const bucket = "gap-reset";
+  const link = await startLink(nats.port);
+  const kvm = new Kvm(admin);
+  let kv = await openPodBucket(admin, bucket, { replicas: 1, markerTtlMs: 1000 });
+  const nc = await connect({ servers: link.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, reconnectJitter: 0 });
+  const cache = new PodCache({ tombstoneTtlMs: TOMBSTONE_TTL_MS });
+  const pod = (uid: string): PodRecord => ({
+    uid,
+    namespace: "ns",
+    name: `pod-${uid}`,
+    serviceAccountName: "sa",
+    podIps: ["10.0.0.1"],
+    hostIp: "10.1.0.1",
+    nodeName: "node",
+    phase: PodPhase.RUNNING,
+    deletionTimestampMs: undefined,
+    creationTimestampMs: 1,
+    resourceVersion: "1",
+    labels: undefined,
+    annotations: undefined,
+  });
+  // The registry's idle timer (a watch silent for this long is re-created from the last revision).
+  const sub = createNatsSubscriber({
+    kv: await new Kvm(nc).open(bucket),
+    cache,
+    logger: quietLogger(),
+    tombstoneTtlMs: TOMBSTONE_TTL_MS,
+    idleRestartMs: 2000,
+  });
+  try {
+    await kv.put("pod-p", encodePodEntry(pod("pod-p"), 0));
+    sub.start();
+    await sub.replayed;
+    await eventually(() => Boolean(cache.getByUid("pod-p")), "pod-p at the subscriber");
+
+    link.cut();
+    await kv.destroy();
+    kv = await openPodBucket(admin, bucket, { replicas: 1, markerTtlMs: 1000 });
+    // Revision 1 of the new stream (skipped by a watch resuming from 2), then revision 2.
+    await kv.put("pod-x", encodePodEntry(pod("pod-x"), 0));
+    await kv.put("pod-y", encodePodEntry(pod("pod-y"), 0));
+    assert.equal((await kvm.open(bucket).then((b) => b.get("pod-p"))) ?? null, null, "pod-p is not in the new bucket");
+    link.restore();
+    await eventually(() => Boolean(cache.getByUid("pod-y")), "pod-y at the subscriber", 20_000);
+    await eventually(() => !cache.getByUid("pod-p") && Boolean(cache.getByUid("pod-x")), "pod-p dropped, pod-x in", 10_000);
+  } finally {
+    await sub.close();
+    await nc.close();
+    await link.close();
+  }
+});
