@@ -61,8 +61,11 @@ test("heartbeats round-trip, the old JSON ones are read, and garbage is refused"
     publishedThrough: new Map([["ns-a", "1000"]]),
     feedConfig: feedConfigFingerprint({ namespaces: ["ns-a"] }),
     released: false,
+    tombstoneTtlMs: 60_000,
   };
   assert.deepEqual(decodeHeartbeat(encodeHeartbeat(hb, Date.now())), hb);
+  // A heartbeat of an older leader names no TTL: the reader's own setting applies.
+  assert.equal(decodeHeartbeat(encodeHeartbeat({ ...hb, tombstoneTtlMs: undefined }, 0)).tombstoneTtlMs, undefined);
   assert.equal(decodeHeartbeat(encodeHeartbeat({ ...hb, proofAgeMs: undefined }, 0)).proofAgeMs, undefined, "no proof: vouches for nothing");
   const old = decodeHeartbeat(new TextEncoder().encode(`{"h":"old","t":1,"s":true}`));
   assert.deepEqual([old.holder, old.epoch, old.synced, old.proofAgeMs], ["old", 0, true, 0]);

@@ -87,6 +87,11 @@ export interface Heartbeat {
   publishedThrough: Map<string, string>;
   feedConfig: string;
   released: boolean;
+  /**
+   * The per-message TTL (ms) this leader writes tombstones with; undefined from older registries.
+   * A follower never trusts a watch gap this long (nats-feed.ts).
+   */
+  tombstoneTtlMs?: number | undefined;
 }
 
 export function encodeHeartbeat(h: Heartbeat, nowMs: number): Uint8Array {
@@ -101,6 +106,7 @@ export function encodeHeartbeat(h: Heartbeat, nowMs: number): Uint8Array {
       publishedThrough: Object.fromEntries(h.publishedThrough),
       feedConfig: h.feedConfig,
       released: h.released,
+      tombstoneTtl: h.tombstoneTtlMs === undefined ? undefined : durationFromMs(Math.max(0, Math.round(h.tombstoneTtlMs))),
     }),
   );
 }
@@ -132,6 +138,8 @@ export function decodeHeartbeat(bytes: Uint8Array): Heartbeat {
   for (const [ns, rv] of scopes) if (ns.length > 63 || rv.length > 64) throw new Error("oversized published_through entry");
   const age = m.proofAge ? durationMs(m.proofAge) : undefined;
   if (age !== undefined && !(age >= 0 && Number.isFinite(age))) throw new Error("proof_age out of range");
+  const ttl = m.tombstoneTtl ? durationMs(m.tombstoneTtl) : undefined;
+  if (ttl !== undefined && !(ttl >= 0 && Number.isFinite(ttl))) throw new Error("tombstone_ttl out of range");
   return {
     holder: m.holder.slice(0, 253),
     epoch,
@@ -140,6 +148,8 @@ export function decodeHeartbeat(bytes: Uint8Array): Heartbeat {
     publishedThrough: new Map(scopes),
     feedConfig: m.feedConfig.slice(0, 128),
     released: m.released,
+    // Zero says nothing (no TTL is that short): the reader's own setting applies.
+    tombstoneTtlMs: ttl || undefined,
   };
 }
 

@@ -53,11 +53,14 @@ export interface NatsSubscriberOptions {
   idleRestartMs?: number;
   /**
    * How long a tombstone stays in the bucket (ms; its per-message TTL, the delete marker's TTL
-   * comes on top). A deletion stored while this replica's watch delivered nothing can vanish
-   * after this long, so a watch resumed (by this loop or by nats.js's ordered consumer) after a
-   * longer gap cannot be trusted: the bucket is replayed in full and every pod the replay does
-   * not hold is dropped ({@link NatsSubscriber.resyncing} meanwhile). Undefined: tombstones never
-   * expire and every resume is trusted.
+   * comes on top), as this replica is configured. A deletion stored while this replica's watch
+   * delivered nothing can vanish after this long, so a watch resumed (by this loop or by nats.js's
+   * ordered consumer) after a longer gap cannot be trusted: the bucket is replayed in full and
+   * every pod the replay does not hold is dropped ({@link NatsSubscriber.resyncing} meanwhile).
+   * The leader writes the tombstones, with its own setting, which it announces in its heartbeats:
+   * a gap is judged by the shortest of this, the TTL of the last heartbeat before the gap and that
+   * of the heartbeat in the bucket when the watch is back ({@link NatsSubscriber.trustGapMs}).
+   * Undefined, and no leader announcing one: tombstones never expire and every resume is trusted.
    */
   tombstoneTtlMs?: number;
 }
@@ -76,6 +79,8 @@ export interface SubscriberStats {
   restarts: number;
   /** Full replays after a gap longer than the tombstone TTL (deletions may have been missed). */
   resyncs: number;
+  /** Bucket watches back after a gap whose judgement read the leader's current heartbeat for its tombstone TTL. */
+  ttlLookups: number;
   /** Pods dropped because a full replay no longer held them (deleted while the watch was away). */
   swept: number;
 }
@@ -111,15 +116,36 @@ export interface NatsSubscriber {
   readonly fence: EpochFence;
   /** Keys whose latest value the fence dropped (a new leader rewrites them: its predecessor may not have). */
   readonly fencedKeys: ReadonlySet<string>;
+  /**
+   * The longest gap (ms) after which a resumed watch is trusted, as of the last heartbeat handled:
+   * the shorter of this replica's tombstone TTL and the one the leader announced; undefined when
+   * neither is known (tombstones never expire).
+   */
+  readonly trustGapMs: number | undefined;
   readonly stats: SubscriberStats;
 }
+
+/** The shortest of the TTLs (ms) that are known; undefined when none is. */
+const shortest = (...ttls: Array<number | undefined>): number | undefined => {
+  const known = ttls.filter((x): x is number => x !== undefined);
+  return known.length === 0 ? undefined : Math.min(...known);
+};
+
+/** No leader writes a tombstone that expires sooner (a per-message TTL is whole seconds, >= 1 s). */
+const MIN_TOMBSTONE_TTL_MS = 1000;
 
 export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscriber {
   const { kv, cache, logger } = opts;
   const now = opts.now ?? Date.now;
   const fence = new EpochFence();
-  const stats: SubscriberStats = { entries: 0, malformed: 0, fenced: 0, deferred: 0, restarts: 0, resyncs: 0, swept: 0 };
-  const trustGapMs = opts.tombstoneTtlMs;
+  const stats: SubscriberStats = { entries: 0, malformed: 0, fenced: 0, deferred: 0, restarts: 0, resyncs: 0, swept: 0, ttlLookups: 0 };
+  /**
+   * The tombstone TTL announced by the latest valid heartbeat: the leader's own when the watch
+   * stopped. Replaced, not kept at the minimum: tombstones written with an earlier leader's TTL
+   * before that heartbeat was stored were delivered before it.
+   */
+  let announcedTtlMs: number | undefined;
+  const trustGapMs = () => shortest(opts.tombstoneTtlMs, announcedTtlMs);
   let closed = false;
   let replayDone = false;
   let leaderSynced = false;
@@ -144,25 +170,57 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   let replaySeen: Set<string> | undefined;
 
   /**
-   * Whether (and after how long a gap, ms) an entry at `revision`, handled at `t` where `expected`
-   * was next, may come after a deletion this replica will never see: messages were skipped (they
-   * are gone: overwritten, or a tombstone and then its marker expired) and the last entry handled
-   * was stored as long ago as a tombstone lives (earlier, the skipped tombstone or its marker would
-   * still be there; the marker's TTL is the margin for clock skew and delivery delay). Stored, not
-   * handled: a resumed watch hands over an old backlog at once. Within a full replay revisions
-   * jump by nature: there a stall that long counts (nats.js may have resumed its consumer inside it).
+   * How long (ms) before `t` the watch may have stopped hearing of deletions, for an entry at
+   * `revision` where `expected` was next; 0 when nothing can have been missed. Messages were
+   * skipped (they are gone: overwritten, or a tombstone and then its marker expired): since the
+   * last entry handled was stored. Stored, not handled: a resumed watch hands over an old backlog
+   * at once. Within a full replay revisions jump by nature: there a stall counts (nats.js may have
+   * resumed its consumer inside it).
    */
-  const mayHaveMissed = (revision: number, expected: number, t: number): number | undefined => {
-    if (trustGapMs === undefined || lastEntryAtMs === 0) return undefined;
-    const sinceMs = replaySeen ? t - lastEntryAtMs : revision !== expected ? t - Math.min(lastStoredMs, lastEntryAtMs) : 0;
-    return sinceMs >= trustGapMs ? sinceMs : undefined;
+  const gapBefore = (revision: number, expected: number, t: number): number => {
+    if (lastEntryAtMs === 0) return 0;
+    return replaySeen ? t - lastEntryAtMs : revision !== expected ? t - Math.min(lastStoredMs, lastEntryAtMs) : 0;
+  };
+
+  /**
+   * The tombstone TTL the heartbeat now in the bucket announces: a leader elected while this
+   * watch was away may write shorter-lived tombstones than the one it last heard of. Whatever the
+   * fence would say of it (a shorter TTL can only make the judgement stricter). A heartbeat that
+   * cannot be read counts as the shortest TTL any leader writes.
+   */
+  const currentAnnouncedTtlMs = async (): Promise<number | undefined> => {
+    stats.ttlLookups++;
+    try {
+      const cur = await kv.get(HEARTBEAT_KEY);
+      return cur?.operation === "PUT" && cur.value.length > 0 ? decodeHeartbeat(cur.value).tombstoneTtlMs : undefined;
+    } catch (err) {
+      logger.warn({ err }, "could not read the leader's heartbeat to judge a watch gap; assuming the shortest tombstone TTL");
+      return MIN_TOMBSTONE_TTL_MS;
+    }
+  };
+
+  /**
+   * Whether (and after how long a gap, ms) an entry at `revision`, handled at `t`, may come after
+   * a deletion this replica will never see: the gap ({@link gapBefore}) is as long as the
+   * tombstones written meanwhile live (earlier, a skipped tombstone or its marker would still be
+   * there; the marker's TTL is the margin for clock skew and delivery delay). Their TTL is the
+   * shortest of this replica's, the one announced before the gap and the one announced now.
+   */
+  const mayHaveMissed = async (revision: number, expected: number, t: number): Promise<number | undefined> => {
+    const sinceMs = gapBefore(revision, expected, t);
+    if (sinceMs < MIN_TOMBSTONE_TTL_MS) return undefined;
+    const known = trustGapMs();
+    if (known !== undefined && sinceMs >= known) return sinceMs;
+    // Shorter than every TTL this replica knows of: only a leader elected meanwhile can tell.
+    const limit = shortest(known, await currentAnnouncedTtlMs());
+    return limit !== undefined && sinceMs >= limit ? sinceMs : undefined;
   };
 
   const beginResync = (gapMs: number, how: string) => {
     if (!resyncing) stats.resyncs++;
     resyncing = true;
     logger.warn(
-      { gapMs, tombstoneTtlMs: trustGapMs, how },
+      { gapMs, tombstoneTtlMs: opts.tombstoneTtlMs, announcedTtlMs, how },
       how === "bucket replaced"
         ? "the bucket was replaced while the watch was away; replaying the whole bucket"
         : "the bucket watch was away longer than a tombstone lives; replaying the whole bucket",
@@ -242,6 +300,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     }
     lastHeartbeat = hb;
     lastHeartbeatAtMs = at;
+    announcedTtlMs = hb.tombstoneTtlMs;
     if (hb.synced) leaderSynced = true;
     // The latest heartbeat decides, also when it says less than the one before: the leader may
     // have found that a proof it had given was worthless (a silent watch). A heartbeat without a
@@ -383,7 +442,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
             // delivered. A revision right after the last one skipped nothing, however long the
             // pause (a quiet bucket, an outage without writes, a busy event loop).
             const t = now();
-            const missedAfterMs = continuous ? mayHaveMissed(e.revision, resumeFrom, t) : undefined;
+            const missedAfterMs = continuous ? await mayHaveMissed(e.revision, resumeFrom, t) : undefined;
             if (missedAfterMs !== undefined) {
               beginResync(missedAfterMs, replaySeen ? "stall in a replay" : first && resumed ? "resumed watch" : "gap inside the watch");
               gap = true;
@@ -455,6 +514,9 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     },
     fence,
     fencedKeys,
+    get trustGapMs() {
+      return trustGapMs();
+    },
     stats,
   };
 }
@@ -625,7 +687,8 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
   const { kv, cache, logger, identity, epoch } = opts;
   const now = opts.now ?? Date.now;
   const maxInFlight = opts.maxInFlight ?? 256;
-  const ttl = `${Math.max(1, Math.ceil(opts.tombstoneTtlMs / 1000))}s`;
+  const ttlSeconds = Math.max(MIN_TOMBSTONE_TTL_MS / 1000, Math.ceil(opts.tombstoneTtlMs / 1000));
+  const ttl = `${ttlSeconds}s`;
   // Latest wanted value per UID, in arrival order. Coalescing per UID bounds memory by the pod
   // count and makes a NATS outage survivable: everything still wanted is written on recovery.
   const pending = new Map<string, Pending>();
@@ -777,6 +840,7 @@ export function createNatsPublisher(opts: NatsPublisherOptions): NatsPublisher {
         publishedThrough,
         feedConfig: opts.feedConfig,
         released,
+        tombstoneTtlMs: ttlSeconds * 1000,
       },
       Date.now(),
     );

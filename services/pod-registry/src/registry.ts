@@ -386,6 +386,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
       // Three heartbeats missed: the bucket watch, not the leader, is the likelier casualty.
       idleRestartMs: Math.max(2000, 3 * heartbeatMs),
       // After a longer gap a resumed watch may have missed deletions for good: replay in full.
+      // The leader's heartbeats lower it to the TTL it writes tombstones with, when shorter.
       tombstoneTtlMs,
       onFenced: (key) => leading?.publisher?.repair(key),
       onEpoch: (epoch, holder) => {

@@ -19,7 +19,7 @@ import { type KV, Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
 import { type NatsServer, startNatsServer } from "../../../test/support/nats-server.js";
-import { openPodBucket } from "../src/bucket.js";
+import { encodeHeartbeat, HEARTBEAT_KEY, openPodBucket } from "../src/bucket.js";
 import { PodCache } from "../src/cache.js";
 import { createKvWriter, createNatsSubscriber } from "../src/nats-feed.js";
 import { encodePodEntry, encodeTombstoneEntry, type PodRecord } from "../src/pod.js";
@@ -342,6 +342,110 @@ test("a bucket replaced while the watch was away (sequence numbers restart) is r
     await eventually(() => Boolean(cache.getByUid("pod-y")), "pod-y at the subscriber", 20_000);
     await eventually(() => !cache.getByUid("pod-p") && Boolean(cache.getByUid("pod-x")), "pod-p dropped, pod-x in", 10_000);
   } finally {
+    await sub.close();
+    await nc.close();
+    await link.close();
+  }
+});
+
+test("a follower configured for longer-lived tombstones than its leader writes judges a gap by the leader's TTL", async () => {
+  // A rolling change of TOMBSTONE_TTL (or one mis-set replica): the leader writes tombstones that
+  // live 1 s, the follower is set to 60 s. A gap of a few seconds, with a deletion whose tombstone
+  // and marker expired inside it, is far shorter than the follower's own setting; the leader's
+  // heartbeats say how long its tombstones live, and that decides.
+  const ns = "gap-ttl";
+  const link = await startLink(nats.port);
+  const leader = replica("gap-ttl-leader", ns, nats.url);
+  const nc = await connect({ servers: link.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, reconnectJitter: 0 });
+  const cache = new PodCache({ tombstoneTtlMs: 60_000 });
+  try {
+    await leader.start();
+    await leader.synced;
+    const sub = createNatsSubscriber({ kv: await new Kvm(nc).open(ns), cache, logger: quietLogger(), tombstoneTtlMs: 60_000 });
+    sub.start();
+    try {
+      const deleted = api.createPod({ namespace: ns }).metadata.uid;
+      const kept = api.createPod({ namespace: ns }).metadata.uid;
+      await until([leader], () => Boolean(leader.getByUid(deleted) && leader.getByUid(kept)), "both pods at the leader");
+      await eventually(() => Boolean(cache.getByUid(deleted) && cache.getByUid(kept)), "both pods at the subscriber");
+      await eventually(() => sub.trustGapMs === TOMBSTONE_TTL_MS, "the leader's tombstone TTL heard");
+
+      link.cut();
+      api.deletePod(deleted);
+      await until([leader], () => !leader.getByUid(deleted), "the leader drops the deleted pod");
+      await gone(await new Kvm(admin).open(ns), deleted);
+      assert.ok(cache.getByUid(deleted), "the subscriber did not hear of the deletion while cut off");
+
+      let heldWhileTrusted = 0;
+      const off = cache.subscribe(() => {
+        if (!sub.resyncing && cache.getByUid(deleted)) heldWhileTrusted++;
+      });
+      link.restore();
+      await eventually(() => !cache.getByUid(deleted), "the subscriber drops the pod deleted while it was away", 20_000);
+      off();
+      assert.ok(cache.getByUid(kept), "the pod still running is kept");
+      assert.equal(sub.stats.resyncs, 1);
+      assert.equal(sub.stats.swept, 1);
+      assert.equal(heldWhileTrusted, 0, "a cache change while trusted and still holding the deleted pod");
+    } finally {
+      await sub.close();
+    }
+  } finally {
+    await nc.close();
+    await leader.close();
+    await link.close();
+  }
+});
+
+test("a leader elected during the gap that writes shorter-lived tombstones is heard before the gap is judged", async () => {
+  // The last heartbeat before the gap announced 60 s; the leader after it writes 1 s tombstones
+  // and its first heartbeat comes after the vanished deletion, so the resumed watch meets the jump
+  // before that heartbeat: the judgement reads the heartbeat now in the bucket.
+  const bucket = "gap-ttl-new-leader";
+  const link = await startLink(nats.port);
+  const kv = await openPodBucket(admin, bucket, { replicas: 1, markerTtlMs: 1000 });
+  const write = createKvWriter(admin, kv);
+  const nc = await connect({ servers: link.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, reconnectJitter: 0 });
+  const cache = new PodCache({ tombstoneTtlMs: 60_000 });
+  const heartbeat = (holder: string, tombstoneTtlMs: number) =>
+    encodeHeartbeat(
+      { holder, epoch: 0, synced: true, proofAgeMs: 0, publishedThrough: new Map(), feedConfig: "", released: false, tombstoneTtlMs },
+      Date.now(),
+    );
+  const pod: PodRecord = {
+    uid: "pod-p",
+    namespace: "ns",
+    name: "pod-p",
+    serviceAccountName: "sa",
+    podIps: ["10.0.0.1"],
+    hostIp: "10.1.0.1",
+    nodeName: "node",
+    phase: PodPhase.RUNNING,
+    deletionTimestampMs: undefined,
+    creationTimestampMs: 1,
+    resourceVersion: "1",
+    labels: undefined,
+    annotations: undefined,
+  };
+  const sub = createNatsSubscriber({ kv: await new Kvm(nc).open(bucket), cache, logger: quietLogger(), tombstoneTtlMs: 60_000 });
+  try {
+    await write(HEARTBEAT_KEY, heartbeat("old-leader", 60_000));
+    await write("pod-p", encodePodEntry(pod, 0));
+    sub.start();
+    await sub.replayed;
+    await eventually(() => Boolean(cache.getByUid("pod-p")) && sub.trustGapMs === 60_000, "pod-p and the old leader's TTL at the subscriber");
+
+    link.cut();
+    await write("pod-p", encodeTombstoneEntry({ uid: "pod-p", namespace: "ns", name: "pod-p", resourceVersion: "2" }, 0), "1s");
+    await gone(kv, "pod-p");
+    await write(HEARTBEAT_KEY, heartbeat("new-leader", 1000));
+    link.restore();
+    await eventually(() => !cache.getByUid("pod-p"), "pod-p dropped", 20_000);
+    assert.equal(sub.stats.resyncs, 1);
+    assert.ok(sub.stats.ttlLookups >= 1, "the judgement read the current heartbeat");
+    assert.equal(sub.trustGapMs, 1000);
+  } finally {
+    write.close();
     await sub.close();
     await nc.close();
     await link.close();
