@@ -103,4 +103,9 @@ test("opening a bucket an older registry created turns per-message TTLs on", asy
   assert.equal(cfg.subject_delete_marker_ttl, 5000 * 1_000_000);
   // Opening it again changes nothing.
   await openPodBucket(nc, "old-bucket", { replicas: 1, markerTtlMs: 5000 });
+  // A replica with a shorter setting does not shorten the markers the others count on; a longer one lengthens them.
+  await openPodBucket(nc, "old-bucket", { replicas: 1, markerTtlMs: 1000 });
+  assert.equal((await kv.status()).streamInfo.config.subject_delete_marker_ttl, 5000 * 1_000_000);
+  await openPodBucket(nc, "old-bucket", { replicas: 1, markerTtlMs: 7000 });
+  assert.equal((await kv.status()).streamInfo.config.subject_delete_marker_ttl, 7000 * 1_000_000);
 });

@@ -41,16 +41,22 @@ export const isPodKey = (key: string): boolean => POD_KEY_RE.test(key);
 export interface PodBucketOptions {
   /** Copies of the bucket on a JetStream cluster: 1 for a single server, 3 for the shipped cluster. */
   replicas: number;
-  /** How long the server keeps the delete marker of an expired tombstone (>= 1 s). */
+  /**
+   * How long the server keeps the delete marker of an expired tombstone (>= 1 s). A stream-wide
+   * setting: a bucket whose marker TTL is already longer keeps it.
+   */
   markerTtlMs: number;
   logger?: Logger;
 }
 
 /**
  * Opens the pod bucket, creating it when absent. A bucket created by an older registry gets the
- * per-message TTL switched on (it cannot be switched off again), the marker TTL set, and its
- * replicas raised to `replicas` (never lowered: a replica with a smaller setting is a mistake, not a
- * reason to drop copies).
+ * per-message TTL switched on (it cannot be switched off again), and the marker TTL and its
+ * replicas raised to `markerTtlMs` and `replicas`. Neither is ever lowered: fewer copies because
+ * one replica has a smaller setting is a mistake, and the marker TTL is the margin every replica's
+ * watch-gap rule counts on (nats-feed.ts): one replica with a short tombstone TTL must not shorten
+ * it under the others (during a rolling change of the setting, each replica would otherwise
+ * reset it to its own when it starts).
  */
 export async function openPodBucket(nc: NatsConnection, bucket: string, o: PodBucketOptions): Promise<KV> {
   const markerTtlMs = Math.max(1000, Math.round(o.markerTtlMs));
@@ -61,13 +67,13 @@ export async function openPodBucket(nc: NatsConnection, bucket: string, o: PodBu
     description: "pod-registry: pods by UID",
   });
   const cfg = (await kv.status()).streamInfo.config;
-  const markerNs = markerTtlMs * 1_000_000;
+  const markerNs = Math.max(markerTtlMs * 1_000_000, cfg.subject_delete_marker_ttl ?? 0);
   const replicas = Math.max(cfg.num_replicas ?? 1, o.replicas);
   if (o.replicas < (cfg.num_replicas ?? 1)) {
     o.logger?.warn({ bucket, configured: o.replicas, stream: cfg.num_replicas }, "bucket has more replicas than configured; keeping them");
   }
   if (cfg.allow_msg_ttl !== true || cfg.subject_delete_marker_ttl !== markerNs || cfg.num_replicas !== replicas) {
-    o.logger?.info({ bucket, replicas, markerTtlMs }, "updating the pod bucket's stream settings");
+    o.logger?.info({ bucket, replicas, markerTtlMs: markerNs / 1_000_000 }, "updating the pod bucket's stream settings");
     const jsm = await jetstreamManager(nc);
     await jsm.streams.update(cfg.name, { ...cfg, allow_msg_ttl: true, subject_delete_marker_ttl: markerNs, num_replicas: replicas });
   }

@@ -367,6 +367,7 @@ export function createPodRegistry(opts: PodRegistryOptions): PodRegistry {
         });
         kv = await openPodBucket(nc, rep!.bucket, {
           replicas: rep!.bucketReplicas ?? 1,
+          // Raised, never lowered, by each replica: the margin of every replica's watch-gap rule.
           markerTtlMs: Math.min(60_000, tombstoneTtlMs),
           logger: log,
         });
