@@ -79,7 +79,7 @@ export interface SubscriberStats {
   restarts: number;
   /** Full replays after a gap longer than the tombstone TTL (deletions may have been missed). */
   resyncs: number;
-  /** Bucket watches back after a gap whose judgement read the leader's current heartbeat for its tombstone TTL. */
+  /** Gaps whose judgement read the bucket's heartbeat and epoch for the tombstone TTL of the leaders since. */
   ttlLookups: number;
   /** Pods dropped because a full replay no longer held them (deleted while the watch was away). */
   swept: number;
@@ -165,6 +165,8 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   let lastEntryAtMs = 0;
   /** When (ms, NATS's clock) the last entry handled was stored. */
   let lastStoredMs = 0;
+  /** Revision of the last entry handled (0 before the first). */
+  let lastRevision = 0;
   let resyncing = false;
   /** Pod keys a full replay delivered, until it ends (undefined: no full replay under way). */
   let replaySeen: Set<string> | undefined;
@@ -183,18 +185,26 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
   };
 
   /**
-   * The tombstone TTL the heartbeat now in the bucket announces: a leader elected while this
-   * watch was away may write shorter-lived tombstones than the one it last heard of. Whatever the
-   * fence would say of it (a shorter TTL can only make the judgement stricter). A heartbeat that
-   * cannot be read counts as the shortest TTL any leader writes.
+   * The shortest tombstone TTL a leader since revision `since` may have written with, as far as
+   * the bucket still tells: the one the heartbeat now in the bucket announces (a leader elected
+   * while this watch was away may write shorter-lived tombstones than the one it last heard of),
+   * whatever the fence would say of it (a shorter TTL only makes the judgement stricter). When
+   * more than one epoch began since then, a leader came and went whose heartbeats are overwritten:
+   * its TTL is unknown, and so is a value that cannot be read; both count as the shortest any
+   * leader writes.
    */
-  const currentAnnouncedTtlMs = async (): Promise<number | undefined> => {
+  const shortestTtlSince = async (since: number): Promise<number | undefined> => {
     stats.ttlLookups++;
     try {
-      const cur = await kv.get(HEARTBEAT_KEY);
-      return cur?.operation === "PUT" && cur.value.length > 0 ? decodeHeartbeat(cur.value).tombstoneTtlMs : undefined;
+      const [hb, ep] = await Promise.all([kv.get(HEARTBEAT_KEY), kv.get(EPOCH_KEY)]);
+      if (ep?.operation === "PUT" && ep.value.length > 0) {
+        const e = decodeLeaderEpoch(ep.value);
+        const begun = (ep.revision >= since ? 1 : 0) + e.previous.filter((p) => p.revision >= since).length;
+        if (begun > 1) return MIN_TOMBSTONE_TTL_MS;
+      }
+      return hb?.operation === "PUT" && hb.value.length > 0 ? decodeHeartbeat(hb.value).tombstoneTtlMs : undefined;
     } catch (err) {
-      logger.warn({ err }, "could not read the leader's heartbeat to judge a watch gap; assuming the shortest tombstone TTL");
+      logger.warn({ err }, "could not read the leader's heartbeat and epoch to judge a watch gap; assuming the shortest tombstone TTL");
       return MIN_TOMBSTONE_TTL_MS;
     }
   };
@@ -204,7 +214,8 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
    * a deletion this replica will never see: the gap ({@link gapBefore}) is as long as the
    * tombstones written meanwhile live (earlier, a skipped tombstone or its marker would still be
    * there; the marker's TTL is the margin for clock skew and delivery delay). Their TTL is the
-   * shortest of this replica's, the one announced before the gap and the one announced now.
+   * shortest of this replica's, the one announced before the gap and those of the leaders since
+   * ({@link shortestTtlSince}).
    */
   const mayHaveMissed = async (revision: number, expected: number, t: number): Promise<number | undefined> => {
     const sinceMs = gapBefore(revision, expected, t);
@@ -212,7 +223,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     const known = trustGapMs();
     if (known !== undefined && sinceMs >= known) return sinceMs;
     // Shorter than every TTL this replica knows of: only a leader elected meanwhile can tell.
-    const limit = shortest(known, await currentAnnouncedTtlMs());
+    const limit = shortest(known, await shortestTtlSince(lastRevision + 1));
     return limit !== undefined && sinceMs >= limit ? sinceMs : undefined;
   };
 
@@ -319,6 +330,7 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
     stats.entries++;
     lastEntryAtMs = now();
     lastStoredMs = e.created.getTime();
+    lastRevision = revision;
     if (isPodKey(key)) replaySeen?.add(key);
     if (key === EPOCH_KEY) {
       if (operation === "PUT") {

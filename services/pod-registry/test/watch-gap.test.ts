@@ -19,7 +19,7 @@ import { type KV, Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
 import { type NatsServer, startNatsServer } from "../../../test/support/nats-server.js";
-import { encodeHeartbeat, HEARTBEAT_KEY, openPodBucket } from "../src/bucket.js";
+import { EPOCH_KEY, encodeHeartbeat, encodeLeaderEpoch, HEARTBEAT_KEY, openPodBucket } from "../src/bucket.js";
 import { PodCache } from "../src/cache.js";
 import { createKvWriter, createNatsSubscriber } from "../src/nats-feed.js";
 import { encodePodEntry, encodeTombstoneEntry, type PodRecord } from "../src/pod.js";
@@ -444,6 +444,76 @@ test("a leader elected during the gap that writes shorter-lived tombstones is he
     assert.equal(sub.stats.resyncs, 1);
     assert.ok(sub.stats.ttlLookups >= 1, "the judgement read the current heartbeat");
     assert.equal(sub.trustGapMs, 1000);
+  } finally {
+    write.close();
+    await sub.close();
+    await nc.close();
+    await link.close();
+  }
+});
+
+test("a leader that came and went during the gap, its heartbeats overwritten, makes the gap judged by the shortest TTL", async () => {
+  // Epoch 1 (60 s tombstones) before the gap; inside it, epoch 2 deletes pod-p with a 1 s
+  // tombstone and is followed by epoch 3 (60 s again). Nothing left in the bucket says epoch 2's
+  // TTL; that two epochs began during the gap says a leader's is unknown.
+  const bucket = "gap-ttl-two-leaders";
+  const link = await startLink(nats.port);
+  const kv = await openPodBucket(admin, bucket, { replicas: 1, markerTtlMs: 1000 });
+  const write = createKvWriter(admin, kv);
+  const nc = await connect({ servers: link.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, reconnectJitter: 0 });
+  const cache = new PodCache({ tombstoneTtlMs: 60_000 });
+  const heartbeat = (epoch: number, tombstoneTtlMs: number) =>
+    encodeHeartbeat(
+      { holder: `leader-${epoch}`, epoch, synced: true, proofAgeMs: 0, publishedThrough: new Map(), feedConfig: "", released: false, tombstoneTtlMs },
+      Date.now(),
+    );
+  const pod = (uid: string, resourceVersion: string): PodRecord => ({
+    uid,
+    namespace: "ns",
+    name: uid,
+    serviceAccountName: "sa",
+    podIps: ["10.0.0.1"],
+    hostIp: "10.1.0.1",
+    nodeName: "node",
+    phase: PodPhase.RUNNING,
+    deletionTimestampMs: undefined,
+    creationTimestampMs: 1,
+    resourceVersion,
+    labels: undefined,
+    annotations: undefined,
+  });
+  const sub = createNatsSubscriber({ kv: await new Kvm(nc).open(bucket), cache, logger: quietLogger(), tombstoneTtlMs: 60_000 });
+  try {
+    const e1 = await kv.create(EPOCH_KEY, encodeLeaderEpoch({ epoch: 1, holder: "leader-1", previous: [] }));
+    await write(HEARTBEAT_KEY, heartbeat(1, 60_000));
+    await write("pod-p", encodePodEntry(pod("pod-p", "1"), 1));
+    await write("pod-k", encodePodEntry(pod("pod-k", "1"), 1));
+    sub.start();
+    await sub.replayed;
+    await eventually(() => Boolean(cache.getByUid("pod-p")) && sub.trustGapMs === 60_000, "pod-p and epoch 1's TTL at the subscriber");
+
+    link.cut();
+    const e2 = await kv.update(EPOCH_KEY, encodeLeaderEpoch({ epoch: 2, holder: "leader-2", previous: [{ epoch: 1, revision: e1 }] }), e1);
+    await write(HEARTBEAT_KEY, heartbeat(2, 1000));
+    await write("pod-p", encodeTombstoneEntry({ uid: "pod-p", namespace: "ns", name: "pod-p", resourceVersion: "2" }, 2), "1s");
+    await kv.update(
+      EPOCH_KEY,
+      encodeLeaderEpoch({
+        epoch: 3,
+        holder: "leader-3",
+        previous: [
+          { epoch: 2, revision: e2 },
+          { epoch: 1, revision: e1 },
+        ],
+      }),
+      e2,
+    );
+    await write(HEARTBEAT_KEY, heartbeat(3, 60_000));
+    await gone(kv, "pod-p");
+    link.restore();
+    await eventually(() => !cache.getByUid("pod-p"), "pod-p dropped", 20_000);
+    assert.ok(cache.getByUid("pod-k"), "the pod still running is kept");
+    assert.equal(sub.stats.resyncs, 1);
   } finally {
     write.close();
     await sub.close();
