@@ -190,19 +190,22 @@ export function createNatsSubscriber(opts: NatsSubscriberOptions): NatsSubscribe
    * while this watch was away may write shorter-lived tombstones than the one it last heard of),
    * whatever the fence would say of it (a shorter TTL only makes the judgement stricter). When
    * more than one epoch began since then, a leader came and went whose heartbeats are overwritten:
-   * its TTL is unknown, and so is a value that cannot be read; both count as the shortest any
-   * leader writes.
+   * its TTL is unknown, as is the current leader's before its first heartbeat, and a value that
+   * cannot be read tells nothing; each counts as the shortest any leader writes.
    */
   const shortestTtlSince = async (since: number): Promise<number | undefined> => {
     stats.ttlLookups++;
     try {
-      const [hb, ep] = await Promise.all([kv.get(HEARTBEAT_KEY), kv.get(EPOCH_KEY)]);
+      const [hbEntry, ep] = await Promise.all([kv.get(HEARTBEAT_KEY), kv.get(EPOCH_KEY)]);
+      const hb = hbEntry?.operation === "PUT" && hbEntry.value.length > 0 ? decodeHeartbeat(hbEntry.value) : undefined;
       if (ep?.operation === "PUT" && ep.value.length > 0) {
         const e = decodeLeaderEpoch(ep.value);
         const begun = (ep.revision >= since ? 1 : 0) + e.previous.filter((p) => p.revision >= since).length;
         if (begun > 1) return MIN_TOMBSTONE_TTL_MS;
+        // The current leader has not said yet how long its tombstones live (it may already write them).
+        if (hb === undefined || hb.epoch < e.epoch) return MIN_TOMBSTONE_TTL_MS;
       }
-      return hb?.operation === "PUT" && hb.value.length > 0 ? decodeHeartbeat(hb.value).tombstoneTtlMs : undefined;
+      return hb?.tombstoneTtlMs;
     } catch (err) {
       logger.warn({ err }, "could not read the leader's heartbeat and epoch to judge a watch gap; assuming the shortest tombstone TTL");
       return MIN_TOMBSTONE_TTL_MS;

@@ -521,3 +521,67 @@ test("a leader that came and went during the gap, its heartbeats overwritten, ma
     await link.close();
   }
 });
+
+test("a leader elected during the gap that has not heartbeated yet makes the gap judged by the shortest TTL", async () => {
+  // Epoch 2 begins inside the gap and deletes pod-p with a 1 s tombstone before its first
+  // heartbeat: the heartbeat in the bucket is still epoch 1's (60 s), which says nothing of it.
+  const bucket = "gap-ttl-silent-leader";
+  const link = await startLink(nats.port);
+  const kv = await openPodBucket(admin, bucket, { replicas: 1, markerTtlMs: 1000 });
+  const write = createKvWriter(admin, kv);
+  const nc = await connect({ servers: link.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, reconnectJitter: 0 });
+  const cache = new PodCache({ tombstoneTtlMs: 60_000 });
+  const pod = (uid: string): PodRecord => ({
+    uid,
+    namespace: "ns",
+    name: uid,
+    serviceAccountName: "sa",
+    podIps: ["10.0.0.1"],
+    hostIp: "10.1.0.1",
+    nodeName: "node",
+    phase: PodPhase.RUNNING,
+    deletionTimestampMs: undefined,
+    creationTimestampMs: 1,
+    resourceVersion: "1",
+    labels: undefined,
+    annotations: undefined,
+  });
+  const sub = createNatsSubscriber({ kv: await new Kvm(nc).open(bucket), cache, logger: quietLogger(), tombstoneTtlMs: 60_000 });
+  try {
+    const e1 = await kv.create(EPOCH_KEY, encodeLeaderEpoch({ epoch: 1, holder: "leader-1", previous: [] }));
+    await write(
+      HEARTBEAT_KEY,
+      encodeHeartbeat(
+        {
+          holder: "leader-1",
+          epoch: 1,
+          synced: true,
+          proofAgeMs: 0,
+          publishedThrough: new Map(),
+          feedConfig: "",
+          released: false,
+          tombstoneTtlMs: 60_000,
+        },
+        Date.now(),
+      ),
+    );
+    await write("pod-p", encodePodEntry(pod("pod-p"), 1));
+    sub.start();
+    await sub.replayed;
+    await eventually(() => Boolean(cache.getByUid("pod-p")) && sub.trustGapMs === 60_000, "pod-p and epoch 1's TTL at the subscriber");
+
+    link.cut();
+    await kv.update(EPOCH_KEY, encodeLeaderEpoch({ epoch: 2, holder: "leader-2", previous: [{ epoch: 1, revision: e1 }] }), e1);
+    await write("pod-p", encodeTombstoneEntry({ uid: "pod-p", namespace: "ns", name: "pod-p", resourceVersion: "2" }, 2), "1s");
+    await gone(kv, "pod-p");
+    await write("pod-y", encodePodEntry(pod("pod-y"), 2));
+    link.restore();
+    await eventually(() => Boolean(cache.getByUid("pod-y")) && !cache.getByUid("pod-p"), "pod-y in, pod-p dropped", 20_000);
+    assert.equal(sub.stats.resyncs, 1);
+  } finally {
+    write.close();
+    await sub.close();
+    await nc.close();
+    await link.close();
+  }
+});
