@@ -5,7 +5,6 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import * as http from "node:http";
-import * as net from "node:net";
 import { join } from "node:path";
 
 const ROOT = join(import.meta.dirname, "..");
@@ -27,17 +26,7 @@ export function procCpuUs(pid: number): number {
   return ((Number(f[11]) + Number(f[12])) * 1e6) / CLK_TCK;
 }
 
-/** A free TCP port on 127.0.0.1 (closed again, so the child can take it). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from "../test/support/ports.js";
 
 export interface ServiceProcess {
   name: string;

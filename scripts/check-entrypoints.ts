@@ -26,10 +26,11 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomUUID } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import * as http from "node:http";
-import { type AddressInfo, createServer } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { createCa, issueCert } from "../test/support/pki.js";
+import { freePort } from "../test/support/ports.js";
 import { startScriptedProvider, startZtsStandIn, type ZtsStandIn } from "../test/support/zts-stand-in.js";
 
 const repo = new URL("..", import.meta.url).pathname;
@@ -226,27 +227,8 @@ function checkStackTrace(target: ImageTarget, tree: string): void {
 
 // ---- fixtures -------------------------------------------------------------------------------------
 
-const handedOut = new Set<number>();
-
-/**
- * A port for a child to listen on, free now, never handed out twice, and below Linux's ephemeral
- * range (32768-60999): a port the kernel picked with listen(0) can meanwhile become the local port
- * of another process's outgoing connection, and the child's listen then fails with EADDRINUSE.
- */
-export async function freePort(): Promise<number> {
-  for (;;) {
-    const port = 20000 + Math.floor(Math.random() * 12000);
-    if (handedOut.has(port)) continue;
-    const free = await new Promise<boolean>((resolve) => {
-      const srv = createServer();
-      srv.once("error", () => resolve(false));
-      srv.listen(port, "127.0.0.1", () => srv.close(() => resolve(true)));
-    });
-    if (!free) continue;
-    handedOut.add(port);
-    return port;
-  }
-}
+/** A port for a child to listen on (test/support/ports.ts: below the ephemeral range, never twice). */
+export { freePort } from "../test/support/ports.js";
 
 /** The pod list and watch of an empty cluster, plain HTTP: enough for pod-registry to sync. */
 async function startTinyKubeApi(): Promise<{ url: string; close(): Promise<void> }> {

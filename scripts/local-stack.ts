@@ -25,13 +25,13 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import type { KubeCluster } from "../test/support/kube-cluster.js";
 import type { Pem } from "../test/support/pki.js";
+import { freePort } from "../test/support/ports.js";
 import type { ZtsStandIn } from "../test/support/zts-stand-in.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -861,18 +861,6 @@ const printLine = (container: string, raw: string) => {
   out(`    ${tint(`${container} │ ${l.msg ?? ""}${err ? `: ${err}` : ""}`)}`);
 };
 
-/** A free loopback port for the SIA's /healthz (in a pod, :9999 is its own network namespace's). */
-function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const a = srv.address();
-      srv.close(() => resolve(typeof a === "object" && a ? a.port : 0));
-    });
-  });
-}
-
 /**
  * Runs the pod's SIA containers as a kubelet would, from the stored spec: volumes made (the projected
  * token written with the spec's audience and lifetime, emptyDirs as directories), each container's
@@ -916,7 +904,7 @@ async function runPodSia(
       const m = mounts.find((x: Json) => volumes.has(x.name) && (val === x.mountPath || val.startsWith(`${x.mountPath}/`)));
       if (m) env[k] = volumes.get(m.name)! + val.slice(m.mountPath.length);
     }
-    const probePort = await freeLoopbackPort();
+    const probePort = await freePort();
     env.METRICS_HOST = "127.0.0.1";
     env.METRICS_PORT = String(probePort);
     files = { key: env.KEY_FILE ?? "", cert: env.CERT_FILE ?? "", ca: env.CA_CERT_FILE ?? "" };

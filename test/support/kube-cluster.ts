@@ -16,10 +16,10 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
-import { createServer } from "node:net";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createCa, issueCert } from "./pki.js";
+import { freePort } from "./ports.js";
 
 const repoRoot = new URL("../..", import.meta.url).pathname;
 
@@ -105,18 +105,8 @@ export interface KubeCluster {
   stop(): Promise<void>;
 }
 
-/** A free loopback TCP port (bound then released; a tiny race that tests accept). */
-export async function freePort(): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+/** A free loopback port for a child to listen on (test/support/ports.ts). */
+export { freePort } from "./ports.js";
 
 interface Proc {
   child: ChildProcess;

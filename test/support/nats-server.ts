@@ -9,9 +9,9 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { freePort } from "./ports.js";
 
 /**
  * The nats-server binary to run: `NATS_SERVER_BIN` from `env`.
@@ -203,7 +203,7 @@ export async function startNatsCluster(o: NatsClusterOptions = {}): Promise<Nats
   const size = o.size ?? 3;
   const timeout = o.startTimeoutMs ?? 20_000;
   const dir = mkdtempSync(join(tmpdir(), "nats-cluster-"));
-  const ports = await Promise.all(Array.from({ length: size * 2 }, () => freeLoopbackPort()));
+  const ports = await Promise.all(Array.from({ length: size * 2 }, () => freePort()));
   const clientPorts = ports.slice(0, size);
   const routePorts = ports.slice(size);
   const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`);
@@ -267,16 +267,4 @@ export async function startNatsCluster(o: NatsClusterOptions = {}): Promise<Nats
     throw err;
   }
   return { members, urls: members.map((m) => m.url), close };
-}
-
-/** A free loopback TCP port (bound then released: the routes must be known before any server starts). */
-function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      srv.close(() => resolve(typeof addr === "object" && addr ? addr.port : 0));
-    });
-  });
 }

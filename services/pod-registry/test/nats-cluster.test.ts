@@ -6,7 +6,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -15,19 +14,9 @@ import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { type FakeKubeApi, startFakeKubeApi } from "../../../test/support/fake-kube-api.js";
 import { natsServerBin } from "../../../test/support/nats-server.js";
+import { freePort } from "../../../test/support/ports.js";
 import { createPodRegistry, type PodRegistry } from "../src/registry.js";
 import { eventually, eventuallyAsync, quietLogger, until } from "./helpers.js";
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface Member {
   name: string;
